@@ -1,0 +1,3 @@
+from .backbones import DSNet
+
+__all__ = ['DSNet']

@@ -1,0 +1,268 @@
+"""DS-Net backbone (Mao et al., "Dual-stream Network for Visual Recognition",
+NeurIPS 2021) for dense prediction.
+
+Four stages at strides 4, 8, 16, 32. Each stage is a non-overlapping strided
+conv (4x4 for the stem, 2x2 after) followed by DS-Blocks; the global stream of
+every block runs on a fixed grid (1/32 of the input in stages 1-3, 1/64 in
+stage 4 with the default ``global_resize``).
+"""
+import math
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import constant_init, trunc_normal_init
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ...registry import register_model
+from ..layers import DSBlock, linear_drop_path_rates
+from .checkpointing import frozen_norm_stats_on_recompute
+from .pretrained import load_pretrained_dsnet
+
+
+@register_model
+class DSNet(BaseModule):
+    """DS-Net backbone returning one NCHW map per ``out_indices`` entry.
+
+    Args:
+        arch (str | dict): 'tiny', 'small' or 'base' (also 't', 's', 'b'), or a
+            dict with ``embed_dims``, ``depths``, ``num_heads`` and optionally
+            ``mlp_ratio``.
+        in_channels (int): Image channels. Defaults to 3.
+        global_resize (Sequence[int]): Per-stage factor between the stage map
+            and the grid of its global stream. (8, 4, 2, 2), the public
+            checkpoints' value, puts stages 1-3 at 1/32 of the image and stage
+            4 at 1/64; (8, 4, 2, 1) is the paper's "1/32 everywhere" reading.
+        with_alignment (bool): Inter-scale Alignment (co-attention) in every
+            block; True matches the public checkpoints (the paper's starred
+            rows), False the paper's unstarred rows.
+        out_indices (Sequence[int]): Stages to return, each in 0..3. Stages
+            after the last index are not built (no unused parameters in DDP).
+        frozen_stages (int): -1 freezes nothing, 0 the stem conv, k >= 1 the
+            stem and stages 1..k (their patch-embedding convs included).
+            Re-applied in ``train()``.
+        norm_cfg (dict): Norm of the conv branches (BN in the checkpoints;
+            SyncBN through config).
+        norm_eval (bool): Keep every BN in eval mode during training
+            (frozen statistics, as usual with 2 images per GPU).
+        with_cp (bool): Activation checkpointing per block (non-reentrant);
+            saves memory at the cost of one extra forward.
+        drop_rate (float): Dropout in the FFNs.
+        attn_drop_rate (float): Dropout on attention maps (0.1 in ImageNet
+            pre-training).
+        drop_path_rate (float): Stochastic depth, linear over all blocks.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH)``
+            loads a DS-Net checkpoint in the public (timm or PaddleClas) or in
+            this package's layout; without it, linear layers get the
+            truncated-normal init of the reference code.
+    """
+
+    arch_settings: Dict[str, dict] = {
+        'tiny': dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 1),
+                     num_heads=(1, 2, 5, 8), mlp_ratio=4.),
+        'small': dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 8, 3),
+                      num_heads=(1, 2, 5, 8), mlp_ratio=4.),
+        'base': dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 28, 3),
+                     num_heads=(1, 2, 5, 8), mlp_ratio=4.),
+    }
+    arch_aliases = {'t': 'tiny', 's': 'small', 'b': 'base'}
+    num_stages = 4
+    strides = (4, 8, 16, 32)
+    min_input_size = 32
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'small',
+                 in_channels: int = 3,
+                 global_resize: Sequence[int] = (8, 4, 2, 2),
+                 with_alignment: bool = True,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_cfg: Optional[dict] = None,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.1,
+                 pretrained: Optional[str] = None,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+        if pretrained is not None:
+            if not isinstance(pretrained, str):
+                raise TypeError(f'pretrained must be a str path or None, got '
+                                f'{type(pretrained).__name__}')
+            if init_cfg is not None:
+                raise ValueError('Give either init_cfg or the deprecated pretrained, not both')
+            warnings.warn("DSNet(pretrained=...) is deprecated; use init_cfg=dict("
+                          "type='Pretrained', checkpoint=...)", DeprecationWarning)
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
+        super().__init__(init_cfg=init_cfg)
+        settings = self.parse_arch(arch)
+        self.embed_dims = tuple(settings['embed_dims'])
+        self.depths = tuple(settings['depths'])
+        self.num_heads = tuple(settings['num_heads'])
+        self.mlp_ratio = float(settings.get('mlp_ratio', 4.))
+        self.out_indices = self._check_out_indices(out_indices)
+        if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= self.num_stages):
+            raise ValueError(f'frozen_stages must be an int in -1..{self.num_stages}, '
+                             f'got {frozen_stages!r}')
+        if len(global_resize) != self.num_stages or any(
+                not isinstance(r, int) or r < 1 for r in global_resize):
+            raise ValueError('global_resize must be 4 positive ints (one per stage), '
+                             f'got {global_resize!r}')
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')
+        self.in_channels = in_channels
+        self.global_resize = tuple(global_resize)
+        self.with_alignment = with_alignment
+        self.frozen_stages = frozen_stages
+        self.norm_cfg = norm_cfg or dict(type='BN', requires_grad=True)
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        # Only the stages up to the deepest requested output are built.
+        self.num_built_stages = max(self.out_indices) + 1
+
+        rates = linear_drop_path_rates(drop_path_rate, self.depths)
+        self.patch_embeds = nn.ModuleList()
+        self.stages = nn.ModuleList()
+        prev_channels = in_channels
+        for i in range(self.num_built_stages):
+            kernel = 4 if i == 0 else 2
+            self.patch_embeds.append(
+                nn.Conv2d(prev_channels, self.embed_dims[i], kernel, stride=kernel))
+            first = sum(self.depths[:i])
+            self.stages.append(nn.Sequential(*[
+                DSBlock(self.embed_dims[i], self.num_heads[i], self.global_resize[i],
+                        mlp_ratio=self.mlp_ratio, with_alignment=with_alignment,
+                        drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                        drop_path_rate=rates[first + j], norm_cfg=self.norm_cfg)
+                for j in range(self.depths[i])
+            ]))
+            prev_channels = self.embed_dims[i]
+        self._freeze_stages()
+
+    @classmethod
+    def parse_arch(cls, arch: Union[str, dict]) -> dict:
+        """Resolve ``arch`` to a settings dict, with a clear error if invalid."""
+        if isinstance(arch, str):
+            name = cls.arch_aliases.get(arch.lower(), arch.lower())
+            if name not in cls.arch_settings:
+                raise ValueError(f'Unknown DSNet arch {arch!r}; accepted: '
+                                 f"{sorted(cls.arch_settings)} (or 't', 's', 'b') "
+                                 'or a dict with embed_dims, depths, num_heads')
+            return dict(cls.arch_settings[name])
+        if not isinstance(arch, dict):
+            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
+        required = {'embed_dims', 'depths', 'num_heads'}
+        missing = required - set(arch)
+        unknown = set(arch) - required - {'mlp_ratio'}
+        if missing or unknown:
+            raise ValueError(f'DSNet arch dict needs keys {sorted(required)} '
+                             f"(optional 'mlp_ratio'); missing {sorted(missing)}, "
+                             f'unknown {sorted(unknown)}')
+        for key in required:
+            if len(arch[key]) != cls.num_stages:
+                raise ValueError(f'arch[{key!r}] must have {cls.num_stages} entries, '
+                                 f'got {arch[key]!r}')
+        return dict(arch)
+
+    @classmethod
+    def out_channels_of(cls, arch: Union[str, dict] = 'small',
+                        out_indices: Sequence[int] = (0, 1, 2, 3)) -> List[int]:
+        """Channels of each output, e.g. for a neck's ``in_channels``."""
+        dims = cls.parse_arch(arch)['embed_dims']
+        return [dims[i] for i in out_indices]
+
+    def _check_out_indices(self, out_indices: Sequence[int]) -> Tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        out_indices = tuple(out_indices)
+        if (not out_indices or any(not isinstance(i, int) for i in out_indices)
+                or any(not 0 <= i < self.num_stages for i in out_indices)
+                or list(out_indices) != sorted(set(out_indices))):
+            raise ValueError('out_indices must be increasing, unique stage indices in '
+                             f'0..{self.num_stages - 1}, got {out_indices!r}')
+        return out_indices
+
+    @property
+    def out_channels(self) -> List[int]:
+        return [self.embed_dims[i] for i in self.out_indices]
+
+    def init_weights(self) -> None:
+        """Load a pretrained checkpoint, or apply the reference init."""
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            load_pretrained_dsnet(self, self.init_cfg['checkpoint'],
+                                  logger=MMLogger.get_current_instance())
+            self._is_init = True
+            return
+        if self.init_cfg is not None:
+            super().init_weights()
+            return
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_init(module, std=.02, bias=0.)
+            elif isinstance(module, nn.LayerNorm):
+                constant_init(module, val=1., bias=0.)
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        num_frozen = min(self.frozen_stages, self.num_built_stages)
+        frozen = [*self.patch_embeds[:max(1, num_frozen)], *self.stages[:num_frozen]]
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'DSNet':
+        """Switch mode, then re-apply ``frozen_stages`` and ``norm_eval``."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f'DSNet expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f'DSNet was built for {self.in_channels} input channels, '
+                             f'got {x.shape[1]} (shape {tuple(x.shape)})')
+        if min(x.shape[2:]) < self.min_input_size:
+            raise ValueError(f'DSNet needs H and W >= {self.min_input_size}, got '
+                             f'{tuple(x.shape[2:])}')
+
+    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        for block in stage:
+            if self.with_cp and x.requires_grad:
+                x = cp.checkpoint(block, x, use_reentrant=False,
+                                  context_fn=frozen_norm_stats_on_recompute(block))
+            else:
+                x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Return ``len(out_indices)`` maps; output i has shape
+        (B, C_i, ceil(H / s_i), ceil(W / s_i)) with strides s = 4, 8, 16, 32.
+
+        Inputs whose sides are not multiples of 32 are zero-padded at the
+        bottom/right (as mmdet's ``pad_size_divisor=32`` would) so every stage
+        sees whole patches and an exact global grid; outputs are cropped back.
+        """
+        self._check_input(x)
+        height, width = x.shape[2:]
+        pad_h, pad_w = (-height) % 32, (-width) % 32
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        outs = []
+        for i in range(self.num_built_stages):
+            x = self._run_stage(self.stages[i], self.patch_embeds[i](x))
+            if i in self.out_indices:
+                stride = self.strides[i]
+                outs.append(x[..., :math.ceil(height / stride), :math.ceil(width / stride)])
+        return tuple(outs)

@@ -1,0 +1,192 @@
+"""The DS-Block: a local depthwise stream and a global attention stream, fused
+by bidirectional co-attention (Inter-scale Alignment).
+
+Module names equal those of the public DS-Net checkpoints (``pos_embed``,
+``norm1``, ``conv1``, ..., ``mlp.fc2``) so weights map one to one; the order
+of operations follows ``dsnet-spec.md`` section 3 exactly.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+
+
+def split_heads(tokens: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, L, 3*C) packed [q | k | v] -> (3, B, heads, L, C // heads)."""
+    batch, length, packed = tokens.shape
+    head_dims = packed // (3 * num_heads)
+    return tokens.view(batch, length, 3, num_heads, head_dims).permute(2, 0, 3, 1, 4)
+
+
+def merge_heads(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, heads, L, d) -> (B, L, heads * d)."""
+    batch, heads, length, head_dims = tokens.shape
+    return tokens.transpose(1, 2).reshape(batch, length, heads * head_dims)
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              dropout_p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v through PyTorch's fused kernel.
+
+    The fused kernel never materialises the (Lq, Lk) map, which at 800x1344
+    is 67,200 x 1,050 per head for the stage-1 co-attention.
+    """
+    return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
+
+
+class ConvMlp(nn.Module):
+    """Pointwise FFN on NCHW maps: 1x1 conv, exact GELU, dropout, 1x1 conv."""
+
+    def __init__(self, channels: int, hidden_channels: int, drop: float = 0.):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, hidden_channels, 1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden_channels, channels, 1)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.act(self.fc1(x)))
+        return self.drop(self.fc2(x))
+
+
+class DSBlock(BaseModule):
+    """Dual-stream block on an NCHW map.
+
+    Args:
+        channels (int): Width C of the block (input = output).
+        num_heads (int): Heads of the global self-attention and of both
+            co-attention directions; head size is (C / 2) / num_heads.
+        global_resize (int): The global stream runs on the map shrunk by this
+            factor (floor, at least one token per axis).
+        mlp_ratio (float): FFN hidden width over C.
+        with_alignment (bool): Build the Inter-scale Alignment (co-attention).
+            ``False`` gives the paper's unstarred variants.
+        drop_rate (float): Dropout after the FFN layers.
+        attn_drop_rate (float): Dropout on every attention map.
+        drop_path_rate (float): Stochastic depth on the two outer residuals.
+        norm_cfg (dict): Norm of the NCHW branches (BN in the checkpoints).
+            The global tokens always use LayerNorm, as in the checkpoints.
+    """
+
+    def __init__(self,
+                 channels: int,
+                 num_heads: int,
+                 global_resize: int,
+                 mlp_ratio: float = 4.,
+                 with_alignment: bool = True,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.,
+                 norm_cfg: Optional[dict] = None,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        norm_cfg = norm_cfg or dict(type='BN', requires_grad=True)
+        if channels % 2:
+            raise ValueError(f'DSBlock channels must be even (half local, half '
+                             f'global), got {channels}')
+        half = channels // 2
+        if half % num_heads:
+            raise ValueError(f'DSBlock: {half} channels per stream are not '
+                             f'divisible by num_heads={num_heads}')
+        if global_resize < 1:
+            raise ValueError(f'global_resize must be >= 1, got {global_resize}')
+        self.channels = channels
+        self.num_heads = num_heads
+        self.global_resize = global_resize
+        self.with_alignment = with_alignment
+        self.attn_drop_rate = attn_drop_rate
+
+        def norm(num_features):
+            return build_norm_layer(norm_cfg, num_features)[1]
+
+        # Conditional position encoding, pre-norm and 1x1 mixing before the split.
+        self.pos_embed = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.norm1 = norm(channels)
+        self.conv1 = nn.Conv2d(channels, channels, 1)
+        self.conv2 = nn.Conv2d(channels, channels, 1)
+        # Intra-scale propagation: local depthwise conv, global self-attention.
+        self.norm_conv1 = norm(half)
+        self.norm_sa1 = nn.LayerNorm(half)
+        self.conv = nn.Conv2d(half, half, 3, padding=1, groups=half)
+        self.channel_up = nn.Linear(half, 3 * half)
+        if with_alignment:
+            # Inter-scale alignment: packed q/k/v per stream, one output
+            # projection per direction.
+            self.cross_channel_up_conv = nn.Conv2d(half, 3 * half, 1)
+            self.cross_channel_up_sa = nn.Linear(half, 3 * half)
+            self.fuse_channel_conv = nn.Linear(half, half)
+            self.fuse_channel_sa = nn.Linear(half, half)
+            self.norm_conv2 = norm(half)
+            self.norm_sa2 = nn.LayerNorm(half)
+        self.norm2 = norm(channels)
+        self.mlp = ConvMlp(channels, int(channels * mlp_ratio), drop_rate)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def global_size(self, height: int, width: int) -> Tuple[int, int]:
+        """Grid of the global stream for a (height, width) map."""
+        return (max(1, height // self.global_resize),
+                max(1, width // self.global_resize))
+
+    def _attn_dropout(self) -> float:
+        return self.attn_drop_rate if self.training else 0.
+
+    def _global_self_attention(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens + MHSA(LN(tokens)) without output projection; (B, M, C/2)."""
+        q, k, v = split_heads(self.channel_up(self.norm_sa1(tokens)), self.num_heads)
+        return tokens + merge_heads(attention(q, k, v, self._attn_dropout()))
+
+    def _align(self, local: torch.Tensor,
+               tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Bidirectional co-attention between the local map and global tokens.
+
+        Both directions read the same inputs. Returns the updated local map
+        (B, C/2, H, W) and global tokens (B, M, C/2).
+        """
+        batch, half, height, width = local.shape
+        local_qkv = self.cross_channel_up_conv(self.norm_conv2(local))
+        local_qkv = local_qkv.flatten(2).transpose(1, 2)
+        q_l, k_l, v_l = split_heads(local_qkv, self.num_heads)
+        q_g, k_g, v_g = split_heads(
+            self.cross_channel_up_sa(self.norm_sa2(tokens)), self.num_heads)
+        dropout = self._attn_dropout()
+        global_to_local = merge_heads(attention(q_l, k_g, v_g, dropout))
+        local_to_global = merge_heads(attention(q_g, k_l, v_l, dropout))
+        local = local + self.fuse_channel_conv(global_to_local).transpose(1, 2).reshape(
+            batch, half, height, width)
+        tokens = tokens + self.fuse_channel_sa(local_to_global)
+        return local, tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pos_embed(x)
+        shortcut = x
+        batch, channels, height, width = x.shape
+        half = channels // 2
+        mixed = self.conv1(self.norm1(x))
+        # Global channels come first in the split ...
+        global_in, local = mixed[:, :half], mixed[:, half:]
+        local = local + self.conv(self.norm_conv1(local))
+
+        grid = self.global_size(height, width)
+        tokens = F.interpolate(global_in, size=grid, mode='bilinear', align_corners=False)
+        tokens = self._global_self_attention(tokens.flatten(2).transpose(1, 2))
+        if self.with_alignment:
+            local, tokens = self._align(local, tokens)
+        global_map = tokens.transpose(1, 2).reshape(batch, half, *grid)
+        global_map = F.interpolate(
+            global_map, size=(height, width), mode='bilinear', align_corners=False)
+        # ... but the local stream comes first in the fusion concat.
+        fused = self.conv2(torch.cat([local, global_map], dim=1))
+        x = shortcut + self.drop_path(fused)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def linear_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list:
+    """Stochastic-depth rate per block, linear from 0 over all blocks."""
+    total = sum(depths)
+    if total == 1:
+        return [0.]
+    return [drop_path_rate * i / (total - 1) for i in range(total)]
