@@ -53,14 +53,22 @@ def load_pretrained_dsnet(model: nn.Module, checkpoint_path: str, logger) -> Non
     if fraction < MIN_LOADED_FRACTION:
         raise RuntimeError(
             f'Only {len(loadable)}/{len(expected)} DSNet tensors found weights in {path} '
-            f'(layout {layout!r}); it is not a DS-Net backbone checkpoint of this arch '
-            f'(e.g. a detector with another backbone). Checkpoint keys: '
+            f'(layout after conversion: {layout!r}): it holds another DS-Net arch '
+            f'(depths {model.depths} expected) or another model\'s weights. '
+            f'Checkpoint keys: '
             f'{_sample(state_dict) or "none"}')
 
-    # Keys of stages that are not built (out_indices stops early) are expected.
+    # Keys of stages that are not built (out_indices stops early) are expected;
+    # any other surplus key means the checkpoint has layers this model lacks.
     unbuilt = {k for k in unexpected
                if k.startswith(('stages.', 'patch_embeds.'))
                and int(k.split('.')[1]) >= model.num_built_stages}
+    surplus = unexpected - unbuilt
+    if surplus:
+        raise RuntimeError(
+            f'{len(surplus)} tensors of {path} have no place in this DSNet '
+            f'(depths {model.depths}, with_alignment={model.with_alignment}): '
+            f'{_sample(surplus)}; the checkpoint is another arch or variant.')
     model.load_state_dict(loadable, strict=False)
     logger.info(f'DSNet: loaded {len(loadable)}/{len(expected)} tensors from {path}')
     if unbuilt:
@@ -69,6 +77,3 @@ def load_pretrained_dsnet(model: nn.Module, checkpoint_path: str, logger) -> Non
     if missing:
         logger.warning(f'DSNet: {len(missing)} tensors kept their initial values '
                        f'(missing in the checkpoint): {_sample(missing, 20)}')
-    if unexpected - unbuilt:
-        logger.warning(f'DSNet: {len(unexpected - unbuilt)} checkpoint tensors have no '
-                       f'place in the model: {_sample(unexpected - unbuilt, 20)}')

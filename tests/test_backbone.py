@@ -1,0 +1,294 @@
+"""DSNet backbone: architecture, knobs, errors, numerics against the explicit
+formulation, parameter counts and FLOPs."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmdsnet.analysis import count_flops
+from mmdsnet.models import DSNet
+from mmdsnet.models.layers import DSBlock
+from mmdsnet.testing import randomize_norm_stats, reference_for
+from mmdsnet.testing.reference_dsnet import ReferenceBlock
+from mmdsnet.models.utils import dsnet_convert
+
+CHANNELS = (64, 128, 320, 512)
+STRIDES = (4, 8, 16, 32)
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize('arch', ['tiny', 'small', 'base'])
+@pytest.mark.parametrize('size', [(224, 224), (512, 512), (511, 511), (112, 137)])
+def test_output_shapes(arch, size):
+    model = DSNet(arch).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *size))
+    assert len(outs) == 4
+    for out, channels, stride in zip(outs, CHANNELS, STRIDES):
+        assert out.shape == (1, channels, math.ceil(size[0] / stride),
+                             math.ceil(size[1] / stride))
+        assert torch.isfinite(out).all()
+
+
+def test_odd_detection_size_and_alias():
+    model = DSNet('t').eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 513, 769))
+    assert [tuple(o.shape[2:]) for o in outs] == [(129, 193), (65, 97), (33, 49), (17, 25)]
+
+
+@pytest.mark.parametrize('arch,expected', [('tiny', 10_020_288), ('small', 22_490_528),
+                                           ('base', 48_829_728)])
+def test_parameter_counts_match_public_implementation(arch, expected):
+    model = DSNet(arch)
+    assert n_params(model) == expected
+    # With the 1000-way head and final BN: the paper's 10.5M / 23.0M / 49.3M.
+    with_head = expected + 512 * 1000 + 1000 + 2 * 512
+    assert round(with_head / 1e6, 1) == {'tiny': 10.5, 'small': 23.0, 'base': 49.3}[arch]
+    assert n_params(reference_for(arch)) == with_head
+
+
+@pytest.mark.parametrize('arch,paper_m', [('tiny', 9.1), ('small', 19.6)])
+def test_parameter_counts_without_alignment(arch, paper_m):
+    model = DSNet(arch, with_alignment=False)
+    with_head = n_params(model) + 512 * 1000 + 1000 + 2 * 512
+    assert round(with_head / 1e6, 1) == paper_m
+    assert not any('cross' in name or 'fuse' in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize('arch,alignment,paper_gflops', [
+    ('tiny', True, 1.8), ('small', True, 3.5), ('base', True, 8.4),
+    ('tiny', False, 1.6), ('small', False, 3.0)])
+def test_flops_at_224_match_paper(arch, alignment, paper_gflops):
+    model = DSNet(arch, with_alignment=alignment).eval()
+    flops = count_flops(model, torch.randn(1, 3, 224, 224))
+    assert abs(flops / 1e9 - paper_gflops) / paper_gflops < 0.03, flops
+
+
+def test_attention_is_counted_in_flops():
+    model = DSNet('tiny').eval()
+    _, by_module = count_flops(model, torch.randn(1, 3, 224, 224), by_module=True)
+    block = model.stages[0][0]
+    # Stage 1 at 224: 3136 local and 49 global tokens, 1 head of 32 channels.
+    attention = 49 * 49 * 64 + 2 * 3136 * 49 * 64
+    linear_and_conv = sum(by_module[f'stages.0.0.{name}'] for name in (
+        'channel_up', 'cross_channel_up_sa', 'fuse_channel_conv', 'fuse_channel_sa',
+        'cross_channel_up_conv', 'conv1', 'conv2', 'pos_embed', 'conv', 'mlp'))
+    norms = sum(by_module[f'stages.0.0.{name}'] for name, m in block.named_children()
+                if isinstance(m, (nn.LayerNorm, _BatchNorm)))
+    assert by_module['stages.0.0'] - linear_and_conv - norms >= attention
+
+
+@pytest.mark.parametrize('out_indices', [(0, ), (1, 3), (0, 1, 2), (2, 3)])
+def test_out_indices(out_indices):
+    model = DSNet('tiny', out_indices=out_indices).eval()
+    assert model.out_channels == [CHANNELS[i] for i in out_indices]
+    assert DSNet.out_channels_of('tiny', out_indices) == model.out_channels
+    # Stages after the last requested output are not built.
+    assert len(model.stages) == max(out_indices) + 1
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 96))
+    assert [o.shape[1] for o in outs] == model.out_channels
+    assert [o.shape[2] for o in outs] == [64 // STRIDES[i] for i in out_indices]
+
+
+@pytest.mark.parametrize('kwargs,error,match', [
+    (dict(arch='huge'), ValueError, "accepted: \\['base', 'small', 'tiny'\\]"),
+    (dict(arch=dict(embed_dims=(64, 128, 320, 512), depths=(1, 1, 1))), ValueError,
+     'needs keys'),
+    (dict(arch=3), TypeError, 'str or a dict'),
+    (dict(out_indices=(0, 4)), ValueError, 'out_indices must be'),
+    (dict(out_indices=(2, 1)), ValueError, 'increasing'),
+    (dict(out_indices=()), ValueError, 'out_indices'),
+    (dict(frozen_stages=5), ValueError, 'frozen_stages must be an int in -1..4'),
+    (dict(frozen_stages=-2), ValueError, 'frozen_stages'),
+    (dict(global_resize=(8, 4, 2)), ValueError, 'global_resize'),
+    (dict(pretrained=123), TypeError, 'pretrained must be a str'),
+    (dict(pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='a.pth')),
+     ValueError, 'not both'),
+])
+def test_bad_arguments_raise(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        DSNet(**{'arch': 'tiny', **kwargs})
+
+
+def test_legacy_pretrained_maps_to_init_cfg():
+    with pytest.warns(DeprecationWarning):
+        model = DSNet('tiny', pretrained='weights.pth')
+    assert model.init_cfg == dict(type='Pretrained', checkpoint='weights.pth')
+
+
+@pytest.mark.parametrize('shape,match', [
+    ((1, 3, 31, 64), 'H and W >= 32'),
+    ((1, 3, 64, 16), 'H and W >= 32'),
+    ((1, 4, 64, 64), 'built for 3 input channels, got 4'),
+    ((3, 64, 64), r'expects a \(B, C, H, W\)'),
+])
+def test_bad_inputs_raise(shape, match):
+    model = DSNet('tiny').eval()
+    with pytest.raises(ValueError, match=match):
+        model(torch.randn(*shape))
+
+
+def test_in_channels():
+    model = DSNet('tiny', in_channels=1).eval()
+    assert model(torch.randn(1, 1, 32, 32))[0].shape == (1, 64, 8, 8)
+
+
+def _bn_states(module):
+    return [m.training for m in module.modules() if isinstance(m, _BatchNorm)]
+
+
+@pytest.mark.parametrize('frozen_stages', [0, 1, 2, 4])
+def test_frozen_stages(frozen_stages):
+    model = DSNet('tiny', frozen_stages=frozen_stages)
+    model.train()
+    frozen_modules = [model.patch_embeds[0]]
+    for i in range(frozen_stages):
+        frozen_modules += [model.patch_embeds[i], model.stages[i]]
+    frozen_ids = {id(p) for m in frozen_modules for p in m.parameters()}
+    for module in frozen_modules:
+        assert not any(_bn_states(module)), 'frozen BN must stay in eval after train()'
+    model(torch.randn(2, 3, 64, 64))[-1].sum().backward() if frozen_stages < 4 else None
+    for name, param in model.named_parameters():
+        if id(param) in frozen_ids:
+            assert not param.requires_grad and param.grad is None, name
+        else:
+            assert param.requires_grad, name
+            assert param.grad is not None, name
+    # Stages after the frozen ones still train, BN included.
+    if frozen_stages < 4:
+        assert all(_bn_states(model.stages[frozen_stages]))
+
+
+def test_frozen_stages_reapplied_after_train_toggle():
+    model = DSNet('tiny', frozen_stages=2)
+    model.eval()
+    model.train()
+    assert not any(_bn_states(model.stages[1]))
+    assert all(_bn_states(model.stages[2]))
+
+
+def test_norm_eval_keeps_statistics():
+    model = DSNet('tiny', norm_eval=True)
+    model.train()
+    assert not any(_bn_states(model))
+    before = {k: v.clone() for k, v in model.state_dict().items() if 'running' in k}
+    model(torch.randn(2, 3, 64, 64))
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    # LayerNorm and dropout modules are still in training mode.
+    assert model.stages[0][0].norm_sa1.training
+
+
+def test_norm_cfg_syncbn_and_gn():
+    model = DSNet('tiny', norm_cfg=dict(type='SyncBN'))
+    assert isinstance(model.stages[0][0].norm1, nn.SyncBatchNorm)
+    model = DSNet('tiny', norm_cfg=dict(type='GN', num_groups=8)).eval()
+    assert isinstance(model.stages[0][0].norm_conv1, nn.GroupNorm)
+    assert model(torch.randn(1, 3, 64, 64))[0].shape == (1, 64, 16, 16)
+
+
+def _grads(model, x):
+    model.zero_grad()
+    sum(o.sum() for o in model(x)).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_with_cp_same_gradients_and_statistics():
+    torch.manual_seed(0)
+    plain = DSNet('tiny', drop_path_rate=0.)
+    ckpt = DSNet('tiny', drop_path_rate=0., with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    plain.train(), ckpt.train()
+    x = torch.randn(2, 3, 64, 64)
+    g_plain, g_ckpt = _grads(plain, x), _grads(ckpt, x.clone().requires_grad_())
+    for name in g_plain:
+        torch.testing.assert_close(g_ckpt[name], g_plain[name], rtol=1e-4, atol=1e-5)
+    # The recomputation must not update BN statistics a second time.
+    s_plain, s_ckpt = plain.state_dict(), ckpt.state_dict()
+    for key in s_plain:
+        torch.testing.assert_close(s_ckpt[key], s_plain[key], msg=key)
+
+
+@pytest.mark.parametrize('with_alignment', [True, False])
+def test_every_parameter_gets_a_gradient(with_alignment):
+    model = DSNet('tiny', with_alignment=with_alignment, drop_path_rate=0.2,
+                  attn_drop_rate=0.1)
+    model.train()
+    grads = _grads(model, torch.randn(2, 3, 96, 64))
+    for name, param in model.named_parameters():
+        assert grads[name].abs().sum() > 0, f'{name} gets no gradient'
+
+
+def test_drop_path_rate_is_linear_over_all_blocks():
+    model = DSNet('small', drop_path_rate=0.3)
+    rates = [block.drop_path.drop_prob if hasattr(block.drop_path, 'drop_prob') else 0.
+             for stage in model.stages for block in stage]
+    assert len(rates) == 18
+    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.3, 18),
+                               rtol=0, atol=1e-7)
+
+
+def test_attn_drop_rate_active_only_in_training():
+    model = DSNet('tiny', attn_drop_rate=0.5, drop_path_rate=0., norm_eval=True)
+    x = torch.randn(1, 3, 64, 64)
+    model.train()
+    torch.manual_seed(1)
+    a = model(x)[0]
+    torch.manual_seed(2)
+    b = model(x)[0]
+    assert not torch.allclose(a, b)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], model(x)[0])
+
+
+@pytest.mark.parametrize('arch', ['tiny', 'small'])
+@pytest.mark.parametrize('with_alignment', [True, False])
+def test_matches_explicit_reference_formulation(arch, with_alignment):
+    torch.manual_seed(0)
+    reference = reference_for(arch, with_alignment=with_alignment).eval()
+    randomize_norm_stats(reference)
+    model = DSNet(arch, with_alignment=with_alignment).eval()
+    model.load_state_dict(dsnet_convert(reference.state_dict()), strict=True)
+    for size in [(224, 224), (256, 320)]:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            expected, actual = reference.features(x), model(x)
+        for e, a in zip(expected, actual):
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_block_matches_explicit_block_at_detection_resolution():
+    """Stage-1 block at 800x1344 input: 67,200 local and 1,050 global tokens."""
+    torch.manual_seed(0)
+    reference = ReferenceBlock(64, 1, 8).eval()
+    randomize_norm_stats(reference)
+    block = DSBlock(64, 1, 8).eval()
+    block.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 64, 200, 336)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), reference(x), rtol=1e-4, atol=1e-4)
+    assert block.global_size(200, 336) == (25, 42)
+
+
+def test_global_grid_sizes():
+    model = DSNet('tiny')
+    grids = [stage[0].global_size(800 // s, 1344 // s)
+             for stage, s in zip(model.stages, STRIDES)]
+    assert grids == [(25, 42), (25, 42), (25, 42), (12, 21)]
+    model = DSNet('tiny', global_resize=(8, 4, 2, 1))
+    assert model.stages[3][0].global_size(25, 42) == (25, 42)
+
+
+def test_dsblock_rejects_bad_widths():
+    with pytest.raises(ValueError, match='divisible by num_heads'):
+        DSBlock(64, 3, 8)
+    with pytest.raises(ValueError, match='must be even'):
+        DSBlock(63, 1, 8)

@@ -1,0 +1,206 @@
+"""Public DS-Net checkpoints -> DSNet: conversion, loading, and loud failures."""
+import os.path as osp
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mmengine.logging import MMLogger
+
+from mmdsnet.models import DSNet
+from mmdsnet.models.utils import detect_layout, dsnet_convert, read_checkpoint
+from mmdsnet.models.utils.ckpt_convert import LINEAR_LAYERS
+from mmdsnet.testing import randomize_norm_stats, reference_for
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def reference():
+    torch.manual_seed(0)
+    model = reference_for('tiny').eval()
+    randomize_norm_stats(model)
+    return model
+
+
+def public_to_ours(key):
+    """The mapping the converter must apply, spelled out independently."""
+    if key.startswith('patch_embed'):
+        return f'patch_embeds.{int(key[11]) - 1}.{key.split(".proj.")[1]}'
+    stage, rest = key[len('blocks'):].split('.', 1)
+    return f'stages.{int(stage) - 1}.{rest}'
+
+
+def assert_loaded_from(model, public_sd):
+    ours = model.state_dict()
+    mapped = 0
+    for key, value in public_sd.items():
+        if key.startswith(('head.', 'norm.')):
+            continue
+        torch.testing.assert_close(ours[public_to_ours(key)], value, rtol=0, atol=0,
+                                   msg=key)
+        mapped += 1
+    assert mapped == len(ours) == 422
+
+
+def build_and_load(path, arch='tiny', **kwargs):
+    model = DSNet(arch, init_cfg=dict(type='Pretrained', checkpoint=str(path)), **kwargs)
+    model.init_weights()
+    return model.eval()
+
+
+@pytest.mark.parametrize('wrapper', [None, 'model', 'model_ema', 'state_dict'])
+@pytest.mark.parametrize('prefix', ['', 'module.'])
+def test_timm_layout_round_trip(tmp_path, reference, wrapper, prefix):
+    public = reference.state_dict()
+    sd = {prefix + k: v for k, v in public.items()}
+    path = tmp_path / 'dsnet_t.pth'
+    torch.save({wrapper: sd, 'epoch': 299} if wrapper else sd, path)
+    model = build_and_load(path)
+    assert_loaded_from(model, public)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        for expected, actual in zip(reference.features(x), model(x)):
+            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def to_paddle(public):
+    """What PaddleClas' DSNet_tiny_pretrained.pdparams holds for these weights."""
+    out = {}
+    for key, value in public.items():
+        layer, _, param = key.rpartition('.')
+        array = value.numpy()
+        if param == 'num_batches_tracked':
+            continue
+        if param == 'running_mean':
+            out[f'{layer}._mean'] = array
+        elif param == 'running_var':
+            out[f'{layer}._variance'] = array
+        elif param == 'weight' and layer.rpartition('.')[2] in LINEAR_LAYERS:
+            out[key] = np.ascontiguousarray(array.T)
+        else:
+            out[key] = array
+    out['StructuredToParameterName@@'] = {k: f'param_{i}' for i, k in enumerate(out)}
+    return out
+
+
+def test_paddle_layout_round_trip(tmp_path, reference):
+    path = tmp_path / 'DSNet_tiny_pretrained.pdparams'
+    with open(path, 'wb') as f:
+        pickle.dump(to_paddle(reference.state_dict()), f, protocol=4)
+    assert detect_layout(read_checkpoint(str(path))) == 'paddle'
+    model = build_and_load(path)
+    public = {k: v for k, v in reference.state_dict().items()
+              if not k.endswith('num_batches_tracked')}
+    ours = model.state_dict()
+    for key, value in public.items():
+        if not key.startswith(('head.', 'norm.')):
+            torch.testing.assert_close(ours[public_to_ours(key)], value, rtol=0, atol=0)
+    x = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        for expected, actual in zip(reference.features(x), model(x)):
+            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+class Payload:
+
+    def __reduce__(self):
+        return (print, ('arbitrary code ran',))
+
+
+def test_pdparams_refuses_arbitrary_objects(tmp_path):
+    path = tmp_path / 'evil.pdparams'
+    with open(path, 'wb') as f:
+        pickle.dump({'x': Payload()}, f)
+    with pytest.raises(pickle.UnpicklingError, match='refusing to load'):
+        read_checkpoint(str(path))
+    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(RuntimeError, match='Could not read'):
+        model.init_weights()
+
+
+def test_detector_checkpoint_of_ours_loads_backbone(tmp_path, reference):
+    public = reference.state_dict()
+    ours = dsnet_convert(public)
+    detector = {f'backbone.{k}': v for k, v in ours.items()}
+    detector['neck.lateral_convs.0.conv.weight'] = torch.zeros(256, 64, 1, 1)
+    path = tmp_path / 'mask_rcnn.pth'
+    torch.save({'state_dict': detector, 'meta': {'epoch': 12}}, path)
+    assert_loaded_from(build_and_load(path), public)
+
+
+def test_cli_converter(tmp_path, reference):
+    src, dst = tmp_path / 'src.pth', tmp_path / 'out' / 'dsnet_t_mm.pth'
+    torch.save({'model': reference.state_dict()}, src)
+    result = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools/model_converters/dsnet2mmdet.py'),
+         str(src), str(dst)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert '422 tensors' in result.stdout + result.stderr
+    converted = torch.load(dst, weights_only=True)
+    assert set(converted) == set(DSNet('tiny').state_dict())
+    assert_loaded_from(build_and_load(dst), reference.state_dict())
+
+
+def test_subset_out_indices_skips_unbuilt_stages(tmp_path, reference):
+    path = tmp_path / 'ckpt.pth'
+    torch.save(reference.state_dict(), path)
+    model = build_and_load(path, out_indices=(0, 1))
+    assert len(model.stages) == 2
+    torch.testing.assert_close(model.stages[1][0].conv1.weight,
+                               reference.blocks2[0].conv1.weight)
+
+
+def test_missing_file_fails_loudly(tmp_path):
+    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'no.pth')))
+    with pytest.raises(FileNotFoundError, match='dsnet2mmdet.py'):
+        model.init_weights()
+
+
+def test_corrupt_file_fails_loudly(tmp_path):
+    path = tmp_path / 'broken.pth'
+    path.write_bytes(b'not a checkpoint')
+    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(RuntimeError, match='Could not read'):
+        model.init_weights()
+
+
+def test_other_backbone_checkpoint_fails_loudly(tmp_path):
+    path = tmp_path / 'r50_retinanet.pth'
+    torch.save({'state_dict': {'backbone.conv1.weight': torch.zeros(64, 3, 7, 7),
+                               'backbone.layer1.0.conv1.weight': torch.zeros(64, 64, 1, 1),
+                               'neck.fpn_convs.0.conv.weight': torch.zeros(1)}}, path)
+    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(RuntimeError, match=r'Only 0/422 DSNet tensors'):
+        model.init_weights()
+
+
+def test_wrong_arch_fails_loudly(tmp_path, reference):
+    path = tmp_path / 'tiny.pth'
+    torch.save(reference.state_dict(), path)
+    # tiny weights into small: most of the deeper model would stay random.
+    with pytest.raises(RuntimeError, match='Only 422/836'):
+        build_and_load(path, arch='small')
+    # tiny weights into a model without alignment: surplus co-attention layers.
+    with pytest.raises(RuntimeError, match='no place in this DSNet'):
+        build_and_load(path, with_alignment=False)
+    # Different widths: shape mismatch.
+    narrow = dict(embed_dims=(32, 64, 160, 256), depths=(2, 2, 4, 1), num_heads=(1, 2, 5, 8))
+    with pytest.raises(RuntimeError, match='do not fit this DSNet'):
+        build_and_load(path, arch=narrow)
+
+
+def test_partial_load_is_reported(tmp_path, reference, capsys):
+    sd = dict(reference.state_dict())
+    del sd['blocks4.0.mlp.fc2.bias']
+    path = tmp_path / 'partial.pth'
+    torch.save(sd, path)
+    logger = MMLogger.get_instance('test_partial', log_level='INFO')
+    from mmdsnet.models.backbones.pretrained import load_pretrained_dsnet
+    model = DSNet('tiny')
+    load_pretrained_dsnet(model, str(path), logger)
+    out = capsys.readouterr()
+    assert 'stages.3.0.mlp.fc2.bias' in out.out + out.err
+    assert 'loaded 421/422' in out.out + out.err

@@ -1,0 +1,43 @@
+"""Convert a public DS-Net checkpoint to mmdsnet's backbone layout.
+
+    python tools/model_converters/dsnet2mmdet.py SRC DST
+
+SRC: a timm-style ``.pth`` (SteveTsui/DS-Net: bare, or under ``model`` /
+``model_ema`` / ``state_dict``) or a PaddleClas ``.pdparams``. DST is a plain
+state dict that ``DSNet(init_cfg=dict(type='Pretrained', checkpoint=DST))``
+loads for mmdet and mmseg alike. The backbone also converts on the fly, so
+this step is optional; it saves reading the original file at every run.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+try:
+    import mmdsnet  # noqa: F401
+except ImportError:  # run from a source checkout without installing
+    sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
+
+from mmengine.logging import MMLogger  # noqa: E402
+
+from mmdsnet.models.utils import convert_file  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('src', help='public DS-Net checkpoint (.pth or .pdparams)')
+    parser.add_argument('dst', help='output path (.pth)')
+    args = parser.parse_args(argv)
+    if not osp.isfile(args.src):
+        parser.error(f'source checkpoint not found: {args.src}')
+    if osp.dirname(args.dst):
+        os.makedirs(osp.dirname(args.dst), exist_ok=True)
+    logger = MMLogger.get_instance('dsnet2mmdet', log_level='INFO')
+    converted = convert_file(args.src, args.dst, logger=logger)
+    params = sum(v.numel() for k, v in converted.items()
+                 if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))
+    logger.info(f'saved {len(converted)} tensors ({params:,} parameters) to {args.dst}')
+
+
+if __name__ == '__main__':
+    main()
