@@ -1,3 +1,4 @@
 from .backbones import DSNet
+from .necks import DSFPN
 
-__all__ = ['DSNet']
+__all__ = ['DSNet', 'DSFPN']

@@ -1,0 +1,3 @@
+from .ds_fpn import DSFPN
+
+__all__ = ['DSFPN']

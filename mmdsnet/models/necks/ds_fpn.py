@@ -1,0 +1,203 @@
+"""DS-FPN: an FPN whose pyramid levels are enhanced by DS-Blocks.
+
+The paper adds DS-Blocks to the FPN "to enhance contextual information" but
+publishes no layout (``dsnet-spec.md`` section 5). The layout here is a
+documented engineering choice, fully configurable: by default every pyramid
+level built from a backbone map gets one DS-Block of the FPN width (local
+depthwise stream, global attention stream on a grid at 1/32 of the image,
+co-attention between them), after the top-down sum and before the 3x3 output
+conv. Extra levels (P6, P7) are left as in FPN.
+"""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from mmengine.model import BaseModule
+
+from ...registry import register_model
+from ..layers import DSBlock
+
+POSITIONS = ('pre_fpn_conv', 'post_fpn_conv', 'replace_fpn_conv')
+EXTRA_SOURCES = ('on_input', 'on_lateral', 'on_output')
+
+
+@register_model
+class DSFPN(BaseModule):
+    """FPN with DS-Blocks. Takes mmdet's/mmseg's ``FPN`` arguments unchanged,
+    so a base config only swaps ``type='FPN'`` for ``type='DSFPN'``.
+
+    FPN args: ``in_channels``, ``out_channels``, ``num_outs``, ``start_level``,
+    ``end_level``, ``add_extra_convs``, ``relu_before_extra_convs``,
+    ``no_norm_on_lateral``, ``conv_cfg``, ``norm_cfg``, ``act_cfg``,
+    ``upsample_cfg``, ``init_cfg`` (same meaning as in mmdet's FPN).
+
+    DS-Block args:
+        ds_levels (Sequence[int], optional): Pyramid levels (0 = the first
+            backbone level used, i.e. ``start_level``) that get DS-Blocks.
+            Defaults to all levels built from backbone maps.
+        num_ds_blocks (int): DS-Blocks per chosen level. 0 gives a plain FPN.
+        ds_position (str): 'pre_fpn_conv' (after the top-down sum, before the
+            3x3 conv), 'post_fpn_conv' (after it) or 'replace_fpn_conv'.
+        ds_global_resize (Sequence[int], optional): Per chosen level, the
+            factor between the level and its global grid. Defaults to
+            ``32 // stride`` assuming backbone level i has stride 4 * 2**i
+            (so every global stream sits at 1/32 of the image).
+        ds_num_heads (int, optional): Defaults to a head size of 32.
+        ds_mlp_ratio (float): FFN expansion of the DS-Blocks.
+        ds_with_alignment (bool): Co-attention between the two streams.
+        ds_norm_cfg (dict): Norm inside the DS-Blocks. GroupNorm by default:
+            these blocks have no pretrained statistics and detection trains
+            with 2 images per GPU.
+        ds_drop_path_rate (float): Stochastic depth inside the DS-Blocks.
+    """
+
+    def __init__(self,
+                 in_channels: Sequence[int],
+                 out_channels: int,
+                 num_outs: int,
+                 start_level: int = 0,
+                 end_level: int = -1,
+                 add_extra_convs: Union[bool, str] = False,
+                 relu_before_extra_convs: bool = False,
+                 no_norm_on_lateral: bool = False,
+                 conv_cfg: Optional[dict] = None,
+                 norm_cfg: Optional[dict] = None,
+                 act_cfg: Optional[dict] = None,
+                 upsample_cfg: Optional[dict] = None,
+                 ds_levels: Optional[Sequence[int]] = None,
+                 num_ds_blocks: int = 1,
+                 ds_position: str = 'pre_fpn_conv',
+                 ds_global_resize: Optional[Sequence[int]] = None,
+                 ds_num_heads: Optional[int] = None,
+                 ds_mlp_ratio: float = 4.,
+                 ds_with_alignment: bool = True,
+                 ds_norm_cfg: Optional[dict] = None,
+                 ds_drop_path_rate: float = 0.,
+                 init_cfg: Optional[Union[dict, List[dict]]] = dict(
+                     type='Xavier', layer='Conv2d', distribution='uniform')):
+        super().__init__(init_cfg=init_cfg)
+        if not isinstance(in_channels, (list, tuple)) or not in_channels:
+            raise TypeError(f'in_channels must be a non-empty list of ints, got {in_channels!r}')
+        self.in_channels = list(in_channels)
+        self.out_channels = out_channels
+        self.num_ins = len(in_channels)
+        self.num_outs = num_outs
+        self.relu_before_extra_convs = relu_before_extra_convs
+        self.no_norm_on_lateral = no_norm_on_lateral
+        self.upsample_cfg = dict(mode='nearest') if upsample_cfg is None else dict(upsample_cfg)
+
+        if end_level in (-1, self.num_ins - 1):
+            self.backbone_end_level = self.num_ins
+        elif 0 <= end_level < self.num_ins:
+            self.backbone_end_level = end_level + 1
+        else:
+            raise ValueError(f'end_level must be -1 or in 0..{self.num_ins - 1}, got {end_level}')
+        if not 0 <= start_level < self.backbone_end_level:
+            raise ValueError(f'start_level must be in 0..{self.backbone_end_level - 1}, '
+                             f'got {start_level}')
+        self.start_level = start_level
+        self.end_level = end_level
+        num_levels = self.backbone_end_level - start_level
+        if num_outs < num_levels:
+            raise ValueError(f'num_outs={num_outs} is smaller than the {num_levels} '
+                             'backbone levels used')
+        if add_extra_convs is True:
+            add_extra_convs = 'on_input'
+        if add_extra_convs not in (False, *EXTRA_SOURCES):
+            raise ValueError(f'add_extra_convs must be a bool or one of {EXTRA_SOURCES}, '
+                             f'got {add_extra_convs!r}')
+        self.add_extra_convs = add_extra_convs
+
+        if ds_position not in POSITIONS:
+            raise ValueError(f'ds_position must be one of {POSITIONS}, got {ds_position!r}')
+        self.ds_levels = tuple(range(num_levels)) if ds_levels is None else tuple(ds_levels)
+        if any(not 0 <= lvl < num_levels for lvl in self.ds_levels):
+            raise ValueError(f'ds_levels must index the {num_levels} backbone levels used '
+                             f'(0..{num_levels - 1}), got {self.ds_levels}')
+        if ds_global_resize is None:
+            ds_global_resize = [max(1, 8 // 2**(start_level + lvl)) for lvl in self.ds_levels]
+        if len(ds_global_resize) != len(self.ds_levels):
+            raise ValueError(f'ds_global_resize needs one factor per ds_level '
+                             f'{self.ds_levels}, got {ds_global_resize}')
+        self.ds_position = ds_position
+        self.ds_global_resize = tuple(ds_global_resize)
+        heads = ds_num_heads or max(1, out_channels // 2 // 32)
+        ds_norm_cfg = ds_norm_cfg or dict(type='GN', num_groups=32, requires_grad=True)
+
+        self.lateral_convs = nn.ModuleList()
+        self.fpn_convs = nn.ModuleList()
+        self.ds_blocks = nn.ModuleDict()
+        for level in range(num_levels):
+            self.lateral_convs.append(
+                ConvModule(self.in_channels[start_level + level], out_channels, 1,
+                           conv_cfg=conv_cfg, norm_cfg=None if no_norm_on_lateral else norm_cfg,
+                           act_cfg=act_cfg, inplace=False))
+            replaced = ds_position == 'replace_fpn_conv' and level in self.ds_levels
+            self.fpn_convs.append(nn.Identity() if replaced else ConvModule(
+                out_channels, out_channels, 3, padding=1, conv_cfg=conv_cfg,
+                norm_cfg=norm_cfg, act_cfg=act_cfg, inplace=False))
+        for level, resize in zip(self.ds_levels, self.ds_global_resize):
+            if num_ds_blocks > 0:
+                self.ds_blocks[str(level)] = nn.Sequential(*[
+                    DSBlock(out_channels, heads, resize, mlp_ratio=ds_mlp_ratio,
+                            with_alignment=ds_with_alignment,
+                            drop_path_rate=ds_drop_path_rate, norm_cfg=ds_norm_cfg)
+                    for _ in range(num_ds_blocks)])
+
+        self.extra_convs = nn.ModuleList()
+        if add_extra_convs:
+            for i in range(num_outs - num_levels):
+                channels = (self.in_channels[self.backbone_end_level - 1]
+                            if i == 0 and add_extra_convs == 'on_input' else out_channels)
+                self.extra_convs.append(
+                    ConvModule(channels, out_channels, 3, stride=2, padding=1,
+                               conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
+                               inplace=False))
+
+    def _enhance(self, level: int, x: torch.Tensor) -> torch.Tensor:
+        blocks = self.ds_blocks[str(level)] if str(level) in self.ds_blocks else None
+        return x if blocks is None else blocks(x)
+
+    def _upsample_to(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        if 'scale_factor' in self.upsample_cfg:
+            return F.interpolate(x, **self.upsample_cfg)
+        return F.interpolate(x, size=reference.shape[2:], **self.upsample_cfg)
+
+    def forward(self, inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+        if len(inputs) != self.num_ins:
+            raise ValueError(f'DSFPN was built for {self.num_ins} inputs '
+                             f'(in_channels={self.in_channels}), got {len(inputs)}')
+        for i, (x, channels) in enumerate(zip(inputs, self.in_channels)):
+            if x.shape[1] != channels:
+                raise ValueError(f'DSFPN input {i} has {x.shape[1]} channels, '
+                                 f'in_channels says {channels}')
+        laterals = [conv(inputs[self.start_level + i])
+                    for i, conv in enumerate(self.lateral_convs)]
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + self._upsample_to(laterals[i], laterals[i - 1])
+
+        outs = []
+        for level, lateral in enumerate(laterals):
+            if self.ds_position != 'post_fpn_conv':
+                lateral = self._enhance(level, lateral)
+            out = self.fpn_convs[level](lateral)
+            if self.ds_position == 'post_fpn_conv':
+                out = self._enhance(level, out)
+            outs.append(out)
+
+        if self.num_outs > len(outs):
+            if not self.add_extra_convs:
+                while len(outs) < self.num_outs:
+                    outs.append(F.max_pool2d(outs[-1], 1, stride=2))
+            else:
+                source = {'on_input': inputs[self.backbone_end_level - 1],
+                          'on_lateral': laterals[-1], 'on_output': outs[-1]}
+                x = source[self.add_extra_convs]
+                for i, conv in enumerate(self.extra_convs):
+                    if i > 0 and self.relu_before_extra_convs:
+                        x = F.relu(x)
+                    x = conv(x)
+                    outs.append(x)
+        return tuple(outs)

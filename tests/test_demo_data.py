@@ -1,0 +1,241 @@
+"""Tests for the synthetic demo dataset generator (mmdsnet.datasets.demo_data).
+
+They check that the files are deterministic, that the COCO masks (polygon
+and RLE) agree with their boxes, and that mmdet's CocoDataset and mmseg's
+BaseSegDataset load what was written.
+"""
+import json
+import os
+import os.path as osp
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from mmdsnet.datasets import COCO_CLASSES, SEG_CLASSES, generate_demo_data
+from mmdsnet.datasets.demo_data import (MIN_VISIBLE_AREA, SEG_BORDER,
+                                        SEG_IGNORE_INDEX)
+
+NUM_TRAIN, NUM_VAL, SEED = 8, 4, 0
+
+
+def _tree_bytes(root):
+    """Map relative path -> file bytes for every file under ``root``."""
+    files = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = osp.join(dirpath, name)
+            with open(path, 'rb') as f:
+                files[osp.relpath(path, root)] = f.read()
+    return files
+
+
+@pytest.fixture(scope='module')
+def demo_root(tmp_path_factory):
+    """One generated dataset shared by the read-only tests."""
+    root = str(tmp_path_factory.mktemp('demo'))
+    result = generate_demo_data(root, num_train=NUM_TRAIN, num_val=NUM_VAL,
+                                seed=SEED)
+    assert not result['skipped']
+    return root
+
+
+def _ann_file(root, split):
+    """Path of the COCO json of ``split``."""
+    return osp.join(root, 'coco', 'annotations', f'instances_{split}.json')
+
+
+def test_layout(demo_root):
+    for split, n in (('train', NUM_TRAIN), ('val', NUM_VAL)):
+        assert osp.isfile(_ann_file(demo_root, split))
+        for sub in (osp.join('coco', split), osp.join('seg', 'images', split),
+                    osp.join('seg', 'annotations', split)):
+            pngs = [f for f in os.listdir(osp.join(demo_root, sub))
+                    if f.endswith('.png')]
+            assert len(pngs) == n, sub
+
+
+def test_deterministic(demo_root, tmp_path):
+    other = str(tmp_path / 'again')
+    generate_demo_data(other, num_train=NUM_TRAIN, num_val=NUM_VAL, seed=SEED)
+    a, b = _tree_bytes(demo_root), _tree_bytes(other)
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key] == b[key], key
+
+    # A different seed really changes the content.
+    third = str(tmp_path / 'seed1')
+    generate_demo_data(third, num_train=NUM_TRAIN, num_val=NUM_VAL, seed=1)
+    c = _tree_bytes(third)
+    assert c['coco/train/000000.png'] != a['coco/train/000000.png']
+
+
+def test_idempotent_and_force(tmp_path):
+    root = str(tmp_path / 'demo')
+    first = generate_demo_data(root, num_train=3, num_val=2, seed=3)
+    assert not first['skipped']
+    before = _tree_bytes(root)
+
+    again = generate_demo_data(root, num_train=3, num_val=2, seed=3)
+    assert again['skipped']
+    forced = generate_demo_data(root, num_train=3, num_val=2, seed=3,
+                                force=True)
+    assert not forced['skipped']
+    assert _tree_bytes(root) == before
+
+    # New parameters regenerate and leave no stale files behind.
+    changed = generate_demo_data(root, num_train=2, num_val=2, seed=3)
+    assert not changed['skipped']
+    assert len(os.listdir(osp.join(root, 'coco', 'train'))) == 2
+    assert len(os.listdir(osp.join(root, 'seg', 'annotations', 'train'))) == 2
+    with open(osp.join(root, 'meta.json')) as f:
+        meta = json.load(f)
+    assert meta['complete'] and meta['params']['num_train'] == 2
+
+
+def test_refuses_foreign_output(tmp_path):
+    root = tmp_path / 'foreign'
+    (root / 'coco').mkdir(parents=True)
+    with pytest.raises(FileExistsError):
+        generate_demo_data(str(root), num_train=2, num_val=1)
+    assert not generate_demo_data(str(root), num_train=2, num_val=1,
+                                  force=True)['skipped']
+
+
+@pytest.mark.parametrize('split,num_images', [('train', NUM_TRAIN),
+                                              ('val', NUM_VAL)])
+def test_coco_annotations(demo_root, split, num_images):
+    coco = COCO(_ann_file(demo_root, split))
+    assert sorted(coco.getImgIds()) == list(range(1, num_images + 1))
+    assert [coco.cats[i]['name'] for i in (1, 2, 3)] == list(COCO_CLASSES)
+    ann_ids = sorted(coco.getAnnIds())
+    assert ann_ids == list(range(1, len(ann_ids) + 1))
+
+    formats = set()
+    empty_images, odd_sizes = 0, 0
+    for img_id in coco.getImgIds():
+        info = coco.imgs[img_id]
+        h, w = info['height'], info['width']
+        img = cv2.imread(osp.join(demo_root, 'coco', split, info['file_name']))
+        assert img.shape == (h, w, 3)
+        odd_sizes += (h % 32 != 0) or (w % 32 != 0)
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
+        empty_images += not anns
+        for ann in anns:
+            assert ann['iscrowd'] == 0
+            assert ann['category_id'] in (1, 2, 3)
+            seg = ann['segmentation']
+            formats.add('polygon' if isinstance(seg, list) else 'rle')
+            if isinstance(seg, dict):
+                assert isinstance(seg['counts'], str)
+                assert seg['size'] == [h, w]
+            mask = coco.annToMask(ann).astype(bool)
+            assert mask.shape == (h, w)
+            ys, xs = np.nonzero(mask)
+            x, y, bw, bh = ann['bbox']
+            assert x >= 0 and y >= 0 and x + bw <= w and y + bh <= h
+            mask_box = [xs.min(), ys.min(), xs.max() + 1 - xs.min(),
+                        ys.max() + 1 - ys.min()]
+            assert np.allclose(mask_box, ann['bbox'], atol=1), ann['id']
+            assert abs(mask.sum() - ann['area']) <= 0.02 * ann['area']
+            assert ann['area'] >= MIN_VISIBLE_AREA
+        if anns:  # visible masks of one image never overlap
+            stacked = np.stack([coco.annToMask(a) for a in anns])
+            assert stacked.sum(0).max() == 1
+
+    if split == 'train':
+        assert formats == {'polygon', 'rle'}
+    assert empty_images >= 1
+    assert odd_sizes >= 1
+
+
+def test_mmdet_coco_dataset(demo_root):
+    from mmcv.transforms import LoadImageFromFile
+    from mmdet.datasets import CocoDataset
+    from mmdet.datasets.transforms import LoadAnnotations
+
+    coco = COCO(_ann_file(demo_root, 'train'))
+    dataset = CocoDataset(
+        data_root=demo_root,
+        ann_file='coco/annotations/instances_train.json',
+        data_prefix=dict(img='coco/train/'),
+        metainfo=dict(classes=COCO_CLASSES),
+        filter_cfg=None,
+        pipeline=[
+            LoadImageFromFile(),
+            LoadAnnotations(with_bbox=True, with_mask=True, poly2mask=True)
+        ])
+    assert len(dataset) == NUM_TRAIN
+    assert dataset.metainfo['classes'] == COCO_CLASSES
+    num_instances = 0
+    for i in range(len(dataset)):
+        info = dataset.get_data_info(i)
+        num_instances += len(info['instances'])
+        results = dataset[i]
+        h, w = results['img'].shape[:2]
+        assert (h, w) == (info['height'], info['width'])
+        assert not results['gt_ignore_flags'].any()
+        masks = results['gt_masks'].masks
+        boxes = results['gt_bboxes'].tensor.numpy()
+        assert masks.shape == (len(info['instances']), h, w)
+        assert set(results['gt_bboxes_labels'].tolist()) <= {0, 1, 2}
+        for mask, box in zip(masks, boxes):
+            ys, xs = np.nonzero(mask)
+            # mmdet boxes are x1y1x2y2 with x2 = x + w.
+            assert np.allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1],
+                               box, atol=1)
+    assert num_instances == len(coco.getAnnIds()) > 0
+
+
+def test_mmseg_dataset(demo_root):
+    from mmseg.datasets import BaseSegDataset
+    from mmseg.datasets.transforms import LoadAnnotations
+
+    for split, n in (('train', NUM_TRAIN), ('val', NUM_VAL)):
+        dataset = BaseSegDataset(
+            data_root=demo_root,
+            data_prefix=dict(img_path=f'seg/images/{split}',
+                             seg_map_path=f'seg/annotations/{split}'),
+            img_suffix='.png',
+            seg_map_suffix='.png',
+            reduce_zero_label=True,
+            metainfo=dict(classes=SEG_CLASSES),
+            pipeline=[LoadAnnotations()])
+        assert len(dataset) == n
+        assert dataset.metainfo['classes'] == SEG_CLASSES
+        seen = set()
+        for i in range(n):
+            info = dataset.get_data_info(i)
+            assert osp.basename(info['img_path']) == osp.basename(
+                info['seg_map_path'])
+            assert osp.isfile(info['img_path'])
+            raw = cv2.imread(info['seg_map_path'], cv2.IMREAD_UNCHANGED)
+            assert raw.dtype == np.uint8 and raw.ndim == 2
+            assert set(np.unique(raw).tolist()) <= {0, 1, 2, 3, 4}
+            b = SEG_BORDER
+            assert (raw[:b] == SEG_IGNORE_INDEX).all()
+            assert (raw[:, -b:] == SEG_IGNORE_INDEX).all()
+            assert (raw[b:-b, b:-b] != SEG_IGNORE_INDEX).all()
+            img = cv2.imread(info['img_path'])
+            assert img.shape[:2] == raw.shape
+            gt = dataset[i]['gt_seg_map']
+            assert set(np.unique(gt).tolist()) <= {0, 1, 2, 3, 255}
+            assert (gt[raw == 0] == 255).all()
+            assert (gt[raw > 0] == raw[raw > 0] - 1).all()
+            seen |= set(np.unique(gt).tolist())
+        assert {0, 255} <= seen and len(seen - {0, 255}) >= 1
+
+
+def test_semantic_map_matches_instances(demo_root):
+    """Label maps are the instance masks painted with category_id + 1."""
+    coco = COCO(_ann_file(demo_root, 'train'))
+    for img_id in coco.getImgIds():
+        info = coco.imgs[img_id]
+        raw = cv2.imread(osp.join(demo_root, 'seg', 'annotations', 'train',
+                                  info['file_name']), cv2.IMREAD_UNCHANGED)
+        expected = np.ones_like(raw)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
+            expected[coco.annToMask(ann).astype(bool)] = ann['category_id'] + 1
+        b = SEG_BORDER
+        assert (raw[b:-b, b:-b] == expected[b:-b, b:-b]).all()
