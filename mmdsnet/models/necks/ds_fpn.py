@@ -31,7 +31,9 @@ class DSFPN(BaseModule):
     FPN args: ``in_channels``, ``out_channels``, ``num_outs``, ``start_level``,
     ``end_level``, ``add_extra_convs``, ``relu_before_extra_convs``,
     ``no_norm_on_lateral``, ``conv_cfg``, ``norm_cfg``, ``act_cfg``,
-    ``upsample_cfg``, ``init_cfg`` (same meaning as in mmdet's FPN).
+    ``upsample_cfg``, ``init_cfg`` (same meaning as in mmdet's FPN; note
+    that ``end_level`` is inclusive as in mmdet, while mmseg's FPN counts it
+    exclusively).
 
     DS-Block args:
         ds_levels (Sequence[int], optional): Pyramid levels (0 = the first

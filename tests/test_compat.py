@@ -1,0 +1,483 @@
+"""Tests for mmdsnet.utils.compat and the train/test tools (CPU only).
+
+* Runner checkpoints load with ``torch.load(weights_only=True)`` once mmdsnet
+  is imported, and resume continues exactly where training stopped.
+* ``tools/train.py`` on one process and ``tools/dist_train.sh`` on two CPU
+  processes (gloo) give the same weights and losses for the same global
+  batch; ``tools/test.py`` evaluates and dumps the result.
+* ``patch_cpu_distributed`` uses gloo / CPU DDP, reverts SyncBN, and does
+  nothing when an accelerator is present.
+"""
+import json
+import os
+import os.path as osp
+import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
+from torch import nn
+from torch.utils.data import Dataset
+
+import mmdsnet  # noqa: F401  (registers the checkpoint safe globals)
+from mmdsnet.utils.compat import allow_runner_checkpoint_globals
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+PYTHON = sys.executable
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def _drop_runner_globals():
+    """Forget the global instances an in-process Runner leaves behind.
+
+    A Runner makes its DefaultScope ('mmengine' here) the current one, which
+    would make later ``mmdet.registry.MODELS.build`` calls in other test
+    files look in the wrong registry; its MessageHub/logger/visualizer are
+    dropped as well.
+    """
+    from mmengine.logging import MessageHub, MMLogger
+    from mmengine.registry import DefaultScope
+    from mmengine.visualization import Visualizer
+    classes = (DefaultScope, MessageHub, MMLogger, Visualizer)
+    before = {cls: set(cls._instance_dict) for cls in classes}
+    yield
+    for cls in classes:
+        for name in set(cls._instance_dict) - before[cls]:
+            instance = cls._instance_dict.pop(name)
+            for handler in list(getattr(instance, 'handlers', [])):
+                handler.close()
+                instance.removeHandler(handler)
+
+
+# --------------------------------------------------------------------------
+# (a) weights_only loading and resume, in-process Runner
+# --------------------------------------------------------------------------
+class ToyModel(BaseModel):
+    """Linear regression with fixed initial weights; no BN."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.linspace(-0.5, 0.5, 8).view(2, 4))
+            self.fc.bias.copy_(torch.tensor([0.1, -0.1]))
+
+    def forward(self, inputs, targets=None, mode='tensor'):
+        out = self.fc(inputs)
+        if mode == 'loss':
+            return dict(loss=((out - targets)**2).mean())
+        return out
+
+
+class ToyDataset(Dataset):
+    """Fixed random regression samples (same on every call)."""
+    metainfo = dict(classes=('toy', ))
+
+    def __init__(self, n=8):
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 4, generator=gen)
+        self.y = torch.randn(n, 2, generator=gen)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, idx):
+        return dict(inputs=self.x[idx], targets=self.y[idx])
+
+
+class RecordHook(Hook):
+    """Remember the loop position and weights when training (re)starts."""
+
+    def __init__(self):
+        self.at_start = None
+
+    def before_train(self, runner):
+        self.at_start = dict(
+            epoch=runner.epoch,
+            iter=runner.iter,
+            state_dict={
+                k: v.clone()
+                for k, v in runner.model.state_dict().items()
+            },
+            n_loss=len(runner.message_hub.get_scalar('train/loss').data[0])
+            if 'train/loss' in runner.message_hub.log_scalars else 0)
+
+
+def _make_runner(work_dir, name, max_epochs, resume=False, hook=None):
+    return Runner(
+        model=ToyModel(),
+        work_dir=str(work_dir),
+        experiment_name=name,  # distinct MessageHub/logger per runner
+        train_dataloader=dict(
+            dataset=ToyDataset(),
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            batch_size=2,
+            num_workers=0,
+            collate_fn=dict(type='default_collate')),
+        train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
+        optim_wrapper=dict(
+            optimizer=dict(type='SGD', lr=0.05, momentum=0.9)),
+        default_hooks=dict(
+            checkpoint=dict(type='CheckpointHook', interval=1),
+            logger=dict(type='LoggerHook', interval=1)),
+        custom_hooks=[hook] if hook is not None else None,
+        randomness=dict(seed=0),
+        resume=resume)
+
+
+def test_runner_checkpoint_weights_only_and_resume(tmp_path):
+    work = tmp_path / 'resume'
+    runner = _make_runner(work, 'compat_first', max_epochs=2)
+    runner.train()
+    assert (runner.epoch, runner.iter) == (2, 8)  # 8 samples / batch 2
+    ckpt_path = work / 'epoch_2.pth'
+    assert (work / 'epoch_1.pth').is_file() and ckpt_path.is_file()
+
+    # Explicit weights_only=True load (mmdsnet registered the safe globals).
+    ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+    assert ckpt['meta']['epoch'] == 2 and ckpt['meta']['iter'] == 8
+    loss_buf = ckpt['message_hub']['log_scalars']['train/loss']
+    assert isinstance(loss_buf, HistoryBuffer)
+    assert len(loss_buf.data[0]) == 8
+
+    # Without mmdsnet the same load fails: the allowlist is what fixes it.
+    proc = subprocess.run(
+        [PYTHON, '-c', 'import sys, torch; '
+         'torch.load(sys.argv[1], weights_only=True)',
+         str(ckpt_path)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert 'Unsupported global' in proc.stderr
+
+    # Resume to 3 epochs: continues from epoch 2 with the saved state.
+    hook = RecordHook()
+    resumed = _make_runner(
+        work, 'compat_resumed', max_epochs=3, resume=True, hook=hook)
+    resumed.train()
+    start = hook.at_start
+    assert (start['epoch'], start['iter']) == (2, 8)
+    assert start['n_loss'] == 8  # MessageHub history came back too
+    assert start['state_dict'].keys() == ckpt['state_dict'].keys()
+    for key, value in ckpt['state_dict'].items():
+        assert torch.equal(start['state_dict'][key], value), key
+    assert (resumed.epoch, resumed.iter) == (3, 12)
+    assert (work / 'epoch_3.pth').is_file()
+
+    # Same result as 3 epochs without interruption (optimizer momentum is
+    # restored as well, not only the weights).
+    straight = _make_runner(tmp_path / 'straight', 'compat_straight', 3)
+    straight.train()
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(
+            resumed.model.state_dict()[key], value, atol=1e-6, rtol=0)
+
+
+class _CallGetattr:
+    """Pickles as ``getattr(target, name)`` (protocol 2 REDUCE)."""
+
+    def __init__(self, target, name):
+        self.target, self.name = target, name
+
+    def __reduce__(self):
+        return getattr, (self.target, self.name)
+
+
+def test_getattr_allowlist_is_restricted(tmp_path):
+    allowed = tmp_path / 'allowed.pth'
+    torch.save({'m': _CallGetattr(HistoryBuffer, 'mean')}, allowed)
+    assert torch.load(allowed, weights_only=True)['m'] is HistoryBuffer.mean
+
+    denied = tmp_path / 'denied.pth'
+    torch.save({'m': _CallGetattr(HistoryBuffer, '__init__')}, denied)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(denied, weights_only=True)
+
+
+def test_allow_runner_checkpoint_globals_idempotent():
+    before = list(torch.serialization.get_safe_globals())
+    assert allow_runner_checkpoint_globals() is True
+    assert allow_runner_checkpoint_globals() is True
+    assert len(torch.serialization.get_safe_globals()) == len(before)
+
+
+# --------------------------------------------------------------------------
+# (b) tools/train.py (1 process) vs tools/dist_train.sh (2 CPU processes)
+# --------------------------------------------------------------------------
+TOY_MODULE = '''
+"""Toy model/dataset/metric registered for the compat tool tests."""
+import torch
+import torch.distributed as dist
+from mmengine.evaluator import BaseMetric
+from mmengine.model import BaseModel
+from mmengine.registry import DATASETS, METRICS, MODELS
+from torch import nn
+from torch.utils.data import Dataset
+
+
+@MODELS.register_module()
+class CompatToyModel(BaseModel):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.linspace(-0.5, 0.5, 8).view(2, 4))
+            self.fc.bias.copy_(torch.tensor([0.1, -0.1]))
+
+    def forward(self, inputs, targets=None, mode='tensor'):
+        out = self.fc(inputs)
+        if mode == 'loss':
+            loss = ((out - targets) ** 2).mean()
+            # mean over all processes, for logging only (no 'loss' in name)
+            global_mse = loss.detach().clone()
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(global_mse)
+                global_mse /= dist.get_world_size()
+            return dict(loss_mse=loss, global_mse=global_mse)
+        if mode == 'predict':
+            return [dict(pred=o, target=t) for o, t in zip(out, targets)]
+        return out
+
+
+@DATASETS.register_module()
+class CompatToyDataset(Dataset):
+    metainfo = dict(classes=('toy',))
+
+    def __init__(self, n=16):
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 4, generator=gen)
+        self.y = torch.randn(n, 2, generator=gen)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, idx):
+        return dict(inputs=self.x[idx], targets=self.y[idx])
+
+
+@METRICS.register_module()
+class CompatToyMSE(BaseMetric):
+    def process(self, data_batch, data_samples):
+        for sample in data_samples:
+            err = (sample['pred'] - sample['target']) ** 2
+            self.results.append(err.mean().item())
+
+    def compute_metrics(self, results):
+        return dict(mse=sum(results) / len(results))
+'''
+
+TOY_CONFIG = '''
+custom_imports = dict(imports=['compat_toy'], allow_failed_imports=False)
+model = dict(type='CompatToyModel')
+_loader = dict(
+    batch_size=4,
+    num_workers=0,
+    dataset=dict(type='CompatToyDataset', n=16),
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='default_collate'))
+train_dataloader = _loader
+test_dataloader = _loader
+test_evaluator = dict(type='CompatToyMSE')
+test_cfg = dict(type='TestLoop')
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=4)
+optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9))
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', interval=4, by_epoch=False),
+    logger=dict(type='LoggerHook', interval=1))
+log_processor = dict(by_epoch=False, window_size=1)
+# as in mmdet/mmseg configs; compat switches to gloo on CPU
+env_cfg = dict(dist_cfg=dict(backend='nccl'))
+randomness = dict(seed=0)
+'''
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _run(cmd, env, timeout=150):
+    proc = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout)
+    assert proc.returncode == 0, (
+        f'{cmd} failed ({proc.returncode})\n--- stdout\n{proc.stdout[-4000:]}'
+        f'\n--- stderr\n{proc.stderr[-6000:]}')
+    return proc
+
+
+def _scalars(work_dir):
+    """Per-iteration logged values from LocalVisBackend's scalars.json."""
+    found = []
+    for root, _, files in os.walk(work_dir):
+        if 'scalars.json' in files:
+            found.append(osp.join(root, 'scalars.json'))
+    assert len(found) == 1, found
+    with open(found[0]) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {row['iter']: row for row in rows if 'global_mse' in row}
+
+
+@pytest.fixture(scope='module')
+def toy_project(tmp_path_factory):
+    """Config + importable toy module, and env for the tool subprocesses."""
+    root = tmp_path_factory.mktemp('toy_project')
+    (root / 'compat_toy.py').write_text(TOY_MODULE)
+    config = root / 'toy_config.py'
+    config.write_text(TOY_CONFIG)
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        p for p in (str(root), env.get('PYTHONPATH')) if p)
+    env['PYTHON'] = PYTHON
+    env.pop('OMP_NUM_THREADS', None)
+    return root, config, env
+
+
+@pytest.fixture(scope='module')
+def single_run(toy_project):
+    """tools/train.py, launcher none, batch 4 on one process."""
+    root, config, env = toy_project
+    work = root / 'work_single'
+    _run([PYTHON, 'tools/train.py', str(config), '--work-dir', str(work),
+          '--cfg-options', 'train_dataloader.batch_size=4'], env)
+    return work
+
+
+@pytest.mark.skipif(CUDA, reason='checks the CPU (gloo) path')
+def test_train_single_vs_dist_cpu(toy_project, single_run):
+    root, config, env = toy_project
+    work_dist = root / 'work_dist'
+    env = dict(env, PORT=str(_free_port()))
+    proc = _run(['bash', 'tools/dist_train.sh', str(config), '2',
+                 '--work-dir', str(work_dist),
+                 '--cfg-options', 'train_dataloader.batch_size=2'], env)
+    out = proc.stdout + proc.stderr
+    assert 'gloo' in out  # compat warned that nccl was replaced
+
+    single = torch.load(single_run / 'iter_4.pth', weights_only=True)
+    dist = torch.load(work_dist / 'iter_4.pth', weights_only=True)
+    assert single['meta']['iter'] == dist['meta']['iter'] == 4
+    init = ToyModel().state_dict()
+    for key, value in single['state_dict'].items():
+        assert not torch.allclose(value, init[key])  # it did train
+        torch.testing.assert_close(
+            dist['state_dict'][key], value, atol=1e-6, rtol=0)
+
+    # Logged losses: the 2-process mean of each step equals the 1-process
+    # loss over the same 4 samples (and both runs logged 4 steps).
+    single_log, dist_log = _scalars(single_run), _scalars(work_dist)
+    assert sorted(single_log) == sorted(dist_log) == [1, 2, 3, 4]
+    for step in single_log:
+        assert single_log[step]['loss'] == pytest.approx(
+            single_log[step]['global_mse'], abs=1e-6)
+        assert dist_log[step]['global_mse'] == pytest.approx(
+            single_log[step]['loss'], rel=1e-6, abs=1e-6)
+
+
+def test_tools_test_out(toy_project, single_run):
+    root, config, env = toy_project
+    out_file = root / 'preds.pkl'
+    proc = _run([PYTHON, 'tools/test.py', str(config),
+                 str(single_run / 'iter_4.pth'), '--work-dir',
+                 str(root / 'work_test'), '--out', str(out_file)], env)
+    assert 'mse:' in proc.stdout + proc.stderr
+    with open(out_file, 'rb') as f:
+        preds = pickle.load(f)
+    assert len(preds) == 16 and set(preds[0]) == {'pred', 'target'}
+
+
+def test_train_amp_on_cpu_says_gpu_needed(toy_project):
+    if CUDA:
+        pytest.skip('AMP is available with a GPU')
+    root, config, env = toy_project
+    proc = subprocess.run(
+        [PYTHON, 'tools/train.py', str(config), '--work-dir',
+         str(root / 'work_amp'), '--amp'],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert 'needs a GPU' in proc.stderr
+
+
+# --------------------------------------------------------------------------
+# patch_cpu_distributed details (fresh interpreters: it patches globally)
+# --------------------------------------------------------------------------
+SYNCBN_SCRIPT = '''
+import os, sys
+os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
+                  MASTER_ADDR='127.0.0.1', MASTER_PORT=sys.argv[2])
+import torch
+from torch import nn
+from mmengine.model import BaseModel, MMDistributedDataParallel
+from mmengine.optim import OptimWrapper
+from mmengine.runner import Runner
+from mmdsnet.utils.compat import patch_cpu_distributed
+
+assert patch_cpu_distributed() is True
+assert patch_cpu_distributed() is True  # idempotent
+
+
+class Net(BaseModel):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.SyncBatchNorm(4)
+
+    def forward(self, inputs, mode='tensor'):
+        out = self.bn(self.conv(inputs))
+        return dict(loss=out.pow(2).mean()) if mode == 'loss' else out
+
+
+runner = Runner(model=Net(), work_dir=sys.argv[1], launcher='pytorch',
+                env_cfg=dict(dist_cfg=dict(backend='nccl')),
+                cfg=dict(sync_bn='torch'))
+assert torch.distributed.get_backend() == 'gloo'
+assert isinstance(runner.model, MMDistributedDataParallel)
+assert runner.model.device_ids is None
+assert not any(isinstance(m, nn.SyncBatchNorm) for m in runner.model.modules())
+optim = OptimWrapper(torch.optim.SGD(runner.model.parameters(), lr=0.1))
+log_vars = runner.model.train_step(dict(inputs=torch.randn(2, 3, 4, 4)), optim)
+assert torch.isfinite(log_vars['loss'])
+torch.distributed.destroy_process_group()
+print('SYNCBN_OK')
+'''
+
+GPU_NOOP_SCRIPT = '''
+import mmengine.device.utils as device_utils
+device_utils.DEVICE = 'cuda'  # pretend mmengine found a GPU
+import mmengine.dist.utils as dist_utils
+from mmengine.runner import Runner
+init_before, wrap_before = dist_utils._init_dist_pytorch, Runner.wrap_model
+from mmdsnet.utils.compat import patch_cpu_distributed
+assert patch_cpu_distributed() is False
+assert dist_utils._init_dist_pytorch is init_before
+assert Runner.wrap_model is wrap_before
+print('NOOP_OK')
+'''
+
+
+@pytest.mark.skipif(CUDA, reason='checks the CPU (gloo) path')
+def test_patch_cpu_distributed_gloo_and_syncbn(tmp_path):
+    script = tmp_path / 'syncbn.py'
+    script.write_text(textwrap.dedent(SYNCBN_SCRIPT))
+    proc = subprocess.run(
+        [PYTHON, str(script), str(tmp_path / 'work'), str(_free_port())],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and 'SYNCBN_OK' in out, out[-6000:]
+    assert 'converted to BatchNorm' in out
+    assert 'using the gloo backend' in out
+
+
+def test_patch_cpu_distributed_noop_with_gpu(tmp_path):
+    proc = subprocess.run(
+        [PYTHON, '-c', GPU_NOOP_SCRIPT],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 0 and 'NOOP_OK' in proc.stdout, proc.stderr

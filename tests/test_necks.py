@@ -1,0 +1,130 @@
+"""DSFPN: FPN's contract, DS-Block placement options, errors."""
+import pytest
+import torch
+from mmdet.models.necks import FPN as MMDetFPN
+from mmseg.models.necks import FPN as MMSegFPN
+
+from mmdsnet.models import DSFPN
+from mmdsnet.models.layers import DSBlock
+
+IN_CHANNELS = [64, 128, 320, 512]
+
+
+def pyramid(height=64, width=96, batch=1):
+    return [torch.randn(batch, c, height // s, width // s)
+            for c, s in zip(IN_CHANNELS, (1, 2, 4, 8))]
+
+
+def copy_fpn_weights(fpn, dsfpn):
+    """Load an mmdet FPN's weights into a DSFPN (extra convs live apart)."""
+    source, target = fpn.state_dict(), dsfpn.state_dict()
+    num_levels = len(dsfpn.lateral_convs)
+    for key in target:
+        if key.startswith('extra_convs.'):
+            index, rest = key.split('.', 2)[1:]
+            target[key] = source[f'fpn_convs.{num_levels + int(index)}.{rest}']
+        else:
+            target[key] = source[key]
+    dsfpn.load_state_dict(target)
+
+
+FPN_SETTINGS = [
+    dict(num_outs=5),  # Mask R-CNN: P2-P5 + max-pooled P6
+    dict(num_outs=5, start_level=1, add_extra_convs='on_input'),  # RetinaNet
+    dict(num_outs=5, add_extra_convs='on_output', relu_before_extra_convs=True),
+    dict(num_outs=6, add_extra_convs='on_lateral'),
+    dict(num_outs=3, start_level=1, end_level=3),
+    dict(num_outs=4, norm_cfg=dict(type='GN', num_groups=32), no_norm_on_lateral=True),
+    dict(num_outs=4, upsample_cfg=dict(scale_factor=2, mode='nearest')),
+]
+
+
+@pytest.mark.parametrize('fpn_cls', [MMDetFPN, MMSegFPN])
+@pytest.mark.parametrize('kwargs', FPN_SETTINGS)
+def test_without_ds_blocks_equals_fpn(fpn_cls, kwargs):
+    if fpn_cls is MMSegFPN and 'end_level' in kwargs:
+        pytest.skip('mmseg counts end_level exclusively; DSFPN follows mmdet (inclusive)')
+    torch.manual_seed(0)
+    fpn = fpn_cls(IN_CHANNELS, 256, **kwargs).eval()
+    dsfpn = DSFPN(IN_CHANNELS, 256, num_ds_blocks=0, **kwargs).eval()
+    assert sum(p.numel() for p in fpn.parameters()) == sum(
+        p.numel() for p in dsfpn.parameters())
+    copy_fpn_weights(fpn, dsfpn)
+    inputs = pyramid()
+    with torch.no_grad():
+        expected, actual = fpn(inputs), dsfpn(inputs)
+    assert len(actual) == kwargs['num_outs']
+    for e, a in zip(expected, actual):
+        torch.testing.assert_close(a, e)
+
+
+def test_default_layout_one_block_per_backbone_level():
+    neck = DSFPN(IN_CHANNELS, 256, num_outs=5)
+    assert sorted(neck.ds_blocks) == ['0', '1', '2', '3']
+    blocks = [neck.ds_blocks[str(i)][0] for i in range(4)]
+    assert all(isinstance(b, DSBlock) and b.channels == 256 and b.num_heads == 4
+               for b in blocks)
+    # The global stream sits at 1/32 of the image on every level (P2..P5).
+    assert [b.global_resize for b in blocks] == [8, 4, 2, 1]
+    outs = neck(pyramid(128, 160))
+    assert [tuple(o.shape[2:]) for o in outs] == [(128, 160), (64, 80), (32, 40), (16, 20),
+                                                   (8, 10)]
+    for level, (h, w) in enumerate([(128, 160), (64, 80), (32, 40), (16, 20)]):
+        assert blocks[level].global_size(h, w) == (16, 20)  # image 512x640 / 32
+
+
+def test_retinanet_layout_starts_at_p3():
+    neck = DSFPN(IN_CHANNELS, 256, num_outs=5, start_level=1, add_extra_convs='on_input')
+    assert [neck.ds_blocks[k][0].global_resize for k in sorted(neck.ds_blocks)] == [4, 2, 1]
+
+
+@pytest.mark.parametrize('position', ['pre_fpn_conv', 'post_fpn_conv', 'replace_fpn_conv'])
+def test_positions_and_gradients(position):
+    neck = DSFPN(IN_CHANNELS, 128, num_outs=5, ds_position=position, ds_levels=(1, 2),
+                 num_ds_blocks=2, ds_num_heads=2)
+    assert sorted(neck.ds_blocks) == ['1', '2'] and len(neck.ds_blocks['1']) == 2
+    replaced = [isinstance(c, torch.nn.Identity) for c in neck.fpn_convs]
+    assert replaced == ([False, True, True, False] if position == 'replace_fpn_conv'
+                        else [False] * 4)
+    outs = neck(pyramid(batch=2))
+    sum(o.sum() for o in outs).backward()
+    for name, param in neck.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_ds_blocks_change_the_output_only_where_placed():
+    torch.manual_seed(0)
+    plain = DSFPN(IN_CHANNELS, 64, num_outs=4, num_ds_blocks=0, ds_num_heads=1).eval()
+    enhanced = DSFPN(IN_CHANNELS, 64, num_outs=4, ds_levels=(3, ), ds_num_heads=1,
+                     ds_norm_cfg=dict(type='BN')).eval()
+    enhanced.load_state_dict(plain.state_dict(), strict=False)
+    inputs = pyramid()
+    with torch.no_grad():
+        a, b = plain(inputs), enhanced(inputs)
+    for level in range(3):
+        torch.testing.assert_close(a[level], b[level])
+    assert not torch.allclose(a[3], b[3])
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(ds_position='middle'), 'ds_position must be one of'),
+    (dict(ds_levels=(4, )), 'ds_levels must index'),
+    (dict(ds_global_resize=(8, 4)), 'one factor per ds_level'),
+    (dict(add_extra_convs='on_top'), 'add_extra_convs must be'),
+    (dict(num_outs=3), 'num_outs=3 is smaller'),
+    (dict(start_level=4), 'start_level must be'),
+    (dict(end_level=7), 'end_level must be'),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DSFPN(IN_CHANNELS, 256, **{'num_outs': 5, **kwargs})
+
+
+def test_bad_inputs():
+    neck = DSFPN(IN_CHANNELS, 64, num_outs=4, ds_num_heads=1)
+    with pytest.raises(ValueError, match='built for 4 inputs'):
+        neck(pyramid()[:3])
+    wrong = pyramid()
+    wrong[2] = torch.randn(1, 256, 16, 24)
+    with pytest.raises(ValueError, match='input 2 has 256 channels, in_channels says 320'):
+        neck(wrong)
