@@ -1,0 +1,58 @@
+# `make demo TASK=seg`: Semantic FPN with DS-Net-T trained from scratch on the
+# synthetic shapes label maps (tools/misc/make_demo_data.py), sized for a
+# 2-core CPU. Label convention: raw 0 = unlabelled frame (ignored through
+# reduce_zero_label), 1 = background, 2-4 = circle, square, triangle.
+_base_ = '../fpn_dsnet-t_4xb8-40k_ade20k-512x512.py'
+
+data_root = 'data/demo/seg/'
+classes = ('background', 'circle', 'square', 'triangle')
+metainfo = dict(classes=classes,
+                palette=[(120, 120, 120), (215, 50, 45), (45, 170, 60), (50, 80, 210)])
+crop_size = (256, 256)
+# BN (not SyncBN): BN statistics are learned from scratch here; SyncBN would
+# be reverted to BN on CPU anyway.
+norm_cfg = dict(type='BN', requires_grad=True)
+
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(drop_path_rate=0., norm_cfg=norm_cfg, norm_eval=False, init_cfg=None),
+    decode_head=dict(num_classes=len(classes), norm_cfg=norm_cfg))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(320, 256), ratio_range=(0.75, 1.25), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.9),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo,
+               img_suffix='.png', seg_map_suffix='.png', reduce_zero_label=True)
+train_dataloader = dict(
+    batch_size=4, num_workers=0, persistent_workers=False,
+    dataset=dict(**dataset, pipeline=train_pipeline,
+                 data_prefix=dict(img_path='images/train', seg_map_path='annotations/train')))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(**dataset, pipeline=test_pipeline,
+                 data_prefix=dict(img_path='images/val', seg_map_path='annotations/val')))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+test_evaluator = val_evaluator
+
+max_iters = 240
+train_cfg = dict(max_iters=max_iters, val_interval=80)
+optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.01))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20),
+    dict(type='PolyLR', eta_min=0., power=0.9, begin=20, end=max_iters, by_epoch=False),
+]
+auto_scale_lr = dict(enable=False, base_batch_size=8)
+default_hooks = dict(
+    logger=dict(interval=10),
+    checkpoint=dict(by_epoch=False, interval=80, max_keep_ckpts=2))

@@ -1,0 +1,118 @@
+"""Every detection config parses, builds, and runs loss and predict forwards;
+the README's stock-mmdet example builds and runs too."""
+import glob
+import os.path as osp
+import re
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+
+import mmdsnet  # noqa: F401
+from mmdsnet.models import DSFPN, DSNet
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DET_CONFIGS = sorted(
+    glob.glob(osp.join(ROOT, 'configs', '*_coco.py'))
+    + glob.glob(osp.join(ROOT, 'configs', 'demo', 'mask_rcnn_*.py')))
+REQUIRED = [
+    'retinanet_dsnet_t_fpn_1x_coco.py', 'retinanet_dsnet_s_fpn_1x_coco.py',
+    'mask_rcnn_dsnet_t_fpn_1x_coco.py', 'mask_rcnn_dsnet_s_fpn_1x_coco.py',
+    'mask_rcnn_dsnet_b_fpn_1x_coco.py', 'retinanet_dsnet_s_dsfpn_1x_coco.py',
+    'mask_rcnn_dsnet_s_dsfpn_1x_coco.py', 'mask_rcnn_dsnet_s_fpn_ms-3x_coco.py',
+]
+
+
+@pytest.fixture(autouse=True)
+def mmdet_scope():
+    """Build under mmdet's scope, as tools/train.py does for these configs."""
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
+
+
+def test_required_configs_exist():
+    names = {osp.basename(p) for p in DET_CONFIGS}
+    assert set(REQUIRED) <= names, set(REQUIRED) - names
+    assert len(DET_CONFIGS) == len(REQUIRED) + 1  # + the demo config
+
+
+def run_detector(cfg_model, with_mask):
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+    model = MODELS.build(cfg_model)
+    model.init_weights()
+    data = model.data_preprocessor(
+        demo_mm_inputs(2, [[3, 128, 128], [3, 125, 130]], num_classes=3,
+                       with_mask=with_mask), training=True)
+    model.train()
+    total, log_vars = model.parse_losses(model(**data, mode='loss'))
+    assert torch.isfinite(total) and total > 0, log_vars
+    total.backward()
+    model.eval()
+    with torch.no_grad():
+        data = model.data_preprocessor(
+            demo_mm_inputs(1, [[3, 160, 96]], num_classes=3, with_mask=with_mask))
+        results = model(**data, mode='predict')
+    assert len(results) == 1 and hasattr(results[0], 'pred_instances')
+    return model, results[0]
+
+
+@pytest.mark.parametrize('path', DET_CONFIGS, ids=osp.basename)
+def test_config_builds_and_runs(path):
+    cfg = Config.fromfile(path)
+    assert cfg.default_scope == 'mmdet'
+    assert 'mmdsnet' in cfg.custom_imports['imports']
+    backbone = cfg.model.backbone
+    # BN handling is stated explicitly in every config.
+    assert 'norm_eval' in backbone and 'norm_cfg' in backbone
+    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    assert cfg.auto_scale_lr.base_batch_size in (8, 16)
+    if 'demo' not in path:
+        assert backbone.init_cfg.type == 'Pretrained'
+        assert cfg.train_cfg.max_epochs in (12, 36)
+        assert cfg.optim_wrapper.optimizer.lr == (1e-4 if 'retinanet' in path else 2e-4)
+        assert cfg.optim_wrapper.optimizer.weight_decay == 1e-4
+    backbone.init_cfg = None
+    # The neck's in_channels agree with the backbone's outputs.
+    channels = DSNet.out_channels_of(backbone.arch, backbone.out_indices)
+    assert list(cfg.model.neck.in_channels) == channels
+    model, result = run_detector(cfg.model, with_mask='mask_rcnn' in path)
+    assert isinstance(model.backbone, DSNet)
+    assert isinstance(model.neck, DSFPN) == ('dsfpn' in path)
+    if 'mask_rcnn' in path:
+        assert 'masks' in result.pred_instances
+
+
+def readme_example():
+    text = open(osp.join(ROOT, 'README.md')).read()
+    match = re.search(r'<!-- stock-mmdet-example -->\s*```python\n(.*?)```', text, re.S)
+    assert match, 'README lost its stock mmdet example block'
+    return match.group(1)
+
+
+def test_readme_stock_mmdet_example(tmp_path):
+    config = tmp_path / 'faster_rcnn_dsnet.py'
+    config.write_text(readme_example())
+    cfg = Config.fromfile(str(config))
+    assert cfg.model.type == 'FasterRCNN'
+    cfg.model.backbone.init_cfg = None
+    model, _ = run_detector(cfg.model, with_mask=False)
+    assert isinstance(model.backbone, DSNet) and isinstance(model.neck, DSFPN)
+
+
+def test_readme_and_metafile_paths_exist():
+    import yaml
+    text = open(osp.join(ROOT, 'README.md')).read()
+    paths = set(re.findall(r'\b((?:configs|tools)/[\w./-]+\.(?:py|sh|yml))', text))
+    assert len(paths) >= 10
+    assert not [p for p in paths if not osp.exists(osp.join(ROOT, p))]
+    with open(osp.join(ROOT, 'configs', 'metafile.yml')) as f:
+        metafile = yaml.safe_load(f)
+    configs = [model['Config'] for model in metafile['Models']]
+    assert set(REQUIRED) <= {osp.basename(c) for c in configs}
+    assert not [c for c in configs if not osp.exists(osp.join(ROOT, c))]
+    for model in metafile['Models']:
+        assert model['Name'] == osp.splitext(osp.basename(model['Config']))[0]

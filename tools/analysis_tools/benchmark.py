@@ -1,0 +1,292 @@
+"""Speed and memory of DS-Net against the unfused formulation and mmdet's
+peer backbones, in one process and one run.
+
+    python tools/analysis_tools/benchmark.py [--suites backbone,detector]
+        [--trials 5] [--warmup 1] [--out work_dirs/benchmark.json]
+
+Backbones (DS-Net-T/S/B, the unfused DS-Net-S yardstick, ResNet-50, Swin-T,
+PVT-Small, PVTv2-b2 built from mmdet) are timed at 224x224 batch 8 and
+800x1344 batch 1, in eval (no_grad forward) and train mode (forward + backward
+of the summed outputs). Detectors (Mask R-CNN with DS-Net-S + FPN, DS-Net-S +
+DS-FPN and R-50 + FPN, 2 images of 800x1333) are timed for one training
+iteration and for inference. Entries are interleaved trial by trial after
+warm-up; medians are reported with the ratio to the first entry of each
+group. Peak memory is the CUDA allocator peak on a GPU, and on the CPU the
+growth of the peak resident set of a forked child that runs the case once
+(so the numbers do not depend on the order of the cases). On a GPU the
+``throughput`` suite adds images/s at 224 batch 64 in fp32 and under AMP.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+try:
+    import mmdsnet  # noqa: F401
+except ImportError:
+    sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
+    import mmdsnet  # noqa: F401
+
+from mmdsnet.models import DSNet  # noqa: E402
+from mmdsnet.testing import reference_for  # noqa: E402
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+class UnfusedDSNet(torch.nn.Module):
+    """The public reference formulation (explicit attention maps) as a backbone."""
+
+    def __init__(self, arch='small'):
+        super().__init__()
+        self.net = reference_for(arch)
+        del self.net.head, self.net.norm
+
+    def forward(self, x):
+        return self.net.features(x)
+
+
+def mmdet_backbone(cfg: dict) -> Callable[[], torch.nn.Module]:
+    def build():
+        from mmdet.registry import MODELS
+        from mmengine.registry import init_default_scope
+        init_default_scope('mmdet')
+        return MODELS.build(cfg)
+    return build
+
+
+BACKBONES: Dict[str, Callable[[], torch.nn.Module]] = {
+    'DS-Net-S': lambda: DSNet('small', drop_path_rate=0.),
+    'DS-Net-S unfused': lambda: UnfusedDSNet('small'),
+    'DS-Net-T': lambda: DSNet('tiny', drop_path_rate=0.),
+    'DS-Net-B': lambda: DSNet('base', drop_path_rate=0.),
+    'ResNet-50': mmdet_backbone(dict(type='ResNet', depth=50, norm_eval=False)),
+    'Swin-T': mmdet_backbone(dict(type='SwinTransformer', embed_dims=96, depths=(2, 2, 6, 2),
+                                  num_heads=(3, 6, 12, 24), window_size=7,
+                                  drop_path_rate=0.)),
+    'PVT-Small': mmdet_backbone(dict(type='PyramidVisionTransformer',
+                                     num_layers=[3, 4, 6, 3], drop_path_rate=0.)),
+    'PVTv2-b2': mmdet_backbone(dict(type='PyramidVisionTransformerV2', embed_dims=64,
+                                    num_layers=[3, 4, 6, 3], drop_path_rate=0.)),
+}
+BACKBONE_SHAPES = {'224 b8': (8, 224, 224), '800x1344 b1': (1, 800, 1344)}
+
+DETECTORS = {
+    'MaskRCNN DS-Net-S+FPN': 'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py',
+    'MaskRCNN DS-Net-S+DS-FPN': 'configs/mask_rcnn_dsnet_s_dsfpn_1x_coco.py',
+    'MaskRCNN R-50+FPN': 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+}
+
+
+def build_detector(config: str):
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    path = config if config.startswith('mmdet::') else osp.join(ROOT, config)
+    cfg = Config.fromfile(path)
+    cfg.model.backbone.init_cfg = None
+    return MODELS.build(cfg.model)
+
+
+def detector_batch(model, device):
+    from mmdet.testing import demo_mm_inputs
+    packed = demo_mm_inputs(2, [[3, 800, 1333], [3, 800, 1333]], num_items=[8, 8],
+                            num_classes=80, with_mask=True, device='cpu')
+    data = model.data_preprocessor(packed, training=True)
+    return {'inputs': data['inputs'].to(device),
+            'data_samples': [s.to(device) for s in data['data_samples']]}
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+class Case:
+    """One timed thing: builds its model lazily and runs one step."""
+
+    def __init__(self, group, name, setting, build, step):
+        self.group, self.name, self.setting = group, name, setting
+        self.build, self.step = build, step
+        self.state = None
+        self.times: List[float] = []
+        self.memory_mb = None
+
+    def prepare(self, device):
+        if self.state is None:
+            self.state = self.build(device)
+
+    def run_once(self, device):
+        self.prepare(device)
+        sync(device)
+        start = time.perf_counter()
+        self.step(self.state)
+        sync(device)
+        return time.perf_counter() - start
+
+
+def backbone_case(name, setting, mode, amp_dtype=None):
+    batch, height, width = BACKBONE_SHAPES[setting]
+
+    def build(device):
+        model = BACKBONES[name]().to(device)
+        model.train(mode == 'train')
+        return model, torch.randn(batch, 3, height, width, device=device), device
+
+    def step(state):
+        model, x, device = state
+        if mode == 'eval':
+            with torch.no_grad():
+                model(x)
+        else:
+            model.zero_grad(set_to_none=True)
+            sum(o.float().sum() for o in model(x)).backward()
+
+    return Case(f'backbone {setting} {mode}', name, setting, build, step)
+
+
+def detector_case(name, mode):
+    def build(device):
+        model = build_detector(DETECTORS[name]).to(device)
+        model.train(mode == 'train')
+        return model, detector_batch(model, device)
+
+    def step(state):
+        model, data = state
+        if mode == 'train':
+            model.zero_grad(set_to_none=True)
+            loss, _ = model.parse_losses(model(**data, mode='loss'))
+            loss.backward()
+        else:
+            with torch.no_grad():
+                model(**data, mode='predict')
+
+    return Case(f'Mask R-CNN 2x800x1333 {mode}', name, '800x1333 b2', build, step)
+
+
+def throughput_case(name, amp):
+    def build(device):
+        model = BACKBONES[name]().to(device).eval()
+        return model, torch.randn(64, 3, 224, 224, device=device)
+
+    def step(state):
+        model, x = state
+        with torch.no_grad(), torch.autocast('cuda', enabled=amp, dtype=torch.float16):
+            model(x)
+
+    return Case(f'throughput 224 b64 {"amp" if amp else "fp32"}', name, '224 b64', build, step)
+
+
+def peak_memory_mb(case, device):
+    """Peak memory of one run of the case, measured in isolation."""
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        case.run_once(device)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: build, measure the peak RSS growth of one step
+        os.close(read)
+        try:
+            case.prepare(device)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            case.run_once(device)
+            after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            os.write(write, str((after - before) / 1024).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    return float(text) if text else float('nan')
+
+
+def make_cases(suites, device, names):
+    cases = []
+    if 'backbone' in suites:
+        for setting in BACKBONE_SHAPES:
+            for mode in ('eval', 'train'):
+                cases += [backbone_case(n, setting, mode) for n in names]
+    if 'detector' in suites:
+        for mode in ('train', 'eval'):
+            cases += [detector_case(n, mode) for n in DETECTORS]
+    if 'throughput' in suites and device.type == 'cuda':
+        for amp in (False, True):
+            cases += [throughput_case(n, amp) for n in names if n != 'DS-Net-S unfused']
+    return cases
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--suites', default='backbone,detector,throughput')
+    parser.add_argument('--backbones', default=','.join(BACKBONES),
+                        help='comma-separated subset of: ' + ', '.join(BACKBONES))
+    parser.add_argument('--trials', type=int, default=5)
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--no-memory', action='store_true')
+    parser.add_argument('--out', default='work_dirs/benchmark.json')
+    args = parser.parse_args(argv)
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    names = [n for n in args.backbones.split(',') if n]
+    unknown = set(names) - set(BACKBONES)
+    if unknown:
+        parser.error(f'unknown backbones {sorted(unknown)}; choose from {list(BACKBONES)}')
+    cases = make_cases(set(args.suites.split(',')), device, names)
+
+    groups = {}
+    for case in cases:
+        groups.setdefault(case.group, []).append(case)
+    for group, members in groups.items():
+        if not args.no_memory:
+            for case in members:
+                case.memory_mb = peak_memory_mb(case, device)
+        for case in members:
+            for _ in range(args.warmup):
+                case.run_once(device)
+        for _ in range(args.trials):  # interleaved: one trial of each in turn
+            for case in members:
+                case.times.append(case.run_once(device))
+        for case in members:
+            case.state = None  # free the model before the next group
+        print_group(group, members)
+
+    machine = (torch.cuda.get_device_name() if device.type == 'cuda'
+               else f'{platform.processor() or platform.machine()}, '
+               f'{torch.get_num_threads()} threads')
+    report = dict(machine=machine, torch=torch.__version__, trials=args.trials,
+                  results=[dict(group=c.group, name=c.name, median_s=statistics.median(c.times),
+                                times_s=c.times, peak_memory_mb=c.memory_mb) for c in cases])
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(report, f, indent=1)
+    print(f'machine: {machine}; torch {torch.__version__}; wrote {args.out}')
+
+
+def print_group(group, members):
+    first = members[0]
+    base_time = statistics.median(first.times)
+    print(f'\n{group} (ratios to {first.name})')
+    print(f'| {"model":26s} | median ms | x time | peak MB | x mem |')
+    print('|' + '-' * 28 + '|-----------|--------|---------|-------|')
+    for case in members:
+        median = statistics.median(case.times)
+        memory = case.memory_mb if case.memory_mb is not None else float('nan')
+        ratio_mem = (memory / first.memory_mb if first.memory_mb else float('nan'))
+        print(f'| {case.name:26s} | {median * 1e3:9.1f} | {median / base_time:6.2f} | '
+              f'{memory:7.0f} | {ratio_mem:5.2f} |')
+    sys.stdout.flush()
+
+
+if __name__ == '__main__':
+    main()

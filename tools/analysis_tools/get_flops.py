@@ -1,0 +1,103 @@
+"""Parameters and FLOPs of a config's backbone and of the whole model, with
+attention counted (mmengine's counter skips scaled_dot_product_attention;
+``mmdsnet.analysis.count_flops`` registers a handle for it).
+
+    python tools/analysis_tools/get_flops.py CONFIG [--shape H W]
+
+FLOPs are multiply-accumulates (the paper's and mmengine's convention) for one
+image of H x W (default 800 x 1280 for detection, 512 x 512 for segmentation).
+The whole-model count runs the network in 'tensor' mode: for two-stage
+detectors that is RPN plus the RoI heads on the RPN proposals.
+"""
+import argparse
+import os.path as osp
+import sys
+
+import torch
+
+try:
+    import mmdsnet  # noqa: F401
+except ImportError:  # a source checkout that is not installed
+    sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
+    import mmdsnet  # noqa: F401
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.registry import DefaultScope, init_default_scope  # noqa: E402
+
+from mmdsnet.analysis import count_flops  # noqa: E402
+from mmdsnet.analysis.flops import parameter_count  # noqa: E402
+
+DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 512)}
+
+
+class TensorForward(torch.nn.Module):
+    """Runs ``model._forward`` (the 'tensor' mode) with fixed data samples."""
+
+    def __init__(self, model, data_samples):
+        super().__init__()
+        self.model = model
+        self.data_samples = data_samples
+
+    def forward(self, inputs):
+        return self.model._forward(inputs, self.data_samples)
+
+
+def data_samples_for(scope, height, width):
+    shape = (height, width)
+    meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
+                scale_factor=(1., 1.))
+    if scope == 'mmdet':
+        from mmdet.structures import DetDataSample
+        return [DetDataSample(metainfo=meta)]
+    from mmseg.structures import SegDataSample
+    return [SegDataSample(metainfo=meta)]
+
+
+def analyse(cfg, shape):
+    from mmengine.registry import MODELS
+    scope = cfg.get('default_scope', 'mmdet')
+    init_default_scope(scope)
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    from mmengine.model import revert_sync_batchnorm
+    model = revert_sync_batchnorm(model).eval()
+    height, width = shape or DEFAULT_SHAPES[scope]
+    inputs = torch.randn(1, 3, height, width)
+    with torch.no_grad():
+        backbone_flops = count_flops(model.backbone, inputs)
+        whole = TensorForward(model, data_samples_for(scope, height, width))
+        model_flops = count_flops(whole, inputs)
+    return dict(scope=scope, height=height, width=width,
+                backbone_params=parameter_count(model.backbone),
+                backbone_flops=backbone_flops,
+                model_params=parameter_count(model),
+                model_flops=model_flops)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config')
+    parser.add_argument('--shape', type=int, nargs='+', help='H W (or one size for both)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = parser.parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    shape = None
+    if args.shape:
+        if len(args.shape) not in (1, 2):
+            parser.error('--shape takes H W or a single size')
+        shape = (args.shape[0], args.shape[-1])
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
+        r = analyse(cfg, shape)
+    print(f'{osp.basename(args.config)} at {r["height"]}x{r["width"]} (H x W), '
+          'FLOPs = multiply-accumulates, attention included')
+    print(f'  backbone: {r["backbone_params"] / 1e6:.2f} M params, '
+          f'{r["backbone_flops"] / 1e9:.1f} GFLOPs')
+    print(f'  model:    {r["model_params"] / 1e6:.2f} M params, '
+          f'{r["model_flops"] / 1e9:.1f} GFLOPs')
+    return r
+
+
+if __name__ == '__main__':
+    main()
