@@ -1,3 +1,3 @@
-from .flops import count_flops, sdpa_flop_jit
+from .flops import count_flops, parameter_count, sdpa_flop_jit
 
-__all__ = ['count_flops', 'sdpa_flop_jit']
+__all__ = ['count_flops', 'parameter_count', 'sdpa_flop_jit']

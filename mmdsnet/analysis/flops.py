@@ -5,7 +5,7 @@ mmengine's jit-based ``FlopAnalyzer`` skips ``aten::scaled_dot_product_attention
 which DS-Net uses for every attention, so a handle for it is registered here:
 q @ k^T and attn @ v cost B * heads * Lq * Lk * (d_qk + d_v) MACs.
 """
-from typing import Any, List, Sequence, Tuple, Union
+from typing import Any, List, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -43,4 +43,3 @@ def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
                if p.requires_grad or not trainable_only)
 
 
-__all__: Sequence[str] = ('count_flops', 'sdpa_flop_jit', 'parameter_count')

@@ -212,10 +212,10 @@ def peak_memory_mb(case, device):
     return float(text) if text else float('nan')
 
 
-def make_cases(suites, device, names):
+def make_cases(suites, device, names, settings):
     cases = []
     if 'backbone' in suites:
-        for setting in BACKBONE_SHAPES:
+        for setting in settings:
             for mode in ('eval', 'train'):
                 cases += [backbone_case(n, setting, mode) for n in names]
     if 'detector' in suites:
@@ -232,6 +232,8 @@ def main(argv=None):
     parser.add_argument('--suites', default='backbone,detector,throughput')
     parser.add_argument('--backbones', default=','.join(BACKBONES),
                         help='comma-separated subset of: ' + ', '.join(BACKBONES))
+    parser.add_argument('--settings', default=','.join(BACKBONE_SHAPES),
+                        help='backbone input settings: ' + ', '.join(BACKBONE_SHAPES))
     parser.add_argument('--trials', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--no-memory', action='store_true')
@@ -242,7 +244,10 @@ def main(argv=None):
     unknown = set(names) - set(BACKBONES)
     if unknown:
         parser.error(f'unknown backbones {sorted(unknown)}; choose from {list(BACKBONES)}')
-    cases = make_cases(set(args.suites.split(',')), device, names)
+    settings = [s for s in args.settings.split(',') if s]
+    if set(settings) - set(BACKBONE_SHAPES):
+        parser.error(f'unknown settings {settings}; choose from {list(BACKBONE_SHAPES)}')
+    cases = make_cases(set(args.suites.split(',')), device, names, settings)
 
     groups = {}
     for case in cases:
@@ -271,6 +276,7 @@ def main(argv=None):
     with open(args.out, 'w') as f:
         json.dump(report, f, indent=1)
     print(f'machine: {machine}; torch {torch.__version__}; wrote {args.out}')
+    return report
 
 
 def print_group(group, members):

@@ -24,8 +24,8 @@ except ImportError:  # a source checkout that is not installed
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import DefaultScope, init_default_scope  # noqa: E402
 
-from mmdsnet.analysis import count_flops  # noqa: E402
-from mmdsnet.analysis.flops import parameter_count  # noqa: E402
+from mmdsnet.analysis import count_flops, parameter_count  # noqa: E402
+
 
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 512)}
 

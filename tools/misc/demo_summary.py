@@ -34,7 +34,8 @@ def main():
 
     train_log = read_jsonl(latest(osp.join(args.work_dir, '*', 'vis_data', 'scalars.json')))
     losses = [r['loss'] for r in train_log if 'loss' in r]
-    test_log = read_jsonl(latest(osp.join(args.work_dir, 'test', '*', 'vis_data', 'scalars.json')))
+    # tools/test.py writes its metrics to <work_dir>/test/<timestamp>/<timestamp>.json
+    test_log = read_jsonl(latest(osp.join(args.work_dir, 'test', '*', '*.json')))
     metrics = test_log[-1]
     key, threshold = THRESHOLDS[args.task]
     window = max(1, len(losses) // 10)
@@ -47,9 +48,9 @@ def main():
     print(f'loss (mean of first/last {window} logged values): {first:.3f} -> {last:.3f}')
     for name, value in metrics.items():
         if name not in ('step', 'time', 'data_time'):
-            print(f'{name}: {value}')
+            print(f'{name}: {value:.4g}')
     ok = last < first and metrics.get(key, -1) >= threshold
-    print(f'learning check: {key} {metrics.get(key)} (needs >= {threshold}), loss falls: '
+    print(f'learning check: {key} {metrics.get(key, float("nan")):.4g} (needs >= {threshold}), loss falls: '
           f'{last < first} -> {"PASS" if ok else "FAIL"}')
     sys.exit(0 if ok else 1)
 

@@ -1,0 +1,60 @@
+"""What tools/train.py and tools/test.py share: the common command-line
+options of mmdet 3.3's tools, config loading, and building the Runner with
+the CPU-distributed fix applied."""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """--work-dir, --cfg-options, --launcher and --local_rank/--local-rank."""
+    parser.add_argument(
+        '--work-dir',
+        help="where logs, checkpoints and metrics go (default: the config's "
+        'work_dir, else ./work_dirs/<config name>)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config entries, as key=value pairs (e.g. '
+        'train_dataloader.batch_size=4 or key="[a,b]"; no spaces)')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+        help='how the processes were started')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or
+    # --local_rank (older); torchrun sets LOCAL_RANK instead.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """Read ``args.config`` and apply --cfg-options, --launcher, --work-dir."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+
+def build_runner(cfg: Config):
+    """Build ``cfg.runner_type`` or mmengine's Runner under the config's scope.
+
+    Multi-process launches first get :func:`patch_cpu_distributed` (gloo and
+    CPU DDP when there is no GPU; a no-op otherwise).
+    """
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from ..utils.compat import allow_runner_checkpoint_globals, patch_cpu_distributed
+
+    allow_runner_checkpoint_globals()  # resume / load_from on torch >= 2.6
+    if cfg.get('launcher', 'none') != 'none':
+        patch_cpu_distributed()
+    if cfg.get('default_scope', None) == 'mmdet':
+        from mmdet.utils import setup_cache_size_limit_of_dynamo
+        setup_cache_size_limit_of_dynamo()
+    return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)

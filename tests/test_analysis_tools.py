@@ -1,0 +1,48 @@
+"""tools/analysis_tools: FLOPs counting of configs and the benchmark's report."""
+import importlib.util
+import json
+import os.path as osp
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def load_tool(name):
+    path = osp.join(ROOT, 'tools', 'analysis_tools', f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('config,paper_gflops', [
+    ('mask_rcnn_dsnet_t_fpn_1x_coco.py', 1.8), ('retinanet_dsnet_s_fpn_1x_coco.py', 3.5)])
+def test_get_flops_backbone_matches_paper_at_224(config, paper_gflops, capsys):
+    result = load_tool('get_flops').main([osp.join(ROOT, 'configs', config), '--shape', '224'])
+    assert abs(result['backbone_flops'] / 1e9 - paper_gflops) / paper_gflops < 0.03
+    # The whole detector includes the backbone, the neck and the heads.
+    assert result['model_flops'] > 1.5 * result['backbone_flops']
+    assert result['model_params'] > result['backbone_params']
+    assert 'GFLOPs' in capsys.readouterr().out
+
+
+def test_get_flops_segmentor_default_shape():
+    result = load_tool('get_flops').main(
+        [osp.join(ROOT, 'configs', 'fpn_dsnet-t_4xb8-40k_ade20k-512x512.py')])
+    assert (result['height'], result['width']) == (512, 512)
+    assert result['model_flops'] > result['backbone_flops'] > 0
+
+
+def test_benchmark_reports_every_entry(tmp_path):
+    out = tmp_path / 'bench.json'
+    report = load_tool('benchmark').main([
+        '--suites', 'backbone', '--backbones', 'DS-Net-T,DS-Net-S unfused,ResNet-50',
+        '--settings', '224 b8', '--trials', '2', '--warmup', '0', '--out', str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    names = [(r['group'], r['name']) for r in saved['results']]
+    assert len(names) == 6  # 3 backbones x eval/train
+    for entry in saved['results']:
+        assert len(entry['times_s']) == 2 and entry['median_s'] > 0
+        assert entry['peak_memory_mb'] >= 0
