@@ -12,7 +12,7 @@ DS-FPN and R-50 + FPN, 2 images of 800x1333) are timed for one training
 iteration and for inference. Entries are interleaved trial by trial after
 warm-up; medians are reported with the ratio to the first entry of each
 group. Peak memory is the CUDA allocator peak on a GPU, and on the CPU the
-growth of the peak resident set of a forked child that runs the case once
+growth of the peak resident set of a fresh process that runs the case once
 (so the numbers do not depend on the order of the cases). On a GPU the
 ``throughput`` suite adds images/s at 224 batch 64 in fp32 and under AMP.
 """
@@ -23,6 +23,7 @@ import os.path as osp
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable, Dict, List
@@ -185,31 +186,34 @@ def throughput_case(name, amp):
     return Case(f'throughput 224 b64 {"amp" if amp else "fp32"}', name, '224 b64', build, step)
 
 
-def peak_memory_mb(case, device):
-    """Peak memory of one run of the case, measured in isolation."""
+def peak_memory_mb(case, device, index, selection_args):
+    """Peak memory of one run of the case, measured in isolation.
+
+    On the CPU the case runs in a fresh interpreter (this script with
+    ``--measure-memory INDEX``): forking a process whose OpenMP pool is already
+    running can deadlock, and a fresh process makes the peak independent of
+    the cases measured before it.
+    """
     if device.type == 'cuda':
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         case.run_once(device)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: build, measure the peak RSS growth of one step
-        os.close(read)
-        try:
-            case.prepare(device)
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            case.run_once(device)
-            after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            os.write(write, str((after - before) / 1024).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as f:
-        text = f.read()
-    os.waitpid(pid, 0)
-    return float(text) if text else float('nan')
+    result = subprocess.run(
+        [sys.executable, osp.abspath(__file__), *selection_args, '--measure-memory', str(index)],
+        capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f'memory measurement of {case.name} failed:\n{result.stderr[-3000:]}')
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def measure_rss_growth_mb(case, device):
+    """Run one case in this process; peak resident-set growth in MB."""
+    case.prepare(device)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    case.run_once(device)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 
 
 def make_cases(suites, device, names, settings):
@@ -237,6 +241,7 @@ def main(argv=None):
     parser.add_argument('--trials', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--no-memory', action='store_true')
+    parser.add_argument('--measure-memory', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     args = parser.parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -248,6 +253,11 @@ def main(argv=None):
     if set(settings) - set(BACKBONE_SHAPES):
         parser.error(f'unknown settings {settings}; choose from {list(BACKBONE_SHAPES)}')
     cases = make_cases(set(args.suites.split(',')), device, names, settings)
+    if args.measure_memory is not None:  # child process of peak_memory_mb
+        print(measure_rss_growth_mb(cases[args.measure_memory], device))
+        return None
+    selection = ['--suites', args.suites, '--backbones', args.backbones,
+                 '--settings', args.settings]
 
     groups = {}
     for case in cases:
@@ -255,7 +265,7 @@ def main(argv=None):
     for group, members in groups.items():
         if not args.no_memory:
             for case in members:
-                case.memory_mb = peak_memory_mb(case, device)
+                case.memory_mb = peak_memory_mb(case, device, cases.index(case), selection)
         for case in members:
             for _ in range(args.warmup):
                 case.run_once(device)
