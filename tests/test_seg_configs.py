@@ -104,3 +104,23 @@ def test_iou_metric_on_tiny_set():
     # IoU: background 16/20, circle 12/16, square 16/16, triangle 16/16.
     assert results['mIoU'] == pytest.approx(100 * (0.8 + 0.75 + 1 + 1) / 4, abs=0.01)
     assert results['aAcc'] == pytest.approx(100 * 60 / 64, abs=0.01)
+
+
+def test_readme_stock_mmseg_example(tmp_path):
+    import re
+    from mmseg.registry import MODELS
+    from mmengine.model import revert_sync_batchnorm
+    text = open(osp.join(ROOT, 'README.md')).read()
+    match = re.search(r'<!-- stock-mmseg-example -->\s*```python\n(.*?)```', text, re.S)
+    assert match, 'README lost its stock mmseg example block'
+    config = tmp_path / 'fpn_dsnet.py'
+    config.write_text(match.group(1))
+    cfg = Config.fromfile(str(config))
+    assert cfg.default_scope == 'mmseg'
+    cfg.model.backbone.init_cfg = None
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    assert isinstance(model.backbone, DSNet)
+    model.train()
+    data = model.data_preprocessor(seg_inputs(1, 64, 96, 150), training=True)
+    total, _ = model.parse_losses(model(**data, mode='loss'))
+    assert torch.isfinite(total)
