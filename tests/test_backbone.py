@@ -294,3 +294,16 @@ def test_dsblock_rejects_bad_widths():
         DSBlock(64, 3, 8)
     with pytest.raises(ValueError, match='must be even'):
         DSBlock(63, 1, 8)
+
+
+@pytest.mark.parametrize('with_alignment', [True, False])
+def test_attention_never_falls_back_to_the_math_kernel(with_alignment):
+    """Every attention call must be served by a fused kernel: the math
+    fallback would materialise the local-to-global maps (282 MB per head for
+    one stage-1 block at 800x1344)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    model = DSNet('tiny', with_alignment=with_alignment).eval()
+    fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    with torch.no_grad(), sdpa_kernel(fused):
+        outs = model(torch.randn(1, 3, 96, 128))
+    assert len(outs) == 4

@@ -148,7 +148,10 @@ class DSBlock(BaseModule):
         """
         batch, half, height, width = local.shape
         local_qkv = self.cross_channel_up_conv(self.norm_conv2(local))
-        local_qkv = local_qkv.flatten(2).transpose(1, 2)
+        # Token-major copy: the fused kernel needs unit stride along the head
+        # dimension; with the strided view it silently fell back to the math
+        # path, which materialises the N x M attention maps.
+        local_qkv = local_qkv.flatten(2).transpose(1, 2).contiguous()
         q_l, k_l, v_l = split_heads(local_qkv, self.num_heads)
         q_g, k_g, v_g = split_heads(
             self.cross_channel_up_sa(self.norm_sa2(tokens)), self.num_heads)
