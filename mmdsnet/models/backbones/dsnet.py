@@ -56,6 +56,9 @@ class DSNet(BaseModule):
         attn_drop_rate (float): Dropout on attention maps (0.1 in ImageNet
             pre-training).
         drop_path_rate (float): Stochastic depth, linear over all blocks.
+        channels_last (bool): Run the stages in channels-last layout, where
+            the token views of the attention need no copies and oneDNN convs
+            are fastest. Outputs are standard contiguous NCHW either way.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH)``
             loads a DS-Net checkpoint in the public (timm or PaddleClas) or in
             this package's layout; without it, linear layers get the
@@ -88,6 +91,7 @@ class DSNet(BaseModule):
                  drop_rate: float = 0.,
                  attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.1,
+                 channels_last: bool = True,
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         if pretrained is not None:
@@ -122,6 +126,7 @@ class DSNet(BaseModule):
         self.norm_cfg = norm_cfg or dict(type='BN', requires_grad=True)
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.channels_last = channels_last
         # Only the stages up to the deepest requested output are built.
         self.num_built_stages = max(self.out_indices) + 1
 
@@ -259,10 +264,13 @@ class DSNet(BaseModule):
         pad_h, pad_w = (-height) % 32, (-width) % 32
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         for i in range(self.num_built_stages):
             x = self._run_stage(self.stages[i], self.patch_embeds[i](x))
             if i in self.out_indices:
                 stride = self.strides[i]
-                outs.append(x[..., :math.ceil(height / stride), :math.ceil(width / stride)])
+                out = x[..., :math.ceil(height / stride), :math.ceil(width / stride)]
+                outs.append(out.contiguous())
         return tuple(outs)

@@ -15,6 +15,18 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
 
+def to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> contiguous (B, H*W, C); no copy for a channels-last map."""
+    batch, channels = feature_map.shape[:2]
+    return feature_map.permute(0, 2, 3, 1).reshape(batch, -1, channels).contiguous()
+
+
+def to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W) as a channels-last view (no copy)."""
+    batch, _, channels = tokens.shape
+    return tokens.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
 def split_heads(tokens: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(B, L, 3*C) packed [q | k | v] -> (3, B, heads, L, C // heads)."""
     batch, length, packed = tokens.shape
@@ -148,41 +160,51 @@ class DSBlock(BaseModule):
         """
         batch, half, height, width = local.shape
         local_qkv = self.cross_channel_up_conv(self.norm_conv2(local))
-        # Token-major copy: the fused kernel needs unit stride along the head
-        # dimension; with the strided view it silently fell back to the math
-        # path, which materialises the N x M attention maps.
-        local_qkv = local_qkv.flatten(2).transpose(1, 2).contiguous()
-        q_l, k_l, v_l = split_heads(local_qkv, self.num_heads)
+        # Token-major (B, N, 3C/2): free for a channels-last map. The fused
+        # kernel needs unit stride along the head dimension; with a strided
+        # view it silently falls back to the math path, which materialises
+        # the N x M attention maps.
+        q_l, k_l, v_l = split_heads(to_tokens(local_qkv), self.num_heads)
         q_g, k_g, v_g = split_heads(
             self.cross_channel_up_sa(self.norm_sa2(tokens)), self.num_heads)
         dropout = self._attn_dropout()
         global_to_local = merge_heads(attention(q_l, k_g, v_g, dropout))
         local_to_global = merge_heads(attention(q_g, k_l, v_l, dropout))
-        local = local + self.fuse_channel_conv(global_to_local).transpose(1, 2).reshape(
-            batch, half, height, width)
+        local = local + to_map(self.fuse_channel_conv(global_to_local), height, width)
         tokens = tokens + self.fuse_channel_sa(local_to_global)
         return local, tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block to a (B, C, H, W) map; channels-last is fastest.
+
+        ``conv1`` and ``conv2`` are 1x1 and bilinear resampling mixes pixels
+        with weights that sum to one, so the two commute exactly: the global
+        half of ``conv1`` runs after the downsampling and the global half of
+        ``conv2`` before the upsampling, on the small grid. This is the
+        spec's order of operations up to float rounding, without the
+        full-resolution global channels, the channel slices and the concat.
+        """
         x = x + self.pos_embed(x)
         shortcut = x
-        batch, channels, height, width = x.shape
-        half = channels // 2
-        mixed = self.conv1(self.norm1(x))
-        # Global channels come first in the split ...
-        global_in, local = mixed[:, :half], mixed[:, half:]
+        height, width = x.shape[2:]
+        half = self.channels // 2
+        normed = self.norm1(x)
+        # conv1's output: global channels first, local channels second.
+        local = F.conv2d(normed, self.conv1.weight[half:], self.conv1.bias[half:])
         local = local + self.conv(self.norm_conv1(local))
 
         grid = self.global_size(height, width)
-        tokens = F.interpolate(global_in, size=grid, mode='bilinear', align_corners=False)
-        tokens = self._global_self_attention(tokens.flatten(2).transpose(1, 2))
+        small = F.interpolate(normed, size=grid, mode='bilinear', align_corners=False)
+        tokens = to_tokens(
+            F.conv2d(small, self.conv1.weight[:half], self.conv1.bias[:half]))
+        tokens = self._global_self_attention(tokens)
         if self.with_alignment:
             local, tokens = self._align(local, tokens)
-        global_map = tokens.transpose(1, 2).reshape(batch, half, *grid)
-        global_map = F.interpolate(
-            global_map, size=(height, width), mode='bilinear', align_corners=False)
-        # ... but the local stream comes first in the fusion concat.
-        fused = self.conv2(torch.cat([local, global_map], dim=1))
+        # conv2's input: local channels first, global channels second.
+        global_out = F.conv2d(to_map(tokens, *grid), self.conv2.weight[:, half:])
+        fused = F.conv2d(local, self.conv2.weight[:, :half], self.conv2.bias)
+        fused = fused + F.interpolate(
+            global_out, size=(height, width), mode='bilinear', align_corners=False)
         x = shortcut + self.drop_path(fused)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 

@@ -159,8 +159,12 @@ class DSFPN(BaseModule):
                                inplace=False))
 
     def _enhance(self, level: int, x: torch.Tensor) -> torch.Tensor:
-        blocks = self.ds_blocks[str(level)] if str(level) in self.ds_blocks else None
-        return x if blocks is None else blocks(x)
+        """Run the level's DS-Blocks (if any) in channels-last, their fast
+        layout, and hand back a standard NCHW map."""
+        if str(level) not in self.ds_blocks:
+            return x
+        x = self.ds_blocks[str(level)](x.contiguous(memory_format=torch.channels_last))
+        return x.contiguous()
 
     def _upsample_to(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         if 'scale_factor' in self.upsample_cfg:
