@@ -13,7 +13,11 @@ iteration and for inference. Entries are interleaved trial by trial after
 warm-up; medians are reported with the ratio to the first entry of each
 group. Peak memory is the CUDA allocator peak on a GPU, and on the CPU the
 growth of the peak resident set during one warmed-up run in a fresh process
-(so the numbers do not depend on the order of the cases). On a GPU the
+(so the numbers do not depend on the order of the cases) whose allocator
+returns freed blocks to the OS. Train cases also report the activations
+autograd keeps for the backward ("saved MB"), which ``with_cp`` cuts. The
+DS-Net-S rows include the NCHW layout (``channels_last=False``) and
+``with_cp=True`` to show what each costs or saves. On a GPU the
 ``throughput`` suite adds images/s at 224 batch 64 in fp32 and under AMP.
 """
 import argparse
@@ -66,6 +70,8 @@ def mmdet_backbone(cfg: dict) -> Callable[[], torch.nn.Module]:
 BACKBONES: Dict[str, Callable[[], torch.nn.Module]] = {
     'DS-Net-S': lambda: DSNet('small', drop_path_rate=0.),
     'DS-Net-S unfused': lambda: UnfusedDSNet('small'),
+    'DS-Net-S NCHW': lambda: DSNet('small', drop_path_rate=0., channels_last=False),
+    'DS-Net-S with_cp': lambda: DSNet('small', drop_path_rate=0., with_cp=True),
     'DS-Net-T': lambda: DSNet('tiny', drop_path_rate=0.),
     'DS-Net-B': lambda: DSNet('base', drop_path_rate=0.),
     'ResNet-50': mmdet_backbone(dict(type='ResNet', depth=50, norm_eval=False)),
@@ -120,6 +126,7 @@ class Case:
         self.state = None
         self.times: List[float] = []
         self.memory_mb = None
+        self.saved_mb = None  # activations kept for backward (train cases)
 
     def prepare(self, device):
         if self.state is None:
@@ -151,7 +158,34 @@ def backbone_case(name, setting, mode, amp_dtype=None):
             model.zero_grad(set_to_none=True)
             sum(o.float().sum() for o in model(x)).backward()
 
-    return Case(f'backbone {setting} {mode}', name, setting, build, step)
+    case = Case(f'backbone {setting} {mode}', name, setting, build, step)
+    if mode == 'train':
+        case.measure_saved = lambda device: saved_activations_mb(*case.state[:2])
+    return case
+
+
+def saved_activations_mb(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """MB of tensors autograd keeps from the forward for the backward.
+
+    Counted through saved-tensor hooks, once per storage, parameters and
+    buffers excluded. Inside an activation-checkpointed block the tensors are
+    dropped by the checkpoint's own hooks and recomputed, so only what it
+    really keeps (the block input) is seen: this is the memory ``with_cp``
+    is meant to cut, independent of the allocator.
+    """
+    skip = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    kept = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in skip:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        outs = model(x)
+    del outs
+    return sum(kept.values()) / 2**20
 
 
 def detector_case(name, mode):
@@ -200,9 +234,14 @@ def peak_memory_mb(case, device, index, selection_args):
         base = torch.cuda.memory_allocated()
         case.run_once(device)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # A fixed mmap threshold makes glibc hand every block of 64 KB or more
+    # back to the OS when it is freed; with the default, adaptive threshold
+    # freed tensors stay in the heap after the warm-up run, so the resident
+    # set would not follow the live memory and the peak would be understated.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
     result = subprocess.run(
         [sys.executable, osp.abspath(__file__), *selection_args, '--measure-memory', str(index)],
-        capture_output=True, text=True)
+        capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f'memory measurement of {case.name} failed:\n{result.stderr[-3000:]}')
     return float(result.stdout.strip().splitlines()[-1])
@@ -290,6 +329,8 @@ def main(argv=None):
         for case in members:
             for _ in range(args.warmup):
                 case.run_once(device)
+            if hasattr(case, 'measure_saved'):
+                case.saved_mb = case.measure_saved(device)
         for _ in range(args.trials):  # interleaved: one trial of each in turn
             for case in members:
                 case.times.append(case.run_once(device))
@@ -302,7 +343,8 @@ def main(argv=None):
                f'{torch.get_num_threads()} threads')
     report = dict(machine=machine, torch=torch.__version__, trials=args.trials,
                   results=[dict(group=c.group, name=c.name, median_s=statistics.median(c.times),
-                                times_s=c.times, peak_memory_mb=c.memory_mb) for c in cases])
+                                times_s=c.times, peak_memory_mb=c.memory_mb,
+                                saved_activations_mb=c.saved_mb) for c in cases])
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(report, f, indent=1)
@@ -313,15 +355,21 @@ def main(argv=None):
 def print_group(group, members):
     first = members[0]
     base_time = statistics.median(first.times)
+    with_saved = first.saved_mb is not None
     print(f'\n{group} (ratios to {first.name})')
-    print(f'| {"model":26s} | median ms | x time | peak MB | x mem |')
-    print('|' + '-' * 28 + '|-----------|--------|---------|-------|')
+    print(f'| {"model":26s} | median ms | x time | peak MB | x mem |'
+          + (' saved MB | x saved |' if with_saved else ''))
+    print('|' + '-' * 28 + '|-----------|--------|---------|-------|'
+          + ('----------|---------|' if with_saved else ''))
     for case in members:
         median = statistics.median(case.times)
         memory = case.memory_mb if case.memory_mb is not None else float('nan')
         ratio_mem = (memory / first.memory_mb if first.memory_mb else float('nan'))
-        print(f'| {case.name:26s} | {median * 1e3:9.1f} | {median / base_time:6.2f} | '
-              f'{memory:7.0f} | {ratio_mem:5.2f} |')
+        line = (f'| {case.name:26s} | {median * 1e3:9.1f} | {median / base_time:6.2f} | '
+                f'{memory:7.0f} | {ratio_mem:5.2f} |')
+        if with_saved:
+            line += f' {case.saved_mb:8.0f} | {case.saved_mb / first.saved_mb:7.2f} |'
+        print(line)
     sys.stdout.flush()
 
 
