@@ -21,6 +21,10 @@ def load_tool(name):
 def test_get_flops_backbone_matches_paper_at_224(config, paper_gflops, capsys):
     result = load_tool('get_flops').main([osp.join(ROOT, 'configs', config), '--shape', '224'])
     assert abs(result['backbone_flops'] / 1e9 - paper_gflops) / paper_gflops < 0.03
+    # The implementation runs the global conv halves on the small grid.
+    assert result['backbone_flops_executed'] < result['backbone_flops']
+    assert (result['model_flops'] - result['model_flops_executed']
+            == result['backbone_flops'] - result['backbone_flops_executed'])
     # The whole detector includes the backbone, the neck and the heads.
     assert result['model_flops'] > 1.5 * result['backbone_flops']
     assert result['model_params'] > result['backbone_params']
@@ -46,3 +50,7 @@ def test_benchmark_reports_every_entry(tmp_path):
     for entry in saved['results']:
         assert len(entry['times_s']) == 2 and entry['median_s'] > 0
         assert entry['peak_memory_mb'] >= 0
+        if entry['group'].endswith('train'):
+            assert entry['saved_activations_mb'] > 0
+        else:
+            assert entry['saved_activations_mb'] is None

@@ -7,9 +7,9 @@ peer backbones, in one process and one run.
 Backbones (DS-Net-T/S/B, the unfused DS-Net-S yardstick, ResNet-50, Swin-T,
 PVT-Small, PVTv2-b2 built from mmdet) are timed at 224x224 batch 8 and
 800x1344 batch 1, in eval (no_grad forward) and train mode (forward + backward
-of the summed outputs). Detectors (Mask R-CNN with DS-Net-S + FPN, DS-Net-S +
-DS-FPN and R-50 + FPN, 2 images of 800x1333) are timed for one training
-iteration and for inference. Entries are interleaved trial by trial after
+of the summed outputs). Detectors (Mask R-CNN with R-50 + FPN, DS-Net-S + FPN,
+DS-Net-S + DS-FPN and DS-Net-S + FPN with ``with_cp``, 2 images of 800x1333)
+are timed for one training iteration and for inference. Entries are interleaved trial by trial after
 warm-up; medians are reported with the ratio to the first entry of each
 group. Peak memory is the CUDA allocator peak on a GPU, and on the CPU the
 growth of the peak resident set during one warmed-up run in a fresh process
@@ -40,6 +40,7 @@ except ImportError:
     sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
     import mmdsnet  # noqa: F401
 
+from mmdsnet.analysis import saved_activations_mb  # noqa: E402
 from mmdsnet.models import DSNet  # noqa: E402
 from mmdsnet.testing import reference_for  # noqa: E402
 
@@ -85,21 +86,24 @@ BACKBONES: Dict[str, Callable[[], torch.nn.Module]] = {
 }
 BACKBONE_SHAPES = {'224 b8': (8, 224, 224), '800x1344 b1': (1, 800, 1344)}
 
+# name -> (config, backbone overrides); R-50 first, so the ratios read against it
 DETECTORS = {
-    'MaskRCNN DS-Net-S+FPN': 'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py',
-    'MaskRCNN DS-Net-S+DS-FPN': 'configs/mask_rcnn_dsnet_s_dsfpn_1x_coco.py',
-    'MaskRCNN R-50+FPN': 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+    'MaskRCNN R-50+FPN': ('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', {}),
+    'MaskRCNN DS-Net-S+FPN': ('configs/mask_rcnn_dsnet_s_fpn_1x_coco.py', {}),
+    'MaskRCNN DS-Net-S+DS-FPN': ('configs/mask_rcnn_dsnet_s_dsfpn_1x_coco.py', {}),
+    'MaskRCNN DS-Net-S+FPN with_cp': ('configs/mask_rcnn_dsnet_s_fpn_1x_coco.py',
+                                      dict(with_cp=True)),
 }
 
 
-def build_detector(config: str):
+def build_detector(config: str, backbone_overrides: dict):
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
     path = config if config.startswith('mmdet::') else osp.join(ROOT, config)
     cfg = Config.fromfile(path)
-    cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.update(init_cfg=None, **backbone_overrides)
     return MODELS.build(cfg.model)
 
 
@@ -160,37 +164,16 @@ def backbone_case(name, setting, mode, amp_dtype=None):
 
     case = Case(f'backbone {setting} {mode}', name, setting, build, step)
     if mode == 'train':
-        case.measure_saved = lambda device: saved_activations_mb(*case.state[:2])
+        def measure_saved(device):
+            case.prepare(device)
+            return saved_activations_mb(*case.state[:2])
+        case.measure_saved = measure_saved
     return case
-
-
-def saved_activations_mb(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """MB of tensors autograd keeps from the forward for the backward.
-
-    Counted through saved-tensor hooks, once per storage, parameters and
-    buffers excluded. Inside an activation-checkpointed block the tensors are
-    dropped by the checkpoint's own hooks and recomputed, so only what it
-    really keeps (the block input) is seen: this is the memory ``with_cp``
-    is meant to cut, independent of the allocator.
-    """
-    skip = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    kept = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in skip:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        outs = model(x)
-    del outs
-    return sum(kept.values()) / 2**20
 
 
 def detector_case(name, mode):
     def build(device):
-        model = build_detector(DETECTORS[name]).to(device)
+        model = build_detector(*DETECTORS[name]).to(device)
         model.train(mode == 'train')
         return model, detector_batch(model, device)
 
