@@ -4,6 +4,7 @@ import json
 import os.path as osp
 
 import pytest
+import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -54,3 +55,12 @@ def test_benchmark_reports_every_entry(tmp_path):
             assert entry['saved_activations_mb'] > 0
         else:
             assert entry['saved_activations_mb'] is None
+
+
+def test_benchmark_refuses_an_empty_selection(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip('the throughput suite runs on a GPU')
+    with pytest.raises(SystemExit):
+        load_tool('benchmark').main(['--suites', 'throughput', '--out', str(tmp_path / 'b.json')])
+    assert 'throughput needs a GPU' in capsys.readouterr().err
+    assert not (tmp_path / 'b.json').exists()

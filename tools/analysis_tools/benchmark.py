@@ -302,6 +302,9 @@ def main(argv=None):
     selection = ['--suites', args.suites, '--backbones', args.backbones,
                  '--settings', args.settings]
 
+    if not cases:
+        parser.error(f'nothing to run for suites {args.suites!r} on {device.type}'
+                     ' (throughput needs a GPU)')
     groups = {}
     for case in cases:
         groups.setdefault(case.group, []).append(case)
@@ -320,18 +323,24 @@ def main(argv=None):
         for case in members:
             case.state = None  # free the model before the next group
         print_group(group, members)
+        # rewritten after every group: an interrupted run keeps what it measured
+        report = write_report(args, device, [c for c in cases if c.times])
+    print(f'machine: {report["machine"]}; torch {torch.__version__}; wrote {args.out}')
+    return report
 
+
+def write_report(args, device, done):
     machine = (torch.cuda.get_device_name() if device.type == 'cuda'
                else f'{platform.processor() or platform.machine()}, '
                f'{torch.get_num_threads()} threads')
     report = dict(machine=machine, torch=torch.__version__, trials=args.trials,
+                  warmup=args.warmup, date=time.strftime('%Y-%m-%d'),
                   results=[dict(group=c.group, name=c.name, median_s=statistics.median(c.times),
                                 times_s=c.times, peak_memory_mb=c.memory_mb,
-                                saved_activations_mb=c.saved_mb) for c in cases])
+                                saved_activations_mb=c.saved_mb) for c in done])
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(report, f, indent=1)
-    print(f'machine: {machine}; torch {torch.__version__}; wrote {args.out}')
     return report
 
 
