@@ -64,3 +64,16 @@ def test_benchmark_refuses_an_empty_selection(tmp_path, capsys):
         load_tool('benchmark').main(['--suites', 'throughput', '--out', str(tmp_path / 'b.json')])
     assert 'throughput needs a GPU' in capsys.readouterr().err
     assert not (tmp_path / 'b.json').exists()
+
+
+def test_saved_activation_count_releases_the_graph():
+    """Counting must not keep the forward's activations alive afterwards."""
+    import weakref
+
+    from mmdsnet.analysis import saved_activations_mb
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1))
+    seen = []
+    model[1].register_forward_hook(lambda mod, args, out: seen.append(weakref.ref(out)))
+    kept = saved_activations_mb(model, torch.randn(1024, 64))
+    assert kept >= 1024 * 256 * 4 / 2**20  # the ReLU output is saved for its backward
+    assert seen and seen[0]() is None, 'the saved ReLU output outlived the count'

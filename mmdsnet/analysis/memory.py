@@ -24,7 +24,10 @@ def saved_activations_mb(model: nn.Module,
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in skip:
             kept[storage.data_ptr()] = storage.nbytes()
-        return tensor
+        # Handing back the tensor itself would tie a saved output to its own
+        # grad_fn in a C++ reference cycle that no gc breaks (the whole graph
+        # leaked on every call); a detached view keeps the storage, not the node.
+        return tensor.detach()
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         outputs = model(*inputs)

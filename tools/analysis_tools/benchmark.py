@@ -121,11 +121,11 @@ def detector_batch(model, device):
 def release_free_heap(device):
     """Hand the C heap's free pages back to the OS before a timed CPU run.
 
-    glibc keeps freed activations in its heap; with many models run in turn
-    the heap fragments and the process grows far past any one model's peak
-    (it ran out of 24 GB in the 800x1344 training group). Trimming bounds it;
-    every run then pays the page faults of touching its working set, the
-    same way for every case (about 10% at 224 batch 8 in training here).
+    glibc keeps freed activations in its heap, and with ten models run in
+    turn the heap fragments (6 GB held for four 224 batch-8 training cases
+    that each peak under 1 GB). Trimming bounds the process and puts every
+    case on the same footing: each run pays the page faults of touching its
+    working set (about 10% at 224 batch 8 in training here).
     """
     if device.type == 'cpu' and _LIBC is not None:
         _LIBC.malloc_trim(0)
