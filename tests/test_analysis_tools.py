@@ -77,3 +77,24 @@ def test_saved_activation_count_releases_the_graph():
     kept = saved_activations_mb(model, torch.randn(1024, 64))
     assert kept >= 1024 * 256 * 4 / 2**20  # the ReLU output is saved for its backward
     assert seen and seen[0]() is None, 'the saved ReLU output outlived the count'
+
+
+def test_profile_backbone_attributes_time_to_attention_and_convolution(capsys):
+    shares = load_tool('profile_backbone').main(
+        ['--arch', 'tiny', '--shape', '64', '96', '--mode', 'train', '--top', '3'])
+    # Every DS-Block runs three attentions and several convolutions, forward and back.
+    assert shares['attention'] > 0 and shares['convolution'] > 0
+    assert set(shares) <= set(load_tool('profile_backbone').FAMILIES) | {'other'}
+    assert 'self time by family' in capsys.readouterr().out
+
+
+def test_attention_kernels_shapes_follow_the_architecture():
+    tool = load_tool('attention_kernels')
+    shapes = tool.attention_shapes('small', 800, 1344)
+    # Stage 1: 200x336 local tokens against the 25x42 global grid, one head of 32.
+    assert (0, 'local q, global kv', 1, 67200, 1050, 32) in shapes
+    assert (3, 'global q, local kv', 8, 1050, 1050, 32) in shapes
+    rows = tool.main(['--arch', 'tiny', '--shape', '64', '64', '--kernels', 'flash', 'math',
+                      '--trials', '1'])
+    assert len(rows) == 4 * 3 * 2
+    assert all(r['forward_ms'] > 0 and r['backward_gflops_per_s'] > 0 for r in rows)
