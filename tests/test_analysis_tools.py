@@ -98,3 +98,24 @@ def test_attention_kernels_shapes_follow_the_architecture():
                       '--trials', '1'])
     assert len(rows) == 4 * 3 * 2
     assert all(r['forward_ms'] > 0 and r['backward_gflops_per_s'] > 0 for r in rows)
+
+
+def test_configs_resolve_by_package_prefix(tmp_path):
+    from mmdsnet.utils import load_config, resolve_config_path
+    cfg = load_config('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
+    assert cfg.model.backbone.type == 'ResNet' and cfg.model.backbone.depth == 50
+    with pytest.raises(FileNotFoundError, match='no mask_rcnn/nope.py under'):
+        resolve_config_path('mmdet::mask_rcnn/nope.py')
+    with pytest.raises(FileNotFoundError, match="package 'nosuchpkg' is not installed"):
+        resolve_config_path('nosuchpkg::a.py')
+    with pytest.raises(FileNotFoundError, match='config file not found'):
+        resolve_config_path(str(tmp_path / 'missing.py'))
+
+
+def test_benchmark_builds_every_detector():
+    tool = load_tool('benchmark')
+    for name, (config, overrides) in tool.DETECTORS.items():
+        model = tool.build_detector(config, overrides)
+        depth = getattr(model.backbone, 'depth', None)
+        assert (depth == 50) == name.startswith('MaskRCNN R-50'), name
+        assert getattr(model.backbone, 'with_cp', False) == ('with_cp' in name), name

@@ -7,6 +7,8 @@ import os.path as osp
 
 from mmengine.config import Config, DictAction
 
+from mmdsnet.utils import resolve_config_path
+
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """--work-dir, --cfg-options, --launcher and --local_rank/--local-rank."""
@@ -29,7 +31,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 def load_config(args: argparse.Namespace) -> Config:
     """Read ``args.config`` and apply --cfg-options, --launcher, --work-dir."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    cfg = Config.fromfile(args.config)
+    cfg = Config.fromfile(resolve_config_path(args.config))
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

@@ -1,4 +1,6 @@
-"""Utilities for mmdsnet (framework compatibility helpers)."""
+"""Utilities for mmdsnet (framework compatibility helpers, config lookup)."""
 from .compat import allow_runner_checkpoint_globals, patch_cpu_distributed
+from .config import load_config, resolve_config_path
 
-__all__ = ['allow_runner_checkpoint_globals', 'patch_cpu_distributed']
+__all__ = ['allow_runner_checkpoint_globals', 'patch_cpu_distributed', 'load_config',
+           'resolve_config_path']

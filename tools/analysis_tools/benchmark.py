@@ -100,11 +100,11 @@ DETECTORS = {
 
 def build_detector(config: str, backbone_overrides: dict):
     from mmdet.registry import MODELS
-    from mmengine.config import Config
     from mmengine.registry import init_default_scope
+
+    from mmdsnet.utils import load_config
     init_default_scope('mmdet')
-    path = config if config.startswith('mmdet::') else osp.join(ROOT, config)
-    cfg = Config.fromfile(path)
+    cfg = load_config(config if '::' in config else osp.join(ROOT, config))
     cfg.model.backbone.update(init_cfg=None, **backbone_overrides)
     return MODELS.build(cfg.model)
 

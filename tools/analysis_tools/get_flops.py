@@ -25,10 +25,11 @@ except ImportError:  # a source checkout that is not installed
     sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
     import mmdsnet  # noqa: F401
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 from mmengine.registry import DefaultScope, init_default_scope  # noqa: E402
 
 from mmdsnet.analysis import commuted_conv_macs, count_flops, parameter_count  # noqa: E402
+from mmdsnet.utils import load_config  # noqa: E402
 
 
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 512)}
@@ -86,7 +87,7 @@ def main(argv=None):
     parser.add_argument('--shape', type=int, nargs='+', help='H W (or one size for both)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     shape = None
