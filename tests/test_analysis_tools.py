@@ -119,3 +119,15 @@ def test_benchmark_builds_every_detector():
         depth = getattr(model.backbone, 'depth', None)
         assert (depth == 50) == name.startswith('MaskRCNN R-50'), name
         assert getattr(model.backbone, 'with_cp', False) == ('with_cp' in name), name
+        if depth is None:  # DS-Net: trains every stage unless the entry says otherwise
+            assert model.backbone.frozen_stages == (1 if 'frozen_stages=1' in name else -1), name
+    with pytest.raises(SystemExit):
+        tool.main(['--suites', 'detector', '--detectors', 'MaskRCNN R-101'])
+
+
+def test_benchmark_modes_select_detector_groups():
+    tool = load_tool('benchmark')
+    cases = tool.make_cases({'detector'}, torch.device('cpu'), [], [], modes=['eval'],
+                            detectors=['MaskRCNN R-50+FPN'])
+    assert [(c.group, c.name) for c in cases] == [
+        ('Mask R-CNN 2x800x1333 eval', 'MaskRCNN R-50+FPN')]

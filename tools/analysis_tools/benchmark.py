@@ -2,7 +2,8 @@
 peer backbones, in one process and one run.
 
     python tools/analysis_tools/benchmark.py [--suites backbone,detector]
-        [--backbones ...] [--settings '224 b8,800x1344 b1'] [--modes eval,train]
+        [--backbones ...] [--detectors ...] [--settings '224 b8,800x1344 b1']
+        [--modes eval,train]
         [--trials 5] [--warmup 1] [--keep-heap] [--out work_dirs/benchmark.json]
 
 Backbones (DS-Net-T/S/B, the unfused DS-Net-S yardstick, ResNet-50, Swin-T,
@@ -95,6 +96,9 @@ DETECTORS = {
     'MaskRCNN DS-Net-S+DS-FPN': ('configs/mask_rcnn_dsnet_s_dsfpn_1x_coco.py', {}),
     'MaskRCNN DS-Net-S+FPN with_cp': ('configs/mask_rcnn_dsnet_s_fpn_1x_coco.py',
                                       dict(with_cp=True)),
+    # like-for-like with R-50's config, which freezes the stem and stage 1
+    'MaskRCNN DS-Net-S+FPN frozen_stages=1': ('configs/mask_rcnn_dsnet_s_fpn_1x_coco.py',
+                                              dict(frozen_stages=1)),
 }
 
 
@@ -286,15 +290,15 @@ def measure_rss_growth_mb(case, device):
     return _status_mb('VmHWM') - base
 
 
-def make_cases(suites, device, names, settings, modes=('eval', 'train')):
+def make_cases(suites, device, names, settings, modes=('eval', 'train'), detectors=DETECTORS):
     cases = []
     if 'backbone' in suites:
         for setting in settings:
             for mode in modes:
                 cases += [backbone_case(n, setting, mode) for n in names]
     if 'detector' in suites:
-        for mode in ('train', 'eval'):
-            cases += [detector_case(n, mode) for n in DETECTORS]
+        for mode in sorted(modes, reverse=True):  # train first
+            cases += [detector_case(n, mode) for n in detectors]
     if 'throughput' in suites and device.type == 'cuda':
         for amp in (False, True):
             cases += [throughput_case(n, amp) for n in names if n != 'DS-Net-S unfused']
@@ -308,7 +312,9 @@ def main(argv=None):
                         help='comma-separated subset of: ' + ', '.join(BACKBONES))
     parser.add_argument('--settings', default=','.join(BACKBONE_SHAPES),
                         help='backbone input settings: ' + ', '.join(BACKBONE_SHAPES))
-    parser.add_argument('--modes', default='eval,train', help='backbone modes: eval, train')
+    parser.add_argument('--detectors', default=','.join(DETECTORS),
+                        help='comma-separated subset of: ' + ', '.join(DETECTORS))
+    parser.add_argument('--modes', default='eval,train', help='eval, train or both')
     parser.add_argument('--trials', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--no-memory', action='store_true')
@@ -323,18 +329,22 @@ def main(argv=None):
     unknown = set(names) - set(BACKBONES)
     if unknown:
         parser.error(f'unknown backbones {sorted(unknown)}; choose from {list(BACKBONES)}')
+    detectors = [n for n in args.detectors.split(',') if n]
+    unknown = set(detectors) - set(DETECTORS)
+    if unknown:
+        parser.error(f'unknown detectors {sorted(unknown)}; choose from {list(DETECTORS)}')
     modes = [m for m in args.modes.split(',') if m]
     if not modes or set(modes) - {'eval', 'train'}:
         parser.error(f'unknown modes {modes}; choose from eval, train')
     settings = [s for s in args.settings.split(',') if s]
     if set(settings) - set(BACKBONE_SHAPES):
         parser.error(f'unknown settings {settings}; choose from {list(BACKBONE_SHAPES)}')
-    cases = make_cases(set(args.suites.split(',')), device, names, settings, modes)
+    cases = make_cases(set(args.suites.split(',')), device, names, settings, modes, detectors)
     if args.measure_memory is not None:  # child process of peak_memory_mb
         print(measure_rss_growth_mb(cases[args.measure_memory], device))
         return None
     selection = ['--suites', args.suites, '--backbones', args.backbones,
-                 '--settings', args.settings, '--modes', args.modes]
+                 '--detectors', args.detectors, '--settings', args.settings, '--modes', args.modes]
 
     if not cases:
         parser.error(f'nothing to run for suites {args.suites!r} on {device.type}'
