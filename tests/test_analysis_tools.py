@@ -91,9 +91,13 @@ def test_profile_backbone_attributes_time_to_attention_and_convolution(capsys):
 def test_attention_kernels_shapes_follow_the_architecture():
     tool = load_tool('attention_kernels')
     shapes = tool.attention_shapes('small', 800, 1344)
-    # Stage 1: 200x336 local tokens against the 25x42 global grid, one head of 32.
+    # Stage 1: 200x336 local tokens against the 25x42 global grid, one head of 32;
+    # stage 4 shrinks its 25x42 map by 2 again, to 12x21.
     assert (0, 'local q, global kv', 1, 67200, 1050, 32) in shapes
-    assert (3, 'global q, local kv', 8, 1050, 1050, 32) in shapes
+    assert (3, 'global q, local kv', 8, 252, 1050, 32) in shapes
+    # Sizes that are not multiples of 32 are padded up, as the backbone does.
+    assert (0, 'local q, global kv', 1, 28 * 35, 3 * 4, 32) in tool.attention_shapes(
+        'tiny', 112, 137)
     rows = tool.main(['--arch', 'tiny', '--shape', '64', '64', '--kernels', 'flash', 'math',
                       '--trials', '1'])
     assert len(rows) == 4 * 3 * 2

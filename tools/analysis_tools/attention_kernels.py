@@ -6,8 +6,9 @@
 For every stage it times the three attentions of one block (global
 self-attention, local queries on global keys, global queries on local keys)
 forward and backward, and prints GFLOP/s (4 * Lq * Lk * d per head forward,
-twice that backward). A kernel near the machine's GEMM throughput means the
-time is the FLOPs of the co-attention, not the kernel.
+twice that backward), and the fp32 matrix-multiply rate of the same device:
+a kernel near that rate means the time is the FLOPs of the co-attention, not
+the kernel.
 """
 import argparse
 import os.path as osp
@@ -30,15 +31,23 @@ KERNELS = {'flash': SDPBackend.FLASH_ATTENTION, 'math': SDPBackend.MATH,
            'efficient': SDPBackend.EFFICIENT_ATTENTION}
 
 
-def attention_shapes(arch, height, width, global_stride=32):
-    """(stage, name, heads, Lq, Lk, head_dims) of one block per stage."""
-    settings = DSNet.arch_settings[DSNet.arch_aliases.get(arch, arch)]
-    num_global = max(1, height // global_stride) * max(1, width // global_stride)
+def attention_shapes(arch, height, width):
+    """(stage, name, heads, Lq, Lk, head_dims) of one block per stage.
+
+    Read off a built DSNet, so the global grids follow its ``global_resize``
+    (stage 4 shrinks its 1/32 map by 2 again) and its padding (maps are
+    ceil(size / stride)).
+    """
+    model = DSNet(arch)
     shapes = []
-    for stage, (dims, heads) in enumerate(zip(settings['embed_dims'], settings['num_heads'])):
-        stride = DSNet.strides[stage]
-        num_local = (height // stride) * (width // stride)
-        head_dims = dims // 2 // heads
+    for stage, (embed, blocks) in enumerate(zip(model.patch_embeds, model.stages)):
+        height, width = -(-height // embed.stride[0]), -(-width // embed.stride[1])
+        block = blocks[0]
+        num_local = height * width
+        grid_h, grid_w = block.global_size(height, width)
+        num_global = grid_h * grid_w
+        heads = block.num_heads
+        head_dims = embed.out_channels // 2 // heads
         shapes += [(stage, 'global self', heads, num_global, num_global, head_dims),
                    (stage, 'local q, global kv', heads, num_local, num_global, head_dims),
                    (stage, 'global q, local kv', heads, num_global, num_local, head_dims)]
@@ -64,6 +73,19 @@ def time_kernel(kernel, heads, len_q, len_k, head_dims, trials, device):
             forward.append(middle - start)
             backward.append(time.perf_counter() - middle)
     return sorted(forward[1:])[trials // 2], sorted(backward[1:])[trials // 2]
+
+
+def matmul_gflops(device, size=2048, trials=3):
+    """The machine's fp32 matrix-multiply rate: the ceiling a kernel is read against."""
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    times = []
+    for _ in range(trials + 1):  # the first is warm-up
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * size ** 3 / sorted(times[1:])[trials // 2] / 1e9
 
 
 def main(argv=None):
@@ -92,6 +114,7 @@ def main(argv=None):
             print(f'{stage + 1:5d} {name:20s} {heads:5d} {f"{len_q}x{len_k}":>15s} {kernel:7s} '
                   f'{row["forward_ms"]:8.1f} {row["forward_gflops_per_s"]:7.1f} '
                   f'{row["backward_ms"]:8.1f} {row["backward_gflops_per_s"]:7.1f}')
+    print(f'fp32 matmul 2048^3 on the same device: {matmul_gflops(device):.1f} GFLOP/s')
     print(f'device: {device.type}, {torch.get_num_threads()} threads; torch {torch.__version__}')
     return rows
 
