@@ -5,7 +5,7 @@ modules exactly as the public timm-style checkpoints do (``patch_embed{k}.proj``
 ``blocks{k}.{i}``, ``norm``, ``head``), so its random ``state_dict()`` is a
 checkpoint in the public layout, and it computes every attention map
 explicitly (softmax(q k^T / sqrt(d)) v), as the public code does. It is written
-from ``dsnet-spec.md`` section 3.
+from ``docs/architecture.md``, "The DS-Block".
 """
 import torch
 import torch.nn as nn

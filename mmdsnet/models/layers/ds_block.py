@@ -3,7 +3,7 @@ by bidirectional co-attention (Inter-scale Alignment).
 
 Module names equal those of the public DS-Net checkpoints (``pos_embed``,
 ``norm1``, ``conv1``, ..., ``mlp.fc2``) so weights map one to one; the order
-of operations follows ``dsnet-spec.md`` section 3 exactly.
+of operations follows ``docs/architecture.md``, "The DS-Block", exactly.
 """
 from typing import Optional, Sequence, Tuple
 

@@ -1,7 +1,7 @@
 """DS-FPN: an FPN whose pyramid levels are enhanced by DS-Blocks.
 
 The paper adds DS-Blocks to the FPN "to enhance contextual information" but
-publishes no layout (``dsnet-spec.md`` section 5). The layout here is a
+publishes no layout (``docs/architecture.md``, "DS-FPN"). The layout here is a
 documented engineering choice, fully configurable: by default every pyramid
 level built from a backbone map gets one DS-Block of the FPN width (local
 depthwise stream, global attention stream on a grid at 1/32 of the image,

@@ -1,6 +1,6 @@
 """Read DS-Net checkpoints in the public layouts and convert them to ours.
 
-Public layouts (``dsnet-spec.md`` section 7):
+Public layouts (``docs/architecture.md``, "Checkpoint layout"):
 
 * timm / PyTorch (SteveTsui/DS-Net): ``patch_embed{k}.proj.*``, ``blocks{k}.{i}.*``,
   ``norm.*``, ``head.*``, often wrapped in ``{'model': ..., 'model_ema': ...}``;
