@@ -105,8 +105,8 @@ def test_attention_kernels_shapes_follow_the_architecture():
 
 
 def test_configs_resolve_by_package_prefix(tmp_path):
-    from mmdsnet.utils import load_config, resolve_config_path
-    cfg = load_config('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
+    from mmdsnet.utils import load_config_file, resolve_config_path
+    cfg = load_config_file('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
     assert cfg.model.backbone.type == 'ResNet' and cfg.model.backbone.depth == 50
     with pytest.raises(FileNotFoundError, match='no mask_rcnn/nope.py under'):
         resolve_config_path('mmdet::mask_rcnn/nope.py')

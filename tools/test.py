@@ -7,15 +7,12 @@ config's ``test_evaluator`` (CocoMetric for mmdet, IoUMetric for mmseg).
     bash tools/dist_test.sh CONFIG CHECKPOINT 8 [...]
 """
 import argparse
-import os.path as osp
-import sys
 
-try:
-    import mmdsnet  # noqa: F401  (registers the models)
-except ImportError:  # a source checkout that is not installed
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmdsnet.apis import add_common_args, build_runner, load_config  # noqa: E402
+try:  # importing mmdsnet registers the models
+    from mmdsnet.cli import add_common_args, build_runner, config_from_args
+except ModuleNotFoundError as error:
+    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+                     'into an mmdet/mmseg environment (README, Install)') from error
 
 
 def parse_args(argv=None):
@@ -78,7 +75,7 @@ def dump_metric(cfg, out_file):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args)
+    cfg = config_from_args(args)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         enable_visualization(cfg, args)

@@ -8,15 +8,12 @@ The command line follows mmdet 3.3's ``tools/train.py``. The config's
     bash tools/dist_train.sh CONFIG 8 [...]
 """
 import argparse
-import os.path as osp
-import sys
 
-try:
-    import mmdsnet  # noqa: F401  (registers the models)
-except ImportError:  # a source checkout that is not installed
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from mmdsnet.apis import add_common_args, build_runner, load_config  # noqa: E402
+try:  # importing mmdsnet registers the models
+    from mmdsnet.cli import add_common_args, build_runner, config_from_args
+except ModuleNotFoundError as error:
+    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+                     'into an mmdet/mmseg environment (README, Install)') from error
 
 
 def parse_args(argv=None):
@@ -64,7 +61,7 @@ def apply_train_options(cfg, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args)
+    cfg = config_from_args(args)
     apply_train_options(cfg, args)
     build_runner(cfg).train()
 

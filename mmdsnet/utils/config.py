@@ -28,6 +28,7 @@ def resolve_config_path(name: str) -> str:
     return path
 
 
-def load_config(name: str) -> Config:
-    """``Config.fromfile`` that also takes ``pkg::rel/path.py``."""
+def load_config_file(name: str) -> Config:
+    """``Config.fromfile`` that also takes ``pkg::rel/path.py`` (see
+    :func:`resolve_config_path`)."""
     return Config.fromfile(resolve_config_path(name))

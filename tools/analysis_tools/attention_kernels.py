@@ -11,8 +11,6 @@ a kernel near that rate means the time is the FLOPs of the co-attention, not
 the kernel.
 """
 import argparse
-import os.path as osp
-import sys
 import time
 
 import torch
@@ -20,12 +18,10 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 try:
-    import mmdsnet  # noqa: F401
-except ImportError:  # a source checkout that is not installed
-    sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
-    import mmdsnet  # noqa: F401
-
-from mmdsnet.models import DSNet  # noqa: E402
+    from mmdsnet.models import DSNet
+except ModuleNotFoundError as error:
+    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+                     'into an mmdet/mmseg environment (README, Install)') from error
 
 KERNELS = {'flash': SDPBackend.FLASH_ATTENTION, 'math': SDPBackend.MATH,
            'efficient': SDPBackend.EFFICIENT_ATTENTION}

@@ -38,14 +38,12 @@ from typing import Callable, Dict, List
 import torch
 
 try:
-    import mmdsnet  # noqa: F401
-except ImportError:
-    sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
-    import mmdsnet  # noqa: F401
-
-from mmdsnet.analysis import saved_activations_mb  # noqa: E402
-from mmdsnet.models import DSNet  # noqa: E402
-from mmdsnet.testing import reference_for  # noqa: E402
+    from mmdsnet.analysis import saved_activations_mb
+    from mmdsnet.models import DSNet
+    from mmdsnet.testing import reference_for
+except ModuleNotFoundError as error:
+    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+                     'into an mmdet/mmseg environment (README, Install)') from error
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -106,9 +104,9 @@ def build_detector(config: str, backbone_overrides: dict):
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
 
-    from mmdsnet.utils import load_config
+    from mmdsnet.utils import load_config_file
     init_default_scope('mmdet')
-    cfg = load_config(config if '::' in config else osp.join(ROOT, config))
+    cfg = load_config_file(config if '::' in config else osp.join(ROOT, config))
     cfg.model.backbone.update(init_cfg=None, **backbone_overrides)
     return MODELS.build(cfg.model)
 

@@ -15,21 +15,18 @@ which moves the global halves of conv1/conv2 onto the small global grid.
 """
 import argparse
 import os.path as osp
-import sys
 
 import torch
 
-try:
-    import mmdsnet  # noqa: F401
-except ImportError:  # a source checkout that is not installed
-    sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
-    import mmdsnet  # noqa: F401
+from mmengine.config import DictAction
+from mmengine.registry import DefaultScope, init_default_scope
 
-from mmengine.config import DictAction  # noqa: E402
-from mmengine.registry import DefaultScope, init_default_scope  # noqa: E402
-
-from mmdsnet.analysis import commuted_conv_macs, count_flops, parameter_count  # noqa: E402
-from mmdsnet.utils import load_config  # noqa: E402
+try:  # importing mmdsnet registers the models
+    from mmdsnet.analysis import commuted_conv_macs, count_flops, parameter_count
+    from mmdsnet.utils import load_config_file
+except ModuleNotFoundError as error:
+    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+                     'into an mmdet/mmseg environment (README, Install)') from error
 
 
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 512)}
@@ -87,7 +84,7 @@ def main(argv=None):
     parser.add_argument('--shape', type=int, nargs='+', help='H W (or one size for both)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
-    cfg = load_config(args.config)
+    cfg = load_config_file(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     shape = None

@@ -8,19 +8,15 @@ of the summed outputs). Prints the operators with the most self time and the
 share of the run that goes to attention, convolutions and interpolation.
 """
 import argparse
-import os.path as osp
-import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 try:
-    import mmdsnet  # noqa: F401
-except ImportError:  # a source checkout that is not installed
-    sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
-    import mmdsnet  # noqa: F401
-
-from mmdsnet.models import DSNet  # noqa: E402
+    from mmdsnet.models import DSNet
+except ModuleNotFoundError as error:
+    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+                     'into an mmdet/mmseg environment (README, Install)') from error
 
 # operator-name fragments -> the family they are reported under
 FAMILIES = {

@@ -11,16 +11,14 @@ this step is optional; it saves reading the original file at every run.
 import argparse
 import os
 import os.path as osp
-import sys
+
+from mmengine.logging import MMLogger
 
 try:
-    import mmdsnet  # noqa: F401
-except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..'))
-
-from mmengine.logging import MMLogger  # noqa: E402
-
-from mmdsnet.models.utils import convert_file  # noqa: E402
+    from mmdsnet.models.utils import convert_file
+except ModuleNotFoundError as error:
+    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+                     'into an mmdet/mmseg environment (README, Install)') from error
 
 
 def main(argv=None):

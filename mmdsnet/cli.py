@@ -1,13 +1,15 @@
-"""What tools/train.py and tools/test.py share: the common command-line
-options of mmdet 3.3's tools, config loading, and building the Runner with
-the CPU-distributed fix applied."""
+"""Command-line glue shared by tools/train.py and tools/test.py.
+
+The options common to mmdet 3.3's tools, reading the config with those
+options applied, and building the Runner with the CPU-distributed fix.
+"""
 import argparse
 import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
 
-from mmdsnet.utils import resolve_config_path
+from .utils.config import resolve_config_path
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -28,8 +30,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
-def load_config(args: argparse.Namespace) -> Config:
-    """Read ``args.config`` and apply --cfg-options, --launcher, --work-dir."""
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config named by ``args.config`` with --cfg-options, --launcher and
+    --work-dir applied (``args`` from a parser given :func:`add_common_args`)."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = Config.fromfile(resolve_config_path(args.config))
     cfg.launcher = args.launcher
@@ -51,7 +54,7 @@ def build_runner(cfg: Config):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from ..utils.compat import allow_runner_checkpoint_globals, patch_cpu_distributed
+    from .utils.compat import allow_runner_checkpoint_globals, patch_cpu_distributed
 
     allow_runner_checkpoint_globals()  # resume / load_from on torch >= 2.6
     if cfg.get('launcher', 'none') != 'none':
