@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo dataset generator (mmdsnet.datasets.demo_data).
+"""Tests for the synthetic demo data generator (mmdsnet.testing.synthetic_data).
 
 They check that the files are deterministic, that the COCO masks (polygon
 and RLE) agree with their boxes, and that mmdet's CocoDataset and mmseg's
@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from mmdsnet.datasets import COCO_CLASSES, SEG_CLASSES, generate_demo_data
-from mmdsnet.datasets.demo_data import (MIN_VISIBLE_AREA, SEG_BORDER,
-                                        SEG_IGNORE_INDEX)
+from mmdsnet.testing.synthetic_data import (COCO_CLASSES, MIN_VISIBLE_AREA, SEG_BORDER,
+                                            SEG_CLASSES, SEG_IGNORE_INDEX, generate_demo_data)
 
 NUM_TRAIN, NUM_VAL, SEED = 8, 4, 0
 

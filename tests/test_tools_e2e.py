@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from mmdsnet.datasets import generate_demo_data
+from mmdsnet.testing.synthetic_data import generate_demo_data
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_DEMO = osp.join(ROOT, 'configs', 'demo', 'mask_rcnn_dsnet_t_dsfpn_demo.py')

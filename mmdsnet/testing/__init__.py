@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks (not needed to train or test models)."""
+"""Helpers for tests, benchmarks and the demo (not needed to train or test models)."""
 from .reference_dsnet import ReferenceDSNet, explicit_attention
 
 __all__ = ['ReferenceDSNet', 'explicit_attention', 'reference_for', 'randomize_norm_stats']

@@ -6,18 +6,16 @@ Example::
         --num-train 64 --num-val 16 --seed 0
 
 Writes ``<out>/coco`` (COCO instances) and ``<out>/seg`` (mmseg label maps);
-see ``mmdsnet/datasets/demo_data.py`` for the layout and label convention.
+see ``mmdsnet/testing/synthetic_data.py`` for the layout and label convention.
 Re-running with the same parameters is a no-op unless ``--force``.
 """
 import argparse
-import os.path as osp
-import sys
 
 try:
-    from mmdsnet.datasets.demo_data import generate_demo_data
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), '..', '..')))
-    from mmdsnet.datasets.demo_data import generate_demo_data
+    from mmdsnet.testing.synthetic_data import generate_demo_data
+except ModuleNotFoundError as error:
+    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+                     'into an mmdet/mmseg environment (README, Install)') from error
 
 
 def parse_args(argv=None):

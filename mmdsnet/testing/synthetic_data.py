@@ -39,8 +39,8 @@ ignore, k -> k-1), ``img_suffix='.png'``, ``seg_map_suffix='.png'``,
 head. (``ADE20KDataset`` itself refuses these class names, as they are not a
 subset of its 150 ADE classes.)
 
-Same parameters give byte-identical files. The module deliberately avoids
-mmdet/mmseg imports so it stays cheap to import.
+Same parameters give byte-identical files. It is test and demo data, not a
+dataset class: mmdet's ``CocoDataset`` and mmseg's ``BaseSegDataset`` read it.
 """
 import json
 import os
