@@ -242,6 +242,76 @@ class DSNet(BaseModule):
             raise ValueError(f'DSNet needs H and W >= {self.min_input_size}, got '
                              f'{tuple(x.shape[2:])}')
 
+    def _attention_targets(self, stage: int, block: int,
+                           ratio_blocks: Optional[Union[str, int]]) -> Tuple[int, Dict[int, int]]:
+        """Validate ``forward_attention``'s choice; (block index, {stage: ratio block})."""
+        built = self.num_built_stages
+        if not isinstance(stage, int) or not 0 <= stage < built:
+            raise ValueError(f'stage must be an int in 0..{built - 1} (the stages this DSNet '
+                             f'builds, out_indices={self.out_indices}), got {stage!r}')
+        depth = self.depths[stage]
+        if not isinstance(block, int) or not -depth <= block < depth:
+            raise ValueError(f'stage {stage} has {depth} blocks: block must be an int in '
+                             f'0..{depth - 1} (or -{depth}..-1 from the end), got {block!r}')
+        if ratio_blocks is None:
+            return block % depth, {}
+        if ratio_blocks == 'last':
+            return block % depth, {i: self.depths[i] - 1 for i in range(built)}
+        if isinstance(ratio_blocks, int) and all(
+                -d <= ratio_blocks < d for d in self.depths[:built]):
+            return block % depth, {i: ratio_blocks % self.depths[i] for i in range(built)}
+        raise ValueError(f"ratio_blocks must be None, 'last' or a block index valid in every "
+                         f'built stage (depths {self.depths[:built]}), got {ratio_blocks!r}')
+
+    def forward_attention(self, x: torch.Tensor, stage: int, block: int = -1,
+                          ratio_blocks: Optional[Union[str, int]] = None):
+        """Run the backbone up to one block and return its attention maps.
+
+        Args:
+            x (Tensor): (B, C, H, W) input, padded like ``forward``.
+            stage (int): Stage index, 0..3 (stride 4..32).
+            block (int): Block index within the stage; negative counts from
+                the end (-1, the default, is the stage's last block).
+            ratio_blocks (str | int, optional): Also record the alignment's
+                norm ratios of one block in every built stage: ``'last'`` for
+                each stage's last block, or a block index. Runs the stages
+                up to the deepest block needed.
+
+        Returns:
+            ``mmdsnet.analysis.attention.BackboneAttention``: the chosen
+            block's maps with the geometry that places them on the input.
+            The ordinary ``forward`` is untouched and records nothing.
+        """
+        from ...analysis.attention import BackboneAttention
+        self._check_input(x)
+        block, ratio_at = self._attention_targets(stage, block, ratio_blocks)
+        height, width = x.shape[2:]
+        pad_h, pad_w = (-height) % 32, (-width) % 32
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+        padded = tuple(x.shape[2:])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        last_stage = max([stage, *ratio_at])
+        stop = max(block if last_stage == stage else -1, ratio_at.get(last_stage, -1))
+        chosen, stage_ratios = None, {}
+        for i in range(last_stage + 1):
+            x = self.patch_embeds[i](x)
+            for j, ds_block in enumerate(self.stages[i]):
+                if i == last_stage and j > stop:
+                    break
+                if (i, j) == (stage, block):
+                    x, chosen = ds_block.forward_with_attention(x)
+                    recorded = chosen
+                elif ratio_at.get(i) == j:
+                    x, recorded = ds_block.forward_with_attention(x, with_maps=False)
+                else:
+                    x = ds_block(x)
+                if ratio_at.get(i) == j:
+                    stage_ratios[i] = (j, recorded)
+        return BackboneAttention(stage=stage, block=block, stride=self.strides[stage],
+                                 input_size=(height, width), padded_size=padded,
+                                 maps=chosen, stage_ratios=stage_ratios)
+
     def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         for block in stage:
             if self.with_cp and x.requires_grad:

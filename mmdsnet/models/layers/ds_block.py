@@ -146,6 +146,21 @@ class DSBlock(BaseModule):
     def _attn_dropout(self) -> float:
         return self.attn_drop_rate if self.training else 0.
 
+    def forward_with_attention(self, x: torch.Tensor, with_maps: bool = True):
+        """Run the block on ``x`` and also return what its attention did.
+
+        The block runs its ordinary fused forward (same output); hooks record
+        q/k and the alignment's inputs and outputs, and the maps are formed
+        afterwards. Returns ``(output, BlockAttention)`` with the global
+        self-attention, both co-attention maps and the alignment's norm
+        ratios (see ``mmdsnet.analysis.attention``); ``with_maps=False`` keeps
+        only the cheap norm ratios. Maps are shown before attention dropout.
+        """
+        from ...analysis.attention import AttentionRecorder
+        with AttentionRecorder(self, with_maps=with_maps) as recorder:
+            out = self(x)
+        return out, recorder.result()
+
     def _global_self_attention(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens + MHSA(LN(tokens)) without output projection; (B, M, C/2)."""
         q, k, v = split_heads(self.channel_up(self.norm_sa1(tokens)), self.num_heads)
