@@ -2,10 +2,35 @@
 # Create .venv and install the tested OpenMMLab matrix plus mmdsnet (editable).
 #
 # Idempotent: a stamp in .venv records a hash of the inputs; a second run with
-# the same inputs only checks the imports. mmcv 2.1.0 is installed from a
-# prebuilt wheel when MMCV_WHEEL_DIR holds one whose Python tag matches and
-# whose compiled ops load against the installed torch; otherwise it is built
-# from source with its ops (about 35 minutes on 2 cores; pip caches the wheel).
+# the same inputs only checks the imports (and, where torch sees a GPU, that
+# mmcv's CUDA ops run). mmcv 2.1.0 is built with its compiled ops:
+#
+# CPU torch, or CUDA torch that sees no GPU: mmcv is installed from a prebuilt
+#   wheel when MMCV_WHEEL_DIR holds one whose Python tag matches and whose ops
+#   load against the installed torch; otherwise it is built from source (about
+#   35 minutes on 2 cores; pip caches the wheel).
+# CUDA torch that sees a GPU (or FORCE_CUDA=1): mmcv is built from source with
+#   its CUDA ops. tools/misc/cuda_build_env.py first checks that the build can
+#   succeed (nvcc of torch's CUDA major version, found the way torch finds it:
+#   CUDA_HOME, else nvcc on PATH, else /usr/local/cuda; a compute capability
+#   that nvcc supports; a host compiler nvcc accepts) and stops with exit code 2
+#   and what to install otherwise. TORCH_CUDA_ARCH_LIST defaults to the visible
+#   GPUs' capabilities and MAX_JOBS to min(cores, available GiB / 2.5); values
+#   you set are kept, as is CC (the host compiler). After the build, nms and
+#   RoIAlign run on the GPU and are compared with the CPU kernels. To build
+#   CPU-only ops on a GPU machine, hide the GPUs: CUDA_VISIBLE_DEVICES= .
+#
+# Machines with a preinstalled CUDA torch and no package index:
+#   USE_SYSTEM_TORCH=1  create .venv with --system-site-packages and keep the
+#                       torch found there: the torch pins and
+#                       requirements/constraints.txt are not applied (packages
+#                       already installed are kept when they satisfy
+#                       requirements/*.txt).
+#   PIP_NO_INDEX=1 PIP_FIND_LINKS=/dir/of/wheels  (pip's own variables) install
+#                       from a local directory; it must hold everything
+#                       requirements/*.txt needs that is not installed yet, and
+#                       mmcv-2.1.0.tar.gz, which is built from there.
+#   e.g. USE_SYSTEM_TORCH=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/wheels PYTHON=python3 make test
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,10 +40,11 @@ VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 STAMP="$VENV/.mmdsnet-install-stamp"
 MMCV_VERSION=2.1.0
+BUILD_ENV=tools/misc/cuda_build_env.py
 
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 stamp_inputs() {
-    cat requirements/*.txt setup.py tools/install_env.sh | sha256sum | cut -d' ' -f1
+    cat requirements/*.txt setup.py tools/install_env.sh "$BUILD_ENV" | sha256sum | cut -d' ' -f1
 }
 
 check_imports() {
@@ -29,6 +55,9 @@ import mmdsnet
 print(f'torch {torch.__version__} | mmengine {mmengine.__version__} | '
       f'mmcv {mmcv.__version__} (ops) | mmdet {mmdet.__version__} | '
       f'mmseg {mmseg.__version__} | mmdsnet {mmdsnet.__version__}')
+if torch.version.cuda is not None and torch.cuda.is_available():
+    import runpy  # a GPU is visible: mmcv's CUDA ops must run too
+    print(runpy.run_path('tools/misc/cuda_build_env.py')['verify_ops']('cuda'))
 EOF
 }
 
@@ -37,14 +66,40 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_inputs)" ]] && check_imports 
     exit 0
 fi
 
+SYSTEM_TORCH="${USE_SYSTEM_TORCH:-0}"
+venv_args=()
+[[ "$SYSTEM_TORCH" == 1 ]] && venv_args=(--system-site-packages)
 if [[ ! -x "$PY" ]]; then
-    echo "[install] creating $VENV with $PYTHON"
-    "$PYTHON" -m venv "$VENV"
+    echo "[install] creating $VENV with $PYTHON${venv_args[*]+ ${venv_args[*]}}"
+    "$PYTHON" -m venv ${venv_args[@]+"${venv_args[@]}"} "$VENV"
+fi
+if [[ "$SYSTEM_TORCH" == 1 ]] &&
+    ! grep -qiE '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg"; then
+    echo "[install] error: USE_SYSTEM_TORCH=1 but $VENV was created without" \
+        "--system-site-packages; remove it and run again" >&2
+    exit 2
 fi
 PIP=("$PY" -m pip --disable-pip-version-check)
 
 "${PIP[@]}" install -r requirements/build.txt
-"${PIP[@]}" install -c requirements/constraints.txt -r requirements/runtime.txt -r requirements/tests.txt
+if [[ "$SYSTEM_TORCH" == 1 ]]; then
+    reqs="$(mktemp -d)"
+    trap 'rm -rf "$reqs"' EXIT
+    for f in runtime tests; do
+        grep -viE '^torch([<>=!~ ;[]|$)' "requirements/$f.txt" > "$reqs/$f.txt" || true
+    done
+    echo "[install] USE_SYSTEM_TORCH=1: keeping the installed torch; constraints not applied"
+    "${PIP[@]}" install -r "$reqs/runtime.txt" -r "$reqs/tests.txt"
+else
+    "${PIP[@]}" install -c requirements/constraints.txt -r requirements/runtime.txt -r requirements/tests.txt
+fi
+
+# cpu or cuda, with the build variables of the latter; exit 2 if a CUDA build cannot succeed.
+build_env="$("$PY" "$BUILD_ENV")" || {
+    echo "[install] stopped before building mmcv (see the error above)" >&2
+    exit 2
+}
+eval "$build_env"
 
 mmcv_ops_ok() {
     "$PY" -c "import mmcv, torch; from mmcv.ops import nms; \
@@ -52,7 +107,25 @@ assert mmcv.__version__ == '$MMCV_VERSION'; \
 nms(torch.rand(4, 4) * 10, torch.rand(4), 0.5)" 2>/dev/null
 }
 
-if mmcv_ops_ok; then
+if [[ "$MMDSNET_MMCV_BUILD" == cuda ]]; then
+    if "$PY" "$BUILD_ENV" --verify-ops cuda --expect-mmcv "$MMCV_VERSION" >/dev/null 2>&1; then
+        echo "[install] mmcv $MMCV_VERSION with CUDA ops already installed"
+    else
+        # An installed mmcv without CUDA ops satisfies pip's requirement: remove it first.
+        "${PIP[@]}" uninstall -y mmcv >/dev/null 2>&1 || true
+        echo "[install] building mmcv $MMCV_VERSION from source with CUDA ops" \
+            "(TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
+        started=$SECONDS
+        # --no-cache-dir: a cached wheel may be a CPU-only build of the same sdist.
+        "${PIP[@]}" install --no-build-isolation --no-cache-dir "mmcv==$MMCV_VERSION"
+        took=$((SECONDS - started))
+        echo "[install] mmcv build took $((took / 60)) min $((took % 60)) s"
+    fi
+    "$PY" "$BUILD_ENV" --verify-ops cuda --expect-mmcv "$MMCV_VERSION" || {
+        echo "[install] mmcv's CUDA ops do not work (see above)" >&2
+        exit 1
+    }
+elif mmcv_ops_ok; then
     echo "[install] mmcv $MMCV_VERSION with ops already installed"
 else
     wheel=""

@@ -1,0 +1,444 @@
+"""tools/install_env.sh and its mmcv build decision (tools/misc/cuda_build_env.py), on faked
+machines: CPU torch, CUDA torch with a missing / mismatched / matching nvcc, GPUs, cores and
+memory. No GPU is needed; the shell script runs against a stand-in for the venv's python."""
+import dataclasses
+import importlib.util
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SCRIPT = osp.join(ROOT, 'tools', 'install_env.sh')
+
+
+def load_module():
+    path = osp.join(ROOT, 'tools', 'misc', 'cuda_build_env.py')
+    spec = importlib.util.spec_from_file_location('cuda_build_env', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cbe = load_module()
+
+NVCC_12_8 = ('nvcc: NVIDIA (R) Cuda compiler driver\n'
+             'Cuda compilation tools, release 12.8, V12.8.93\n'
+             'Build cuda_12.8.r12.8/compiler.35583870_0\n')
+NVCC_13_0 = NVCC_12_8.replace('12.8', '13.0').replace('V12.8.93', 'V13.0.48')
+NVCC_12_4 = NVCC_12_8.replace('12.8', '12.4')
+ARCHES_12_8 = '\n'.join(f'compute_{a}' for a in
+                        (50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, '90a', 100, 120))
+ARCHES_12_4 = '\n'.join(f'compute_{a}' for a in (50, 60, 70, 75, 80, 86, 89, 90, '90a'))
+H100 = cbe.Gpu('NVIDIA H100 80GB HBM3', (9, 0))
+A100 = cbe.Gpu('NVIDIA A100-SXM4-80GB', (8, 0))
+RTX5090 = cbe.Gpu('NVIDIA GeForce RTX 5090', (12, 0))
+
+
+def machine(**kw):
+    base = dict(torch_version='2.11.0+cu128', torch_cuda='12.8', gpus=(H100,),
+                nvcc='/usr/local/cuda/bin/nvcc', nvcc_version=NVCC_12_8, nvcc_arches=ARCHES_12_8,
+                cpus=16, mem_gib=120.0)
+    base.update(kw)
+    return cbe.Machine(**base)
+
+
+# ----------------------------------------------------------------------------- the decision
+@pytest.mark.parametrize('gpus', [(), (H100,)])
+def test_cpu_torch_keeps_cpu_path(gpus):
+    # No nvcc and user variables set: none of it matters, nothing but the mode is exported.
+    m = machine(torch_version='2.13.0+cpu', torch_cuda=None, gpus=gpus, nvcc=None,
+                nvcc_version=None, nvcc_arches=None)
+    plan = cbe.plan_build(m, {'TORCH_CUDA_ARCH_LIST': '8.0', 'MAX_JOBS': '7'})
+    assert plan.mode == 'cpu'
+    assert plan.shell() == 'export MMDSNET_MMCV_BUILD=cpu\n'
+    assert 'no CUDA' in plan.notes[0]
+
+
+def test_cuda_torch_without_visible_gpu_builds_cpu_ops():
+    plan = cbe.plan_build(machine(gpus=(), nvcc=None, nvcc_version=None), {})
+    assert plan.exports == {'MMDSNET_MMCV_BUILD': 'cpu'}
+    assert 'sees no GPU' in plan.notes[0] and 'FORCE_CUDA=1' in plan.notes[0]
+
+
+def test_force_cuda_without_gpu_needs_an_arch_list():
+    with pytest.raises(cbe.BuildCheckError, match='set TORCH_CUDA_ARCH_LIST'):
+        cbe.plan_build(machine(gpus=()), {'FORCE_CUDA': '1'})
+    plan = cbe.plan_build(machine(gpus=()), {'FORCE_CUDA': '1', 'TORCH_CUDA_ARCH_LIST': '8.0;9.0'})
+    assert plan.mode == 'cuda' and plan.exports['TORCH_CUDA_ARCH_LIST'] == '8.0;9.0'
+
+
+@pytest.mark.parametrize('nvcc', [None, '/opt/cuda/bin/nvcc'])
+def test_missing_nvcc_names_torch_cuda_and_what_to_install(nvcc):
+    # nvcc absent, or present but failing to run (no version output).
+    with pytest.raises(cbe.BuildCheckError) as err:
+        cbe.plan_build(machine(nvcc=nvcc, nvcc_version=None, nvcc_arches=None), {})
+    msg = str(err.value)
+    assert 'torch 2.11.0+cu128 was built with CUDA 12.8' in msg
+    assert 'nvcc of CUDA 12.x' in msg and 'cuda-toolkit-12-8' in msg and 'CUDA_HOME' in msg
+    assert (nvcc or 'on PATH') in msg
+
+
+def test_nvcc_major_mismatch_names_both_versions():
+    with pytest.raises(cbe.BuildCheckError) as err:
+        cbe.plan_build(machine(nvcc_version=NVCC_13_0), {})
+    msg = str(err.value)
+    assert 'nvcc /usr/local/cuda/bin/nvcc is CUDA 13.0' in msg
+    assert 'built with CUDA 12.8' in msg and '(12 vs 13)' in msg
+    assert 'cuda-toolkit-12-8' in msg
+
+
+def test_nvcc_minor_mismatch_is_accepted_with_a_note():
+    plan = cbe.plan_build(machine(nvcc_version=NVCC_12_4, nvcc_arches=ARCHES_12_4), {})
+    assert plan.mode == 'cuda'
+    assert any('nvcc is CUDA 12.4, torch was built with 12.8' in n for n in plan.notes)
+
+
+def test_unreadable_nvcc_version_is_an_error():
+    with pytest.raises(cbe.BuildCheckError, match='cannot read the CUDA release'):
+        cbe.plan_build(machine(nvcc_version='nvcc: something else\n'), {})
+
+
+def test_matching_nvcc_exports_the_build_variables():
+    plan = cbe.plan_build(machine(), {})
+    assert plan.mode == 'cuda'
+    assert plan.exports == {'MMDSNET_MMCV_BUILD': 'cuda',
+                            'MMDSNET_NVCC': '/usr/local/cuda/bin/nvcc', 'FORCE_CUDA': '1',
+                            'MMCV_WITH_OPS': '1', 'TORCH_CUDA_ARCH_LIST': '9.0', 'MAX_JOBS': '16'}
+    assert 'GPUs: NVIDIA H100 80GB HBM3 (9.0)' in plan.notes[0]
+
+
+@pytest.mark.parametrize('gpus,expected', [
+    ((H100,), '9.0'),
+    ((H100, H100, A100), '8.0;9.0'),
+    ((RTX5090, H100), '9.0;12.0'),  # numeric order, not string order
+])
+def test_arch_list_from_visible_gpus(gpus, expected):
+    plan = cbe.plan_build(machine(gpus=gpus), {})
+    assert plan.exports['TORCH_CUDA_ARCH_LIST'] == expected
+
+
+def test_shell_exports_quote_the_arch_list():
+    plan = cbe.plan_build(machine(gpus=(H100, A100)), {})
+    out = subprocess.run(['bash', '-c', plan.shell() + 'echo "$TORCH_CUDA_ARCH_LIST|$MAX_JOBS"'],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == '8.0;9.0|16\n'
+
+
+@pytest.mark.parametrize('user', ['8.0;9.0+PTX', '9.0', 'Hopper'])
+def test_user_arch_list_is_kept(user):
+    plan = cbe.plan_build(machine(gpus=(A100,)), {'TORCH_CUDA_ARCH_LIST': user})
+    assert plan.exports['TORCH_CUDA_ARCH_LIST'] == user
+    warned = any('has no kernels for the visible GPU capability 8.0' in n for n in plan.notes)
+    assert warned == (user != '8.0;9.0+PTX')
+
+
+def test_gpu_newer_than_nvcc_is_refused_before_the_build():
+    with pytest.raises(cbe.BuildCheckError) as err:
+        cbe.plan_build(machine(gpus=(RTX5090,), nvcc_version=NVCC_12_4, nvcc_arches=ARCHES_12_4),
+                       {})
+    msg = str(err.value)
+    assert 'cannot compile for compute capability 12.0' in msg and 'newest target is 9.0a' in msg
+    # The same check covers a user-set list.
+    with pytest.raises(cbe.BuildCheckError, match='compute capability 10.0'):
+        cbe.plan_build(machine(nvcc_version=NVCC_12_4, nvcc_arches=ARCHES_12_4),
+                       {'TORCH_CUDA_ARCH_LIST': '9.0;10.0'})
+
+
+@pytest.mark.parametrize('cpus,mem,expected', [
+    (16, 120.0, 16),  # the GPU machine: cores bound
+    (64, 40.0, 16),   # memory bound: 40 GiB / 2.5
+    (2, 23.0, 2),     # this CI machine
+    (8, 1.0, 1),      # never below one job
+])
+def test_max_jobs_from_cores_and_memory(cpus, mem, expected):
+    plan = cbe.plan_build(machine(cpus=cpus, mem_gib=mem), {})
+    assert plan.exports['MAX_JOBS'] == str(expected)
+    assert f'from {cpus} cores' in ' '.join(plan.notes)
+
+
+def test_user_max_jobs_is_kept_and_checked():
+    plan = cbe.plan_build(machine(), {'MAX_JOBS': '3'})
+    assert plan.exports['MAX_JOBS'] == '3' and 'MAX_JOBS=3 (yours, kept)' in plan.notes
+    for bad in ('0', 'four', '-1'):
+        with pytest.raises(cbe.BuildCheckError, match='not a positive integer'):
+            cbe.plan_build(machine(), {'MAX_JOBS': bad})
+
+
+def test_parsers():
+    assert cbe.parse_nvcc_version(NVCC_13_0) == (13, 0)
+    assert cbe.parse_nvcc_arches('compute_75\ncompute_90\ncompute_90a\ncompute_120\n') == \
+        {'7.5', '9.0', '9.0a', '12.0'}
+    assert cbe.numeric_arches('8.0; 9.0+PTX 12.0a Hopper') == ['8.0', '9.0', '12.0a']
+    with pytest.raises(cbe.BuildCheckError, match='expected e.g. 12.8'):
+        cbe.version_major_minor('twelve')
+
+
+def test_machine_from_json_round_trip_and_unknown_fields():
+    m = machine(gpus=(H100, A100))
+    data = dataclasses.asdict(m)
+    data['gpus'] = [{'name': g.name, 'capability': list(g.capability)} for g in m.gpus]
+    assert cbe.Machine.from_json(json.dumps(data)) == m
+    with pytest.raises(cbe.BuildCheckError, match="unknown machine fields \\['gpu'\\]"):
+        cbe.Machine.from_json('{"torch_version": "2.11", "torch_cuda": null, "gpu": []}')
+
+
+# ----------------------------------------------------------------------------- probing, faked
+def fake_nvcc(tmp_path, version=NVCC_12_8, arches=ARCHES_12_8, compile_rc=0,
+              compile_msg=''):
+    """An executable that answers like nvcc and records the arguments of compile calls."""
+    home = tmp_path / 'cuda'
+    (home / 'bin').mkdir(parents=True)
+    nvcc = home / 'bin' / 'nvcc'
+    log = tmp_path / 'nvcc.log'
+    nvcc.write_text(f'''#!/usr/bin/env bash
+case "$1" in
+  --version) printf '%b' {json.dumps(version)} ;;
+  --list-gpu-arch) printf '%b\\n' {json.dumps(arches)} ;;
+  *) echo "$@" >> {log}; echo {json.dumps(compile_msg)} >&2; exit {compile_rc} ;;
+esac
+''')
+    nvcc.chmod(0o755)
+    return str(nvcc), log
+
+
+def test_run_nvcc_reads_a_real_executable(tmp_path):
+    nvcc, _ = fake_nvcc(tmp_path)
+    assert cbe.parse_nvcc_version(cbe.run_nvcc(nvcc, '--version')) == (12, 8)
+    assert '9.0a' in cbe.parse_nvcc_arches(cbe.run_nvcc(nvcc, '--list-gpu-arch'))
+    assert cbe.run_nvcc(str(tmp_path / 'missing'), '--version') is None
+
+
+def test_smoke_compile_uses_torch_flags_and_reports_nvcc_errors(tmp_path):
+    nvcc, log = fake_nvcc(tmp_path)
+    cbe.smoke_compile(nvcc, '8.0;9.0+PTX', cc='/usr/bin/gcc-12')
+    args = log.read_text()
+    assert '-std=c++17' in args and '-ccbin /usr/bin/gcc-12' in args
+    assert '-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90' in args
+
+    bad, _ = fake_nvcc(tmp_path / 'bad', compile_rc=1,
+                       compile_msg='error: -- unsupported GNU version! gcc versions later than 13')
+    with pytest.raises(cbe.BuildCheckError) as err:
+        cbe.smoke_compile(bad, '9.0')
+    assert 'unsupported GNU version' in str(err.value) and 'set CC' in str(err.value)
+
+
+def test_probe_this_cpu_machine():
+    m = cbe.probe()
+    assert m.torch_version == torch.__version__ and m.torch_cuda == torch.version.cuda
+    assert 1 <= m.cpus <= (os.cpu_count() or 1) and m.mem_gib > 0
+    if torch.version.cuda is None:
+        assert m.nvcc is None and m.gpus == ()
+
+
+def test_probe_with_faked_cuda_torch_and_gpu(tmp_path, monkeypatch):
+    import torch.utils.cpp_extension as cpp_extension
+    nvcc, _ = fake_nvcc(tmp_path)
+    monkeypatch.setattr(torch.version, 'cuda', '12.8')
+    monkeypatch.setattr(cpp_extension, 'CUDA_HOME', str(tmp_path / 'cuda'))
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda i: f'GPU{i}')
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda i: (9, 0) if i else (8, 6))
+    m = cbe.probe()
+    assert m.nvcc == nvcc and m.gpus == (cbe.Gpu('GPU0', (8, 6)), cbe.Gpu('GPU1', (9, 0)))
+    plan = cbe.plan_build(m, {})
+    assert plan.exports['TORCH_CUDA_ARCH_LIST'] == '8.6;9.0'
+
+    # CUDA_HOME without bin/nvcc: torch would fail, so nvcc counts as missing.
+    monkeypatch.setattr(cpp_extension, 'CUDA_HOME', str(tmp_path))
+    with pytest.raises(cbe.BuildCheckError, match='no working nvcc'):
+        cbe.plan_build(cbe.probe(), {})
+
+
+# ----------------------------------------------------------------------------- the script's CLI
+def write_machine(tmp_path, m):
+    data = dataclasses.asdict(m)
+    data['gpus'] = [{'name': g.name, 'capability': list(g.capability)} for g in m.gpus]
+    path = tmp_path / 'machine.json'
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_main_prints_exports_or_exits_2(tmp_path, monkeypatch, capsys):
+    for var in ('TORCH_CUDA_ARCH_LIST', 'MAX_JOBS', 'FORCE_CUDA', 'CC'):
+        monkeypatch.delenv(var, raising=False)
+    nvcc, log = fake_nvcc(tmp_path)
+    assert cbe.main(['--machine', write_machine(tmp_path, machine(nvcc=nvcc))]) == 0
+    out, err = capsys.readouterr()
+    assert "export TORCH_CUDA_ARCH_LIST=9.0\n" in out and 'export MAX_JOBS=16\n' in out
+    assert '[install] CUDA build: torch 2.11.0+cu128' in err
+    assert 'compute_90' in log.read_text()  # the smoke compile ran
+
+    monkeypatch.setenv('MAX_JOBS', '4')
+    assert cbe.main(['--machine', write_machine(tmp_path, machine(nvcc=nvcc))]) == 0
+    assert 'export MAX_JOBS=4\n' in capsys.readouterr().out
+
+    path = write_machine(tmp_path, machine(nvcc=nvcc, nvcc_version=NVCC_13_0))
+    assert cbe.main(['--machine', path]) == 2
+    out, err = capsys.readouterr()
+    assert out == '' and err.startswith('[install] error: nvcc') and '13.0' in err and '12.8' in err
+
+
+def test_verify_ops_on_cpu_and_version_check(capsys):
+    import mmcv
+    assert cbe.main(['--verify-ops', 'cpu', '--expect-mmcv', mmcv.__version__]) == 0
+    assert 'nms (' in capsys.readouterr().out
+    with pytest.raises(cbe.BuildCheckError, match='9.9.9 expected'):
+        cbe.verify_ops('cpu', expect_mmcv='9.9.9')
+
+
+def test_verify_ops_refuses_mmcv_without_cuda_ops():
+    from mmcv.ops import get_compiling_cuda_version
+    if get_compiling_cuda_version() != 'not available':
+        pytest.skip('this mmcv has CUDA ops')
+    with pytest.raises(cbe.BuildCheckError, match='built without its CUDA ops'):
+        cbe.verify_ops('cuda')
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_verify_ops_on_gpu():
+    assert 'match the CPU kernels' in cbe.verify_ops('cuda')
+
+
+# ----------------------------------------------------------------------------- install_env.sh
+STUB_PYTHON = r'''#!/usr/bin/env bash
+# Stand-in for the venv's python: logs every call with the mmcv build variables. pip calls only
+# record what would be installed (mmcv's marker holds the FORCE_CUDA it was built with);
+# tools/misc/cuda_build_env.py decides for real, for the machine in $STUB_MACHINE.
+log="$STUB_DIR/log"
+echo "CALL $* || FORCE_CUDA=${FORCE_CUDA-} ARCH=${TORCH_CUDA_ARCH_LIST-} MAX_JOBS=${MAX_JOBS-}" \
+  >> "$log"
+case "$1" in
+  -m)
+    shift 3  # -m pip --disable-pip-version-check
+    prev=""
+    for a in "$@"; do
+      [[ "$prev" == -r ]] && echo "REQ $a: $(tr '\n' ' ' < "$a")" >> "$log"
+      [[ "$1" == install && "$a" == mmcv==* ]] && echo "${FORCE_CUDA:-0}" > "$STUB_DIR/mmcv"
+      prev="$a"
+    done
+    [[ "$1" == uninstall ]] && rm -f "$STUB_DIR/mmcv"
+    exit 0 ;;
+  -) cat > /dev/null; [[ -f "$STUB_DIR/mmcv" ]] ;;
+  -c) [[ -f "$STUB_DIR/mmcv" ]] ;;
+  tools/misc/cuda_build_env.py)
+    if [[ "${2-}" == --verify-ops ]]; then
+      [[ "$(cat "$STUB_DIR/mmcv" 2>/dev/null)" == 1 ]] && echo "[install] stub: CUDA ops verified"
+    else
+      exec "$REAL_PYTHON" "$@" --machine "$STUB_MACHINE"
+    fi ;;
+  *) echo "stub python: unexpected call $*" >&2; exit 99 ;;
+esac
+'''
+
+
+class FakeVenv:
+    """A .venv whose python is STUB_PYTHON, and a way to run install_env.sh against it."""
+
+    def __init__(self, tmp_path, m, system_site=False, mmcv=None):
+        self.dir = tmp_path
+        venv = tmp_path / 'venv'
+        (venv / 'bin').mkdir(parents=True)
+        py = venv / 'bin' / 'python'
+        py.write_text(STUB_PYTHON)
+        py.chmod(0o755)
+        (venv / 'pyvenv.cfg').write_text(
+            f'include-system-site-packages = {"true" if system_site else "false"}\n')
+        if mmcv is not None:  # an mmcv already installed, built with FORCE_CUDA=mmcv
+            (tmp_path / 'mmcv').write_text(f'{mmcv}\n')
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ('TORCH_CUDA_ARCH_LIST', 'MAX_JOBS', 'FORCE_CUDA', 'CC',
+                                 'MMCV_WHEEL_DIR', 'USE_SYSTEM_TORCH', 'CUDA_VISIBLE_DEVICES')}
+        self.env.update(VENV=str(venv), STUB_DIR=str(tmp_path), REAL_PYTHON=sys.executable,
+                        STUB_MACHINE=write_machine(tmp_path, m))
+        self.stamp = venv / '.mmdsnet-install-stamp'
+
+    def run(self, **env):
+        proc = subprocess.run(['bash', SCRIPT], env={**self.env, **env}, capture_output=True,
+                              text=True, timeout=120)
+        self.log = (self.dir / 'log').read_text() if (self.dir / 'log').exists() else ''
+        return proc
+
+    def calls(self, needle):
+        return [line for line in self.log.splitlines() if needle in line]
+
+
+def test_install_env_sh_parses():
+    subprocess.run(['bash', '-n', SCRIPT], check=True)
+
+
+def test_install_env_sh_cpu_torch_takes_the_unchanged_cpu_path(tmp_path):
+    fake = FakeVenv(tmp_path, machine(torch_version='2.13.0+cpu', torch_cuda=None, gpus=(),
+                                      nvcc=None, nvcc_version=None, nvcc_arches=None))
+    proc = fake.run()
+    assert proc.returncode == 0, proc.stderr
+    builds = fake.calls('mmcv==2.1.0')
+    assert len(builds) == 1 and '--no-cache-dir' not in builds[0]
+    assert builds[0].startswith('CALL -m pip --disable-pip-version-check install '
+                                '--no-build-isolation mmcv==2.1.0 ||')
+    assert builds[0].endswith('FORCE_CUDA=0 ARCH= MAX_JOBS=2')
+    assert fake.calls('-c requirements/constraints.txt -r requirements/runtime.txt')
+    assert not fake.calls('--verify-ops') and not fake.calls('uninstall')
+    assert 'building mmcv 2.1.0 from source with ops (MAX_JOBS=2)' in proc.stdout
+    assert fake.stamp.exists()
+    # A second run with the same inputs only checks the imports.
+    again = fake.run()
+    assert again.returncode == 0 and '[install] .venv is up to date' in again.stdout
+
+
+def test_install_env_sh_builds_cuda_ops_with_planned_variables(tmp_path):
+    nvcc, _ = fake_nvcc(tmp_path)
+    fake = FakeVenv(tmp_path, machine(nvcc=nvcc, gpus=(H100, A100), cpus=16, mem_gib=30.0),
+                    mmcv=0)  # a CPU-only mmcv is installed: it must be replaced
+    proc = fake.run()
+    assert proc.returncode == 0, proc.stderr
+    assert '[install] CUDA build: torch 2.11.0+cu128 (CUDA 12.8), nvcc 12.8' in proc.stderr
+    builds = fake.calls('mmcv==2.1.0')
+    assert len(builds) == 1 and '--no-build-isolation --no-cache-dir mmcv==2.1.0' in builds[0]
+    assert builds[0].endswith('FORCE_CUDA=1 ARCH=8.0;9.0 MAX_JOBS=12')
+    log = fake.log
+    assert log.index('uninstall -y mmcv') < log.index('--no-cache-dir mmcv==2.1.0')
+    assert '[install] stub: CUDA ops verified' in proc.stdout
+    assert 'mmcv build took' in proc.stdout
+
+
+def test_install_env_sh_keeps_working_cuda_mmcv(tmp_path):
+    nvcc, _ = fake_nvcc(tmp_path)
+    fake = FakeVenv(tmp_path, machine(nvcc=nvcc), mmcv=1)
+    proc = fake.run(MAX_JOBS='5', TORCH_CUDA_ARCH_LIST='9.0+PTX')
+    assert proc.returncode == 0, proc.stderr
+    assert 'mmcv 2.1.0 with CUDA ops already installed' in proc.stdout
+    assert not fake.calls('mmcv==2.1.0') and not fake.calls('uninstall')
+    assert 'MAX_JOBS=5 (yours, kept)' in proc.stderr
+
+
+def test_install_env_sh_stops_before_the_build_on_nvcc_mismatch(tmp_path):
+    nvcc, log = fake_nvcc(tmp_path, version=NVCC_13_0)
+    fake = FakeVenv(tmp_path, machine(nvcc=nvcc, nvcc_version=NVCC_13_0))
+    proc = fake.run()
+    assert proc.returncode == 2
+    assert 'is CUDA 13.0 but torch 2.11.0+cu128 was built with CUDA 12.8' in proc.stderr
+    assert 'stopped before building mmcv' in proc.stderr
+    assert not fake.calls('mmcv==') and not fake.stamp.exists()
+    assert not log.exists()  # not even the smoke compile ran
+
+
+def test_install_env_sh_system_torch_drops_torch_pins(tmp_path):
+    cpu = machine(torch_version='2.13.0+cpu', torch_cuda=None, gpus=(), nvcc=None,
+                  nvcc_version=None, nvcc_arches=None)
+    fake = FakeVenv(tmp_path, cpu, system_site=True)
+    proc = fake.run(USE_SYSTEM_TORCH='1')
+    assert proc.returncode == 0, proc.stderr
+    reqs = [r for r in fake.calls('REQ ') if 'build.txt' not in r]
+    assert len(reqs) == 2 and all('torch==' not in r for r in reqs)
+    assert all(r.startswith('REQ /') for r in reqs)  # filtered copies, not requirements/*.txt
+    assert any('mmdet==3.3.0' in r for r in reqs) and any('pytest' in r for r in reqs)
+    assert not fake.calls('constraints.txt')
+
+    refused = FakeVenv(tmp_path / 'plain', cpu, system_site=False).run(USE_SYSTEM_TORCH='1')
+    assert refused.returncode == 2 and 'without --system-site-packages' in refused.stderr
