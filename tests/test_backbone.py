@@ -17,6 +17,7 @@ from mmdsnet.models.utils import dsnet_convert
 
 CHANNELS = (64, 128, 320, 512)
 STRIDES = (4, 8, 16, 32)
+ARCH = dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 1), num_heads=(1, 2, 5, 8))
 
 
 def n_params(module):
@@ -128,19 +129,52 @@ def test_out_indices(out_indices):
     (dict(frozen_stages=5), ValueError, 'frozen_stages must be an int in -1..4'),
     (dict(frozen_stages=-2), ValueError, 'frozen_stages'),
     (dict(global_resize=(8, 4, 2)), ValueError, 'global_resize'),
-    (dict(pretrained=123), TypeError, 'pretrained must be a str'),
-    (dict(pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='a.pth')),
-     ValueError, 'not both'),
+    (dict(pretrained='a.pth'), TypeError, "unexpected keyword argument 'pretrained'"),
+    # Every rate is a probability of dropping: 0 <= p < 1.
+    (dict(drop_path_rate=1.0), ValueError, r'DSNet drop_path_rate must be in \[0, 1\)'),
+    (dict(drop_path_rate=1.5), ValueError, 'drop_path_rate must be in'),
+    (dict(drop_path_rate=-0.1), ValueError, 'drop_path_rate must be in'),
+    (dict(drop_path_rate=float('nan')), ValueError, 'got nan'),
+    (dict(attn_drop_rate=-0.1), ValueError, 'DSNet attn_drop_rate must be in'),
+    (dict(drop_rate=1.0), ValueError, 'DSNet drop_rate must be in'),
+    (dict(drop_rate='0.1'), TypeError, 'drop_rate must be a float'),
+    # arch dicts are validated in full at construction.
+    (dict(arch=dict(ARCH, num_heads=(0, 2, 5, 8))), ValueError,
+     r'arch num_heads\[0\] must be an int >= 1, got 0'),
+    (dict(arch=dict(ARCH, num_heads=(1, -2, 5, 8))), ValueError, r'num_heads\[1\]'),
+    (dict(arch=dict(ARCH, num_heads=(1, 2, 3, 8))), ValueError,
+     r'num_heads\[2\]=3 must divide the 160 channels'),
+    (dict(arch=dict(ARCH, depths=(2, 0, 2, 1))), ValueError, r'arch depths\[1\] must be'),
+    (dict(arch=dict(ARCH, depths=(2, -1, 2, 1))), ValueError, r'depths\[1\]'),
+    (dict(arch=dict(ARCH, embed_dims=(64, 127, 320, 512))), ValueError, 'must be even'),
+    (dict(arch=dict(ARCH, mlp_ratio=0)), ValueError, 'arch mlp_ratio must be a finite number > 0'),
+    (dict(arch=dict(ARCH, depths=5)), ValueError, r"arch\['depths'\] must be a list of 4"),
 ])
 def test_bad_arguments_raise(kwargs, error, match):
     with pytest.raises(error, match=match):
         DSNet(**{'arch': 'tiny', **kwargs})
 
 
-def test_legacy_pretrained_maps_to_init_cfg():
-    with pytest.warns(DeprecationWarning):
-        model = DSNet('tiny', pretrained='weights.pth')
-    assert model.init_cfg == dict(type='Pretrained', checkpoint='weights.pth')
+@pytest.mark.parametrize('train', [False, True])
+def test_empty_batch_gives_empty_outputs(train):
+    model = DSNet('tiny').train(train)
+    outs = model(torch.randn(0, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [
+        (0, c, -(-64 // s), -(-96 // s)) for c, s in zip(CHANNELS, STRIDES)]
+
+
+def test_smallest_trainable_input_with_batch_norm():
+    """With BN in training each stage-4 channel needs 2 values: batch * ceil(H/32) *
+    ceil(W/32) >= 2. Eval mode and norm_eval=True take any H, W >= 32."""
+    model = DSNet('tiny').train()
+    with pytest.raises(ValueError, match='needs at least 2 values per channel in stage 4'):
+        model(torch.randn(1, 3, 32, 32))
+    assert model(torch.randn(2, 3, 32, 32))[3].shape == (2, 512, 1, 1)
+    assert model(torch.randn(1, 3, 33, 32))[3].shape == (1, 512, 2, 1)
+    assert DSNet('tiny', norm_eval=True).train()(torch.randn(1, 3, 32, 32))[3].shape[0] == 1
+    assert model.eval()(torch.randn(1, 3, 32, 32))[3].shape == (1, 512, 1, 1)
+    # A backbone that stops at stage 2 has 4x4 values per image there.
+    assert DSNet('tiny', out_indices=(0, 1)).train()(torch.randn(1, 3, 32, 32))[1].shape[0] == 1
 
 
 @pytest.mark.parametrize('shape,match', [
@@ -325,11 +359,19 @@ def test_global_grid_sizes():
     assert model.stages[3][0].global_size(25, 42) == (25, 42)
 
 
-def test_dsblock_rejects_bad_widths():
-    with pytest.raises(ValueError, match='divisible by num_heads'):
-        DSBlock(64, 3, 8)
-    with pytest.raises(ValueError, match='must be even'):
-        DSBlock(63, 1, 8)
+@pytest.mark.parametrize('args,kwargs,match', [
+    ((64, 3, 8), {}, 'num_heads=3 must divide the 32 channels'),
+    ((64, 0, 8), {}, 'DSBlock num_heads must be an int >= 1, got 0'),
+    ((63, 1, 8), {}, 'must be even'),
+    ((64, 1, 0), {}, 'DSBlock global_resize must be an int >= 1'),
+    ((64, 1, 8), dict(mlp_ratio=0.), 'DSBlock mlp_ratio must be a finite number > 0'),
+    ((64, 1, 8), dict(drop_path_rate=1.), r'DSBlock drop_path_rate must be in \[0, 1\)'),
+    ((64, 1, 8), dict(attn_drop_rate=-0.1), 'DSBlock attn_drop_rate must be in'),
+    ((64, 1, 8), dict(drop_rate=float('inf')), 'DSBlock drop_rate must be in'),
+])
+def test_dsblock_rejects_bad_arguments(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DSBlock(*args, **kwargs)
 
 
 @pytest.mark.parametrize('channels_last', [True, False])

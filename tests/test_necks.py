@@ -114,6 +114,15 @@ def test_ds_blocks_change_the_output_only_where_placed():
     (dict(num_outs=3), 'num_outs=3 is smaller'),
     (dict(start_level=4), 'start_level must be'),
     (dict(end_level=7), 'end_level must be'),
+    (dict(strides=(8, 16, 32)), 'one increasing positive int per input'),
+    (dict(strides=(4, 8, 8, 16)), 'one increasing positive int per input'),
+    (dict(ds_global_resize=(8, 4, 0, 1)), 'ds_global_resize entries must be an int >= 1'),
+    (dict(ds_drop_path_rate=1.0), r'ds_drop_path_rate must be in \[0, 1\)'),
+    (dict(ds_drop_path_rate=-0.5), 'ds_drop_path_rate must be in'),
+    (dict(ds_num_heads=0), 'ds_num_heads must be an int >= 1, got 0'),
+    (dict(ds_num_heads=3), 'ds_num_heads=3 must divide the 128 channels'),
+    (dict(ds_mlp_ratio=0), 'ds_mlp_ratio must be a finite number > 0'),
+    (dict(num_ds_blocks=-1), 'num_ds_blocks must be an int >= 0'),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -128,3 +137,61 @@ def test_bad_inputs():
     wrong[2] = torch.randn(1, 256, 16, 24)
     with pytest.raises(ValueError, match='input 2 has 256 channels, in_channels says 320'):
         neck(wrong)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_empty_batch_gives_empty_outputs(train):
+    neck = DSFPN(IN_CHANNELS, 64, num_outs=5, ds_num_heads=1).train(train)
+    outs = neck(pyramid(batch=0))
+    assert [tuple(o.shape) for o in outs] == [
+        (0, 64, 64 // s, 96 // s) for s in (1, 2, 4, 8)] + [(0, 64, 4, 6)]
+
+
+@pytest.mark.parametrize('num_inputs,strides,resize', [
+    (4, (4, 8, 16, 32), (8, 4, 2, 1)),  # DSNet out_indices=(0, 1, 2, 3)
+    (3, (8, 16, 32), (4, 2, 1)),  # DSNet out_indices=(1, 2, 3), RetinaNet
+])
+def test_default_strides_put_every_global_grid_at_1_32(num_inputs, strides, resize):
+    neck = DSFPN(IN_CHANNELS[-num_inputs:], 64, num_outs=5, ds_num_heads=1)
+    assert neck.strides == strides
+    assert neck.ds_global_resize == resize
+    # Explicit strides: a backbone whose last map has stride 16.
+    neck = DSFPN(IN_CHANNELS[:3], 64, num_outs=3, strides=(4, 8, 16), ds_num_heads=1)
+    assert neck.ds_global_resize == (8, 4, 2)
+
+
+def shipped_dsfpn_configs():
+    import glob
+    import os.path as osp
+
+    from mmengine.config import Config
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    found = []
+    for path in sorted(glob.glob(osp.join(root, 'configs', '**', '*.py'), recursive=True)):
+        if '_base_' in path:
+            continue
+        cfg = Config.fromfile(path)
+        if cfg.get('model', {}).get('neck', {}).get('type') == 'DSFPN':
+            found.append(pytest.param(cfg, id=osp.relpath(path, root)))
+    return found
+
+
+@pytest.mark.parametrize('cfg', shipped_dsfpn_configs())
+def test_shipped_dsfpn_configs_put_every_global_grid_at_1_32(cfg):
+    """At the size each config trains on (COCO 1344x800 padded, ADE20K 512x512
+    crops, the demo's images), every DS-FPN level's global grid is the image
+    over 32, whatever backbone levels the config feeds the neck."""
+    import importlib
+    registry = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
+    from mmdsnet.models import DSNet
+    backbone = cfg.model.backbone
+    strides = [DSNet.strides[i] for i in backbone.get('out_indices', (0, 1, 2, 3))]
+    neck = registry.build(cfg.model.neck)
+    assert neck.strides == tuple(strides)
+    height, width = {'mmdet': (800, 1344), 'mmseg': (512, 512)}[cfg.default_scope]
+    grids = []
+    for level, blocks in neck.ds_blocks.items():
+        stride = neck.strides[neck.start_level + int(level)]
+        for block in blocks:
+            grids.append(block.global_size(-(-height // stride), -(-width // stride)))
+    assert grids and grids == [(height // 32, width // 32)] * len(grids)

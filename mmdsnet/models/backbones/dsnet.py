@@ -7,7 +7,6 @@ every block runs on a fixed grid (1/32 of the input in stages 1-3, 1/64 in
 stage 4 with the default ``global_resize``).
 """
 import math
-import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -21,8 +20,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
 from ..layers import DSBlock, linear_drop_path_rates
+from ..utils.validation import (check_heads, check_positive_float, check_positive_int,
+                                check_rate)
 from .checkpointing import frozen_norm_stats_on_recompute
-from .pretrained import load_pretrained_dsnet
+from .pretrained import load_pretrained_dsnet, other_init_cfgs, pretrained_checkpoint_of
 
 
 @register_model
@@ -59,9 +60,11 @@ class DSNet(BaseModule):
         channels_last (bool): Run the stages in channels-last layout, where
             the token views of the attention need no copies and oneDNN convs
             are fastest. Outputs are standard contiguous NCHW either way.
-        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH)``
-            loads a DS-Net checkpoint in the public (timm or PaddleClas) or in
-            this package's layout; without it, linear layers get the
+        init_cfg (dict | list[dict], optional): ``dict(type='Pretrained',
+            checkpoint=PATH[, prefix=...])``, alone or in a list, loads a DS-Net
+            checkpoint in the public (timm or PaddleClas) or in this package's
+            layout, converted and checked (see ``pretrained.py``). Other
+            entries run through mmengine; without any, linear layers get the
             truncated-normal init of the reference code.
     """
 
@@ -92,18 +95,9 @@ class DSNet(BaseModule):
                  attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.1,
                  channels_last: bool = True,
-                 pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
-        if pretrained is not None:
-            if not isinstance(pretrained, str):
-                raise TypeError(f'pretrained must be a str path or None, got '
-                                f'{type(pretrained).__name__}')
-            if init_cfg is not None:
-                raise ValueError('Give either init_cfg or the deprecated pretrained, not both')
-            warnings.warn("DSNet(pretrained=...) is deprecated; use init_cfg=dict("
-                          "type='Pretrained', checkpoint=...)", DeprecationWarning)
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
+        self.pretrained_checkpoint = pretrained_checkpoint_of(init_cfg)
         settings = self.parse_arch(arch)
         self.embed_dims = tuple(settings['embed_dims'])
         self.depths = tuple(settings['depths'])
@@ -119,6 +113,9 @@ class DSNet(BaseModule):
                              f'got {global_resize!r}')
         if not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')
+        for name, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                           ('drop_path_rate', drop_path_rate)):
+            check_rate(f'DSNet {name}', rate)
         self.in_channels = in_channels
         self.global_resize = tuple(global_resize)
         self.with_alignment = with_alignment
@@ -169,9 +166,18 @@ class DSNet(BaseModule):
                              f"(optional 'mlp_ratio'); missing {sorted(missing)}, "
                              f'unknown {sorted(unknown)}')
         for key in required:
-            if len(arch[key]) != cls.num_stages:
-                raise ValueError(f'arch[{key!r}] must have {cls.num_stages} entries, '
+            if not isinstance(arch[key], (list, tuple)) or len(arch[key]) != cls.num_stages:
+                raise ValueError(f'arch[{key!r}] must be a list of {cls.num_stages} ints, '
                                  f'got {arch[key]!r}')
+        for stage, (dims, depth, heads) in enumerate(
+                zip(arch['embed_dims'], arch['depths'], arch['num_heads'])):
+            check_positive_int(f'arch embed_dims[{stage}]', dims, minimum=2)
+            if dims % 2:
+                raise ValueError(f'arch embed_dims[{stage}]={dims} must be even (half '
+                                 'local, half global channels)')
+            check_positive_int(f'arch depths[{stage}]', depth)
+            check_heads(f'arch num_heads[{stage}]', dims, heads)
+        check_positive_float('arch mlp_ratio', arch.get('mlp_ratio', 4.))
         return dict(arch)
 
     @classmethod
@@ -197,20 +203,31 @@ class DSNet(BaseModule):
         return [self.embed_dims[i] for i in self.out_indices]
 
     def init_weights(self) -> None:
-        """Load a pretrained checkpoint, or apply the reference init."""
-        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            load_pretrained_dsnet(self, self.init_cfg['checkpoint'],
-                                  logger=MMLogger.get_current_instance())
-            self._is_init = True
-            return
-        if self.init_cfg is not None:
-            super().init_weights()
-            return
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_init(module, std=.02, bias=0.)
-            elif isinstance(module, nn.LayerNorm):
-                constant_init(module, val=1., bias=0.)
+        """Initialise, then load the DS-Net checkpoint named in ``init_cfg``.
+
+        The non-``Pretrained`` entries of ``init_cfg`` (if any) run through
+        mmengine; without them linear layers get the truncated-normal init of
+        the reference code. A ``Pretrained`` entry, given as a dict or inside
+        a list, always goes through the converter and its checks.
+        """
+        other_inits = other_init_cfgs(self.init_cfg)
+        if other_inits:
+            given, self.init_cfg = self.init_cfg, other_inits
+            try:
+                super().init_weights()
+            finally:
+                self.init_cfg = given
+        else:
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    trunc_normal_init(module, std=.02, bias=0.)
+                elif isinstance(module, nn.LayerNorm):
+                    constant_init(module, val=1., bias=0.)
+        if self.pretrained_checkpoint is not None:
+            load_pretrained_dsnet(self, self.pretrained_checkpoint['checkpoint'],
+                                  logger=MMLogger.get_current_instance(),
+                                  prefix=self.pretrained_checkpoint['prefix'])
+        self._is_init = True
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:
@@ -241,6 +258,23 @@ class DSNet(BaseModule):
         if min(x.shape[2:]) < self.min_input_size:
             raise ValueError(f'DSNet needs H and W >= {self.min_input_size}, got '
                              f'{tuple(x.shape[2:])}')
+        batch = x.shape[0]
+        if batch and self.training and self._has_training_batch_norm():
+            # BatchNorm in training needs two values per channel; the last
+            # built stage has the fewest: ceil(H / s) * ceil(W / s) per image.
+            stride = self.strides[self.num_built_stages - 1]
+            values = batch * math.ceil(x.shape[2] / 32) * math.ceil(x.shape[3] / 32) * (
+                32 // stride)**2
+            if values < 2:
+                raise ValueError(
+                    f'DSNet in training mode with BatchNorm needs at least 2 values per channel '
+                    f'in stage {self.num_built_stages} (stride {stride}); a batch of {batch} '
+                    f'{tuple(x.shape[2:])} image(s) gives {values}. Use a larger batch or '
+                    'input, norm_eval=True, or eval mode (any H, W >= 32 works there).')
+
+    def _has_training_batch_norm(self) -> bool:
+        return any(isinstance(m, _BatchNorm) and m.training
+                   for m in self.stages[self.num_built_stages - 1].modules())
 
     def _attention_targets(self, stage: int, block: int,
                            ratio_blocks: Optional[Union[str, int]]) -> Tuple[int, Dict[int, int]]:

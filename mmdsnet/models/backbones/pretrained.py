@@ -1,17 +1,68 @@
 """Load a DS-Net checkpoint into a ``DSNet`` and say exactly what loaded.
 
-Fails loudly (``RuntimeError`` naming the likely cause) on a missing file,
-shape mismatches (another arch) or when most of the backbone finds no
-weights (a checkpoint of another model); partial loads are logged key by key.
+Every form of ``init_cfg`` that names a checkpoint (a ``Pretrained`` dict,
+alone or in a list) comes here. Fails loudly (naming the file and the likely
+cause) on a missing, empty or unreadable file, non-tensor or non-finite
+values, shape mismatches (another arch) or when most of the backbone finds
+no weights (a checkpoint of another model); partial loads are logged key by
+key.
 """
 import os.path as osp
+from typing import List, Optional, Union
 
 import torch.nn as nn
 
-from ..utils.ckpt_convert import detect_layout, dsnet_convert, read_checkpoint
+from ..utils.ckpt_convert import (check_checkpoint_file, check_tensors, detect_layout,
+                                  dsnet_convert, read_checkpoint, unwrap_state_dict)
 
 # Below this share of loaded backbone tensors the load is treated as wrong.
 MIN_LOADED_FRACTION = 0.9
+PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')
+
+
+def _init_cfg_entries(init_cfg: Union[None, dict, List[dict]]) -> List[dict]:
+    if init_cfg is None:
+        return []
+    entries = list(init_cfg) if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    for entry in entries:
+        if not isinstance(entry, dict) or 'type' not in entry:
+            raise TypeError(f'init_cfg entries must be dicts with a type, got {entry!r}')
+    return entries
+
+
+def pretrained_checkpoint_of(init_cfg: Union[None, dict, List[dict]]) -> Optional[dict]:
+    """The ``Pretrained`` entry of ``init_cfg`` as ``dict(checkpoint, prefix)``.
+
+    Accepts a dict or a list of dicts, as mmengine does; at most one entry
+    may be ``Pretrained`` and it must name a checkpoint. None if there is none.
+    """
+    pretrained = [e for e in _init_cfg_entries(init_cfg) if e['type'] == 'Pretrained']
+    if not pretrained:
+        return None
+    if len(pretrained) > 1:
+        raise ValueError(f'DSNet init_cfg has {len(pretrained)} Pretrained entries; give '
+                         f'one checkpoint: {pretrained}')
+    entry = pretrained[0]
+    unknown = set(entry) - set(PRETRAINED_KEYS)
+    if unknown:
+        raise ValueError(f'DSNet init_cfg Pretrained entry has unknown keys {sorted(unknown)}; '
+                         f'accepted: {list(PRETRAINED_KEYS)}')
+    checkpoint = entry.get('checkpoint')
+    if not isinstance(checkpoint, str) or not checkpoint:
+        raise ValueError(
+            "DSNet init_cfg=dict(type='Pretrained') needs checkpoint=PATH, the path of a "
+            f'DS-Net checkpoint file; got {entry!r}. Use init_cfg=None to train from scratch.')
+    prefix = entry.get('prefix')
+    if prefix is not None and (not isinstance(prefix, str) or not prefix):
+        raise ValueError(f'DSNet init_cfg Pretrained prefix must be a non-empty str '
+                         f"(e.g. 'backbone.'), got {prefix!r}")
+    return dict(checkpoint=checkpoint, prefix=prefix)
+
+
+def other_init_cfgs(init_cfg: Union[None, dict, List[dict]]) -> Optional[List[dict]]:
+    """The entries of ``init_cfg`` that are not ``Pretrained`` (None if none)."""
+    others = [e for e in _init_cfg_entries(init_cfg) if e['type'] != 'Pretrained']
+    return others or None
 
 
 def _sample(keys, limit=5):
@@ -20,19 +71,38 @@ def _sample(keys, limit=5):
     return ', '.join(keys[:limit]) + more
 
 
-def load_pretrained_dsnet(model: nn.Module, checkpoint_path: str, logger) -> None:
-    """Convert and load ``checkpoint_path`` into ``model`` (a DSNet)."""
+def _select_prefix(raw: dict, prefix: str, path: str) -> dict:
+    state_dict, _ = unwrap_state_dict(raw)
+    selected = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not selected:
+        raise RuntimeError(f'No key of {path} starts with prefix {prefix!r} (init_cfg '
+                           f'Pretrained prefix); keys: {_sample(state_dict) or "none"}')
+    return selected
+
+
+def load_pretrained_dsnet(model: nn.Module, checkpoint_path: str, logger,
+                          prefix: Optional[str] = None) -> None:
+    """Convert and load ``checkpoint_path`` into ``model`` (a DSNet).
+
+    ``prefix`` keeps only the keys that start with it (stripped), as
+    mmengine's ``Pretrained`` init does.
+    """
     path = str(checkpoint_path)
-    if not osp.isfile(path):
+    if not osp.exists(path):
         raise FileNotFoundError(
             f'DSNet pretrained checkpoint not found: {path}. Convert the public '
             'weights with tools/model_converters/dsnet2mmdet.py (README, "Pretrained '
             'weights") or set init_cfg=None to train from scratch.')
+    check_checkpoint_file(path)
     try:
         raw = read_checkpoint(path)
     except Exception as err:  # corrupt file, refused unpickling, ...
-        raise RuntimeError(f'Could not read DS-Net checkpoint {path}: {err}') from err
+        raise RuntimeError(f'Could not read DS-Net checkpoint {path}: '
+                           f'{type(err).__name__}: {err}') from err
+    if prefix is not None:
+        raw = _select_prefix(raw, prefix, path)
     state_dict = dsnet_convert(raw, logger=logger)
+    check_tensors(state_dict, path)
     expected = model.state_dict()
     layout = detect_layout(state_dict)
 

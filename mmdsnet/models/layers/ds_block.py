@@ -14,11 +14,15 @@ from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
+from ..utils.validation import (check_heads, check_positive_float, check_positive_int,
+                                check_rate)
+
 
 def to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> contiguous (B, H*W, C); no copy for a channels-last map."""
-    batch, channels = feature_map.shape[:2]
-    return feature_map.permute(0, 2, 3, 1).reshape(batch, -1, channels).contiguous()
+    batch, channels, height, width = feature_map.shape
+    # Explicit sizes: -1 cannot be inferred for an empty batch.
+    return feature_map.permute(0, 2, 3, 1).reshape(batch, height * width, channels).contiguous()
 
 
 def to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -97,15 +101,17 @@ class DSBlock(BaseModule):
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         norm_cfg = norm_cfg or dict(type='BN', requires_grad=True)
+        check_positive_int('DSBlock channels', channels, minimum=2)
         if channels % 2:
             raise ValueError(f'DSBlock channels must be even (half local, half '
                              f'global), got {channels}')
         half = channels // 2
-        if half % num_heads:
-            raise ValueError(f'DSBlock: {half} channels per stream are not '
-                             f'divisible by num_heads={num_heads}')
-        if global_resize < 1:
-            raise ValueError(f'global_resize must be >= 1, got {global_resize}')
+        check_heads('DSBlock num_heads', channels, num_heads)
+        check_positive_int('DSBlock global_resize', global_resize)
+        check_positive_float('DSBlock mlp_ratio', mlp_ratio)
+        check_rate('DSBlock drop_rate', drop_rate)
+        check_rate('DSBlock attn_drop_rate', attn_drop_rate)
+        check_rate('DSBlock drop_path_rate', drop_path_rate)
         self.channels = channels
         self.num_heads = num_heads
         self.global_resize = global_resize
@@ -226,6 +232,7 @@ class DSBlock(BaseModule):
 
 def linear_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list:
     """Stochastic-depth rate per block, linear from 0 over all blocks."""
+    check_rate('drop_path_rate', drop_path_rate)
     total = sum(depths)
     if total == 1:
         return [0.]

@@ -18,6 +18,8 @@ from mmengine.model import BaseModule
 
 from ...registry import register_model
 from ..layers import DSBlock
+from ..utils.validation import (check_heads, check_positive_float, check_positive_int,
+                                check_rate)
 
 POSITIONS = ('pre_fpn_conv', 'post_fpn_conv', 'replace_fpn_conv')
 EXTRA_SOURCES = ('on_input', 'on_lateral', 'on_output')
@@ -42,10 +44,15 @@ class DSFPN(BaseModule):
         num_ds_blocks (int): DS-Blocks per chosen level. 0 gives a plain FPN.
         ds_position (str): 'pre_fpn_conv' (after the top-down sum, before the
             3x3 conv), 'post_fpn_conv' (after it) or 'replace_fpn_conv'.
+        strides (Sequence[int], optional): Stride (relative to the image) of
+            each input map. Defaults to the last input at stride 32 and each
+            earlier one at half the next: (4, 8, 16, 32) for four inputs (DSNet
+            ``out_indices=(0, 1, 2, 3)``), (8, 16, 32) for three
+            (``out_indices=(1, 2, 3)``). Give it for any other layout.
         ds_global_resize (Sequence[int], optional): Per chosen level, the
             factor between the level and its global grid. Defaults to
-            ``32 // stride`` assuming backbone level i has stride 4 * 2**i
-            (so every global stream sits at 1/32 of the image).
+            ``max(1, 32 // stride)``, so every global grid sits at 1/32 of the
+            image.
         ds_num_heads (int, optional): Defaults to a head size of 32.
         ds_mlp_ratio (float): FFN expansion of the DS-Blocks.
         ds_with_alignment (bool): Co-attention between the two streams.
@@ -68,6 +75,7 @@ class DSFPN(BaseModule):
                  norm_cfg: Optional[dict] = None,
                  act_cfg: Optional[dict] = None,
                  upsample_cfg: Optional[dict] = None,
+                 strides: Optional[Sequence[int]] = None,
                  ds_levels: Optional[Sequence[int]] = None,
                  num_ds_blocks: int = 1,
                  ds_position: str = 'pre_fpn_conv',
@@ -118,14 +126,23 @@ class DSFPN(BaseModule):
         if any(not 0 <= lvl < num_levels for lvl in self.ds_levels):
             raise ValueError(f'ds_levels must index the {num_levels} backbone levels used '
                              f'(0..{num_levels - 1}), got {self.ds_levels}')
+        self.strides = self._check_strides(strides)
         if ds_global_resize is None:
-            ds_global_resize = [max(1, 8 // 2**(start_level + lvl)) for lvl in self.ds_levels]
+            ds_global_resize = [max(1, 32 // self.strides[start_level + lvl])
+                                for lvl in self.ds_levels]
         if len(ds_global_resize) != len(self.ds_levels):
             raise ValueError(f'ds_global_resize needs one factor per ds_level '
                              f'{self.ds_levels}, got {ds_global_resize}')
+        for factor in ds_global_resize:
+            check_positive_int('ds_global_resize entries', factor)
+        check_positive_int('num_ds_blocks', num_ds_blocks, minimum=0)
+        check_positive_float('ds_mlp_ratio', ds_mlp_ratio)
+        check_rate('ds_drop_path_rate', ds_drop_path_rate)
         self.ds_position = ds_position
         self.ds_global_resize = tuple(ds_global_resize)
-        heads = ds_num_heads or max(1, out_channels // 2 // 32)
+        heads = max(1, out_channels // 2 // 32) if ds_num_heads is None else ds_num_heads
+        if num_ds_blocks and self.ds_levels:
+            check_heads('ds_num_heads', out_channels, heads)
         ds_norm_cfg = ds_norm_cfg or dict(type='GN', num_groups=32, requires_grad=True)
 
         self.lateral_convs = nn.ModuleList()
@@ -157,6 +174,17 @@ class DSFPN(BaseModule):
                     ConvModule(channels, out_channels, 3, stride=2, padding=1,
                                conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
                                inplace=False))
+
+    def _check_strides(self, strides: Optional[Sequence[int]]) -> Tuple[int, ...]:
+        if strides is None:
+            return tuple(32 // 2**(self.num_ins - 1 - i) for i in range(self.num_ins))
+        strides = tuple(strides)
+        if (len(strides) != self.num_ins
+                or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides)
+                or any(a >= b for a, b in zip(strides, strides[1:]))):
+            raise ValueError(f'strides must give one increasing positive int per input '
+                             f'({self.num_ins} inputs), got {strides!r}')
+        return strides
 
     def _enhance(self, level: int, x: torch.Tensor) -> torch.Tensor:
         """Run the level's DS-Blocks (if any) in channels-last, their fast

@@ -10,6 +10,8 @@ Public layouts (``docs/architecture.md``, "Checkpoint layout"):
 Ours: ``patch_embeds.{k-1}.*`` and ``stages.{k-1}.{i}.*`` with the per-block
 names unchanged. The classification ``norm`` and ``head`` are dropped.
 """
+import os
+import os.path as osp
 import pickle
 import re
 from collections import OrderedDict
@@ -43,10 +45,27 @@ _PDPARAMS_GLOBALS = {
 }
 
 
+def _latin1_bytes(text, encoding):
+    """Stand-in for ``_codecs.encode`` in protocol-2 pickles.
+
+    Protocol 2 (Paddle 2.0's ``paddle.save(..., protocol=2)`` and
+    ``save_dygraph``) stores bytes, such as numpy array buffers, as
+    ``_codecs.encode(text, 'latin1')``. Only that exact use is allowed.
+    """
+    if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
+        raise pickle.UnpicklingError(
+            f'refusing _codecs.encode({type(text).__name__}, {encoding!r}) in a .pdparams '
+            "file: only the protocol-2 form _codecs.encode(str, 'latin1') is accepted")
+    return text.encode('latin1')
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global except numpy array reconstruction."""
+    """Unpickler that refuses every global except numpy array reconstruction
+    (and the latin-1 bytes helper of pickle protocol 2)."""
 
     def find_class(self, module: str, name: str):
+        if (module, name) == ('_codecs', 'encode'):
+            return _latin1_bytes
         if (module, name) not in _PDPARAMS_GLOBALS:
             raise pickle.UnpicklingError(
                 f'refusing to load {module}.{name} from a .pdparams file: only '
@@ -54,16 +73,45 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def check_checkpoint_file(path: str) -> None:
+    """Refuse a path that is not a readable, non-empty file, saying which."""
+    if osp.isdir(path):
+        raise IsADirectoryError(f'{path} is a directory; a checkpoint file (.pth or '
+                                '.pdparams) is expected')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    if osp.getsize(path) == 0:
+        raise RuntimeError(f'checkpoint {path} is empty (0 bytes): an interrupted '
+                           'download or save? Fetch or convert it again.')
+
+
 def read_checkpoint(path: str) -> dict:
     """Load a checkpoint file without arbitrary unpickling.
 
-    ``.pdparams`` files go through a numpy-only unpickler; anything else
-    through ``torch.load(weights_only=True)``.
+    ``.pdparams`` files (pickle protocols 2 to 5) go through a numpy-only
+    unpickler; anything else through ``torch.load(weights_only=True)``.
     """
+    check_checkpoint_file(path)
     if str(path).endswith('.pdparams'):
         with open(path, 'rb') as f:
             return _NumpyOnlyUnpickler(f).load()
     return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def check_tensors(state_dict: Mapping[str, object], source: str) -> None:
+    """Every value must be a tensor and every floating tensor finite.
+
+    A NaN or Inf weight would make every output NaN without any error, so the
+    first such tensor is named and the load refused.
+    """
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f'{source}: value of {key!r} is a {type(value).__name__}, not a '
+                             'tensor; this is not a weights file (or not only one)')
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = 'NaN' if bool(torch.isnan(value).any()) else 'Inf'
+            raise ValueError(f'{source}: tensor {key!r} {tuple(value.shape)} holds {bad} '
+                             'values; refusing a corrupt (or diverged) checkpoint')
 
 
 def unwrap_state_dict(checkpoint: Mapping) -> Tuple[Dict[str, object], str]:
@@ -164,11 +212,26 @@ def dsnet_convert(checkpoint: Mapping, logger=None) -> 'OrderedDict[str, torch.T
 
 
 def convert_file(src: str, dst: str, logger=None) -> Dict[str, torch.Tensor]:
-    """Read ``src`` in any supported layout and save ours to ``dst``."""
-    converted = dsnet_convert(read_checkpoint(src), logger=logger)
-    torch.save(converted, dst)
+    """Read ``src`` in any supported layout and save ours to ``dst``.
+
+    Refuses a file that is not a DS-Net checkpoint (no public or mmdsnet
+    keys) and one with non-tensor or non-finite values; ``dst`` is written
+    atomically (a temporary file renamed into place).
+    """
+    state_dict, _ = unwrap_state_dict(read_checkpoint(src))
+    layout = detect_layout(_strip_prefixes(state_dict))
+    if layout == 'unknown':
+        raise ValueError(
+            f'{src} is not a DS-Net checkpoint: none of its {len(state_dict)} keys has '
+            "the public layout ('patch_embed1.', 'blocks1.', ...) or mmdsnet's "
+            f"('patch_embeds.', 'stages.'); keys: {', '.join(sorted(state_dict)[:5])}")
+    converted = dsnet_convert(state_dict, logger=logger)
+    check_tensors(converted, src)
+    tmp = f'{dst}.tmp'
+    torch.save(converted, tmp)
+    os.replace(tmp, dst)
     return converted
 
 
 __all__ = ['dsnet_convert', 'read_checkpoint', 'unwrap_state_dict', 'detect_layout',
-           'convert_file']
+           'convert_file', 'check_checkpoint_file', 'check_tensors']
