@@ -86,10 +86,13 @@ def to_paddle(public):
     return out
 
 
-def test_paddle_layout_round_trip(tmp_path, reference):
+@pytest.mark.parametrize('protocol', [2, 3, 4])
+def test_paddle_layout_round_trip(tmp_path, reference, protocol):
+    """Protocol 2 is what Paddle 2.0's save_dygraph and paddle.save(protocol=2)
+    write: bytes as _codecs.encode(str, 'latin1')."""
     path = tmp_path / 'DSNet_tiny_pretrained.pdparams'
     with open(path, 'wb') as f:
-        pickle.dump(to_paddle(reference.state_dict()), f, protocol=4)
+        pickle.dump(to_paddle(reference.state_dict()), f, protocol=protocol)
     assert detect_layout(read_checkpoint(str(path))) == 'paddle'
     model = build_and_load(path)
     public = {k: v for k, v in reference.state_dict().items()
@@ -110,11 +113,24 @@ class Payload:
         return (print, ('arbitrary code ran',))
 
 
-def test_pdparams_refuses_arbitrary_objects(tmp_path):
+class CodecsPayload:
+    """_codecs.encode is allowed for protocol 2, but only as str -> latin-1 bytes."""
+
+    def __reduce__(self):
+        import _codecs
+        return (_codecs.encode, (b'x', 'rot13'))
+
+
+@pytest.mark.parametrize('protocol', [2, 4])
+def test_pdparams_refuses_arbitrary_objects(tmp_path, protocol):
     path = tmp_path / 'evil.pdparams'
     with open(path, 'wb') as f:
-        pickle.dump({'x': Payload()}, f)
+        pickle.dump({'x': Payload()}, f, protocol=protocol)
     with pytest.raises(pickle.UnpicklingError, match='refusing to load'):
+        read_checkpoint(str(path))
+    with open(path, 'wb') as f:
+        pickle.dump({'x': CodecsPayload()}, f, protocol=protocol)
+    with pytest.raises(pickle.UnpicklingError, match='refusing _codecs.encode'):
         read_checkpoint(str(path))
     model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     with pytest.raises(RuntimeError, match='Could not read'):
@@ -204,3 +220,105 @@ def test_partial_load_is_reported(tmp_path, reference, capsys):
     out = capsys.readouterr()
     assert 'stages.3.0.mlp.fc2.bias' in out.out + out.err
     assert 'loaded 421/422' in out.out + out.err
+
+
+def test_init_cfg_list_goes_through_the_converter(tmp_path, reference):
+    """mmengine accepts init_cfg as a list; the Pretrained entry must still be
+    converted and checked, and the other entries applied."""
+    path = tmp_path / 'timm.pth'
+    torch.save({'model': reference.state_dict()}, path)
+    model = DSNet('tiny', init_cfg=[
+        dict(type='Constant', layer='LayerNorm', val=0.5, bias=0.),
+        dict(type='Pretrained', checkpoint=str(path))])
+    model.init_weights()
+    assert_loaded_from(model, reference.state_dict())
+    resnet = tmp_path / 'resnet.pth'
+    torch.save({'conv1.weight': torch.zeros(64, 3, 7, 7)}, resnet)
+    model = DSNet('tiny', init_cfg=[dict(type='Pretrained', checkpoint=str(resnet))])
+    with pytest.raises(RuntimeError, match='Only 0/422 DSNet tensors'):
+        model.init_weights()
+
+
+def test_init_cfg_list_without_pretrained_runs_through_mmengine():
+    model = DSNet('tiny', init_cfg=[dict(type='Constant', layer='Linear', val=0.25, bias=0.)])
+    model.init_weights()
+    assert torch.all(model.stages[0][0].channel_up.weight == 0.25)
+
+
+@pytest.mark.parametrize('init_cfg,match', [
+    (dict(type='Pretrained'), r"needs checkpoint=PATH"),
+    ([dict(type='Pretrained', checkpoint='')], r"needs checkpoint=PATH"),
+    ([dict(type='Pretrained', checkpoint='a.pth'), dict(type='Pretrained', checkpoint='b.pth')],
+     'has 2 Pretrained entries'),
+    (dict(type='Pretrained', checkpoint='a.pth', strict=True), r"unknown keys \['strict'\]"),
+    (dict(type='Pretrained', checkpoint='a.pth', prefix=''), 'prefix must be a non-empty str'),
+])
+def test_bad_pretrained_init_cfg_is_refused_at_construction(init_cfg, match):
+    with pytest.raises(ValueError, match=match):
+        DSNet('tiny', init_cfg=init_cfg)
+
+
+def test_prefix_selects_a_submodel(tmp_path, reference):
+    ours = dsnet_convert(reference.state_dict())
+    path = tmp_path / 'teacher.pth'
+    torch.save({'state_dict': {f'student.backbone.{k}': v for k, v in ours.items()}}, path)
+    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                        prefix='student.backbone.'))
+    model.init_weights()
+    assert_loaded_from(model, reference.state_dict())
+    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='x.'))
+    with pytest.raises(RuntimeError, match="No key of .* starts with prefix 'x.'"):
+        model.init_weights()
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, reference, bad):
+    sd = dict(reference.state_dict())
+    sd['blocks3.1.mlp.fc1.weight'] = sd['blocks3.1.mlp.fc1.weight'].clone()
+    sd['blocks3.1.mlp.fc1.weight'][0, 0] = bad
+    path = tmp_path / 'diverged.pth'
+    torch.save(sd, path)
+    kind = 'NaN' if bad != bad else 'Inf'
+    with pytest.raises(ValueError, match=rf"'stages.2.1.mlp.fc1.weight' .* holds {kind}"):
+        build_and_load(path)
+
+
+def test_unreadable_inputs_say_what_is_wrong(tmp_path):
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    with pytest.raises(RuntimeError, match=r'empty\.pth is empty \(0 bytes\)'):
+        build_and_load(empty)
+    with pytest.raises(IsADirectoryError, match='is a directory; a checkpoint file'):
+        build_and_load(tmp_path)
+    odd = tmp_path / 'odd.pth'
+    torch.save({'patch_embeds.0.weight': 0.5}, odd)
+    with pytest.raises(ValueError, match=r"odd\.pth: value of 'patch_embeds.0.weight' is a float"):
+        build_and_load(odd)
+    truncated = tmp_path / 'truncated.pth'
+    torch.save({'patch_embeds.0.weight': torch.zeros(64, 3, 4, 4)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    with pytest.raises(RuntimeError, match=r'Could not read .*truncated\.pth: \w+Error'):
+        build_and_load(truncated)
+
+
+def run_converter(*args):
+    return subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools/model_converters/dsnet2mmdet.py'), *map(str, args)],
+        capture_output=True, text=True, timeout=120)
+
+
+def test_cli_converter_refuses_what_is_not_a_ds_net_checkpoint(tmp_path):
+    resnet, dst = tmp_path / 'resnet50.pth', tmp_path / 'out.pth'
+    torch.save({'state_dict': {'conv1.weight': torch.zeros(64, 3, 7, 7),
+                               'layer1.0.conv1.weight': torch.zeros(64, 64, 1, 1)}}, resnet)
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    for src, message in [(resnet, 'is not a DS-Net checkpoint'),
+                         (empty, 'is empty (0 bytes)'),
+                         (tmp_path, 'is a directory'),
+                         (tmp_path / 'missing.pth', 'not found')]:
+        result = run_converter(src, dst)
+        assert result.returncode != 0, (src, result.stdout)
+        assert message in result.stderr, result.stderr
+        assert 'Traceback' not in result.stderr
+        assert not dst.exists()

@@ -26,12 +26,13 @@ def main(argv=None):
     parser.add_argument('src', help='public DS-Net checkpoint (.pth or .pdparams)')
     parser.add_argument('dst', help='output path (.pth)')
     args = parser.parse_args(argv)
-    if not osp.isfile(args.src):
-        parser.error(f'source checkpoint not found: {args.src}')
     if osp.dirname(args.dst):
         os.makedirs(osp.dirname(args.dst), exist_ok=True)
     logger = MMLogger.get_instance('dsnet2mmdet', log_level='INFO')
-    converted = convert_file(args.src, args.dst, logger=logger)
+    try:
+        converted = convert_file(args.src, args.dst, logger=logger)
+    except Exception as err:  # every refusal ends the run with its reason, no traceback
+        raise SystemExit(f'dsnet2mmdet: nothing written: {type(err).__name__}: {err}') from err
     params = sum(v.numel() for k, v in converted.items()
                  if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))
     logger.info(f'saved {len(converted)} tensors ({params:,} parameters) to {args.dst}')
