@@ -49,14 +49,19 @@ def build_runner(cfg: Config):
     """Build ``cfg.runner_type`` or mmengine's Runner under the config's scope.
 
     Multi-process launches first get :func:`patch_cpu_distributed` (gloo and
-    CPU DDP when there is no GPU; a no-op otherwise).
+    CPU DDP when there is no GPU; a no-op otherwise). The stock
+    ``CheckpointHook`` becomes :class:`~mmdsnet.engine.AtomicCheckpointHook`, so
+    a kill during a save always leaves a complete checkpoint to resume from.
     """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
     from .utils.compat import allow_runner_checkpoint_globals, patch_cpu_distributed
 
+    from .engine import use_atomic_checkpoint_hook
+
     allow_runner_checkpoint_globals()  # resume / load_from on torch >= 2.6
+    use_atomic_checkpoint_hook(cfg)
     if cfg.get('launcher', 'none') != 'none':
         patch_cpu_distributed()
     if cfg.get('default_scope', None) == 'mmdet':

@@ -322,3 +322,17 @@ def test_cli_converter_refuses_what_is_not_a_ds_net_checkpoint(tmp_path):
         assert message in result.stderr, result.stderr
         assert 'Traceback' not in result.stderr
         assert not dst.exists()
+
+
+def test_runner_checkpoint_of_a_detector_seeds_the_backbone(tmp_path, reference):
+    """A Runner checkpoint carries a pickled MessageHub (HistoryBuffer, numpy);
+    the backbone loader allows those types for its own load."""
+    from mmengine.logging import MessageHub
+    hub = MessageHub.get_instance('seed_backbone')
+    hub.update_scalar('train/loss', 1.5)
+    hub.update_info('eta', np.float64(12.0))
+    ours = dsnet_convert(reference.state_dict())
+    path = tmp_path / 'epoch_12.pth'
+    torch.save({'meta': {'epoch': 12}, 'message_hub': hub.state_dict(),
+                'state_dict': {f'backbone.{k}': v for k, v in ours.items()}}, path)
+    assert_loaded_from(build_and_load(path), reference.state_dict())

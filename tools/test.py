@@ -10,6 +10,7 @@ import argparse
 
 try:  # importing mmdsnet registers the models
     from mmdsnet.cli import add_common_args, build_runner, config_from_args
+    from mmdsnet.engine import CheckpointMismatchError
 except ModuleNotFoundError as error:
     raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
                      'into an mmdet/mmseg environment (README, Install)') from error
@@ -26,6 +27,10 @@ def parse_args(argv=None):
                         help='seconds each image is shown with --show')
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation (needs tta_model and tta_pipeline)')
+    parser.add_argument('--allow-partial-load', action='store_true',
+                        help='evaluate even if the checkpoint leaves some model weights '
+                        'unloaded or misshapen (they keep their initial values); without '
+                        'it such a checkpoint is refused')
     add_common_args(parser)
     args = parser.parse_args(argv)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
@@ -77,6 +82,10 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(args)
     cfg.load_from = args.checkpoint
+    # Refuse (or, with --allow-partial-load, report) a checkpoint that leaves
+    # model weights unloaded or misshapen: it would score a random model.
+    cfg.custom_hooks = [*cfg.get('custom_hooks', []),
+                        dict(type='CheckpointFitHook', allow_partial=args.allow_partial_load)]
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.tta:
@@ -84,7 +93,10 @@ def main(argv=None):
     runner = build_runner(cfg)
     if args.out is not None:
         runner.test_evaluator.metrics.append(dump_metric(cfg, args.out))
-    runner.test()
+    try:
+        runner.test()
+    except CheckpointMismatchError as error:
+        raise SystemExit(f'tools/test.py: {error}') from error
 
 
 if __name__ == '__main__':

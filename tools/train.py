@@ -11,6 +11,7 @@ import argparse
 
 try:  # importing mmdsnet registers the models
     from mmdsnet.cli import add_common_args, build_runner, config_from_args
+    from mmdsnet.engine import CheckpointMismatchError
 except ModuleNotFoundError as error:
     raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
                      'into an mmdet/mmseg environment (README, Install)') from error
@@ -57,13 +58,19 @@ def apply_train_options(cfg, args):
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+    if cfg.get('resume', False):
+        # Resuming must restore every weight: refuse a checkpoint of another model.
+        cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='CheckpointFitHook')]
 
 
 def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(args)
     apply_train_options(cfg, args)
-    build_runner(cfg).train()
+    try:
+        build_runner(cfg).train()
+    except CheckpointMismatchError as error:
+        raise SystemExit(f'tools/train.py: {error}') from error
 
 
 if __name__ == '__main__':

@@ -7,19 +7,24 @@ Two problems are handled here, each by one idempotent function:
   ``Runner`` carry a pickled ``MessageHub`` (``HistoryBuffer`` objects holding
   numpy arrays, numpy scalars such as ``eta``/``best_score``), so resume,
   ``load_from`` and ``tools/test.py`` fail with ``Unsupported global``. We
-  allowlist exactly the types such checkpoints contain, instead of turning
-  ``weights_only`` off.
+  allow exactly the types such checkpoints contain, inside mmengine's local
+  checkpoint loader only, instead of turning ``weights_only`` off or
+  widening ``torch.load`` for the whole process.
 * :func:`patch_cpu_distributed` - mmengine 0.10.7's ``--launcher pytorch``
   path assumes CUDA. On CPU-only machines we make it use gloo and plain CPU
   DDP so that ``tools/dist_train.sh`` works unchanged.
 """
+import contextlib
 import copy
 import logging
+import os.path as osp
+import zipfile
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-__all__ = ['allow_runner_checkpoint_globals', 'patch_cpu_distributed']
+__all__ = ['allow_runner_checkpoint_globals', 'load_from_local_weights_only',
+           'runner_checkpoint_globals', 'patch_cpu_distributed']
 
 # ---------------------------------------------------------------------------
 # 1. weights_only checkpoint loading
@@ -85,34 +90,67 @@ def _numpy_safe_globals() -> Tuple[List[Any], List[Tuple[Any, str]]]:
     return plain, aliases
 
 
-def allow_runner_checkpoint_globals() -> bool:
-    """Allowlist the non-tensor types in mmengine Runner checkpoints.
+def runner_checkpoint_globals() -> List[Any]:
+    """The non-tensor types of mmengine Runner checkpoints, for ``safe_globals``.
 
-    Lets ``torch.load(..., weights_only=True)`` (torch >= 2.6 default, used by
-    mmengine's resume / ``load_from``) read checkpoints saved by
-    ``mmengine.runner.Runner``. ``weights_only`` stays on: only the listed
-    types may be rebuilt. Safe to call repeatedly.
+    ``HistoryBuffer``, numpy arrays, scalars and dtypes (under both numpy 1.x
+    and 2.x module names) and a restricted ``getattr`` that only rebuilds
+    ``HistoryBuffer`` statistics methods. Empty before torch 2.6, whose
+    unpickler neither defaults to weights_only nor takes ``(obj, name)`` pairs.
+    """
+    if _torch_version() < (2, 6):
+        return []
+    from mmengine.logging import HistoryBuffer
+    plain, aliases = _numpy_safe_globals()
+    return [HistoryBuffer] + plain + aliases + [(_history_buffer_getattr, 'builtins.getattr')]
+
+
+def load_from_local_weights_only(filename: str, map_location=None) -> dict:
+    """mmengine's local checkpoint loader with the Runner types allowed.
+
+    ``weights_only`` stays on; the allowed types hold for this load only, so
+    ``import mmdsnet`` does not change what ``torch.load`` accepts elsewhere.
+    An empty path (an empty ``last_checkpoint``) and a truncated file (a
+    killed save) get errors that say so.
+    """
+    if not filename:
+        raise FileNotFoundError(
+            "empty checkpoint path: the work dir's last_checkpoint file is empty (an "
+            'interrupted save?); pass the checkpoint to --resume explicitly')
+    from mmengine.runner.checkpoint import load_from_local
+    allowed = runner_checkpoint_globals()
+    scope = torch.serialization.safe_globals(allowed) if allowed else contextlib.nullcontext()
+    try:
+        with scope:
+            return load_from_local(filename, map_location)
+    except (RuntimeError, EOFError) as err:
+        path = osp.expanduser(filename)
+        if osp.isfile(path) and not zipfile.is_zipfile(path):
+            raise RuntimeError(
+                f'checkpoint {filename} is incomplete or not a torch checkpoint '
+                f'({osp.getsize(path)} bytes, no zip directory; an interrupted save?): '
+                f'{err}') from err
+        raise
+
+
+def allow_runner_checkpoint_globals() -> bool:
+    """Let mmengine load Runner checkpoints on torch >= 2.6, and nothing else.
+
+    Since torch 2.6 ``torch.load`` defaults to ``weights_only=True``, and the
+    ``MessageHub`` that mmengine pickles into every Runner checkpoint (resume,
+    ``load_from``, ``tools/test.py``, inferencers) is refused. This registers
+    :func:`load_from_local_weights_only` as mmengine's loader for local paths, which
+    allows exactly those types for the duration of each load. Safe to call
+    repeatedly.
 
     Returns:
-        bool: True if the globals are registered, False when this torch has
-        no ``torch.serialization.add_safe_globals`` (torch < 2.4, where
-        ``torch.load`` is not weights_only by default anyway).
+        bool: True once the loader is registered.
     """
     global _checkpoint_globals_allowed
     if _checkpoint_globals_allowed:
         return True
-    add_safe_globals: Optional[Callable] = getattr(
-        torch.serialization, 'add_safe_globals', None)
-    if add_safe_globals is None:
-        return False
-    from mmengine.logging import HistoryBuffer
-    plain, aliases = _numpy_safe_globals()
-    add_safe_globals([HistoryBuffer] + plain)
-    # ``(object, 'full.name')`` entries are understood from torch 2.6 on; an
-    # older unpickler would choke on the tuple at every weights_only load.
-    if _torch_version() >= (2, 6):
-        add_safe_globals(aliases +
-                         [(_history_buffer_getattr, 'builtins.getattr')])
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
     _checkpoint_globals_allowed = True
     return True
 

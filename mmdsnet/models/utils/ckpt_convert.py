@@ -89,13 +89,20 @@ def read_checkpoint(path: str) -> dict:
     """Load a checkpoint file without arbitrary unpickling.
 
     ``.pdparams`` files (pickle protocols 2 to 5) go through a numpy-only
-    unpickler; anything else through ``torch.load(weights_only=True)``.
+    unpickler; anything else through ``torch.load(weights_only=True)``, with
+    the types of mmengine Runner checkpoints allowed for this load (a
+    detector trained here can seed a backbone).
     """
+    from ...utils.compat import runner_checkpoint_globals
     check_checkpoint_file(path)
     if str(path).endswith('.pdparams'):
         with open(path, 'rb') as f:
             return _NumpyOnlyUnpickler(f).load()
-    return torch.load(path, map_location='cpu', weights_only=True)
+    allowed = runner_checkpoint_globals()
+    if not allowed:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def check_tensors(state_dict: Mapping[str, object], source: str) -> None:
