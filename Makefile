@@ -1,4 +1,6 @@
 # Both targets set up .venv first (idempotent: a second run only checks it).
+# PYTHON: the interpreter that creates .venv (`make install PYTHON=python3.12`).
+# Everything else runs with PY, the .venv interpreter, whatever PYTHON is.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,5 +15,7 @@ install:
 test: install
 	$(PY) -m pytest -q
 
+# tools/demo.sh and the launchers it calls read PYTHON as the interpreter to run:
+# hand them the .venv one, not the one that created it.
 demo: install
-	bash tools/demo.sh $(TASK)
+	PYTHON=$(abspath $(PY)) bash tools/demo.sh $(TASK)

@@ -1,32 +1,81 @@
 #!/usr/bin/env bash
 # The main job on embedded data (`make demo`, `make demo TASK=seg`):
 # generate the synthetic dataset, train with tools/dist_train.sh on 2 CPU
-# processes (or one process per GPU), evaluate with tools/test.py, and print
-# the metrics with the loss curve summary.
+# processes (or one process per GPU), evaluate with tools/test.py drawing every
+# validation image (ground truth beside prediction), draw the training curves,
+# and print the figures and where everything is (tools/misc/demo_summary.py).
+#
+# Each run gets its own work dir, work_dirs/<config>/<YYYYmmdd_HHMMSS>, with
+# work_dirs/<config>/latest pointing at the newest: earlier runs are kept.
+# The console shows progress; the config dump and other long output go to the
+# log files only (tools/misc/demo_console.py).
+#
+# Env: PYTHON  interpreter that runs the demo (default: the repo's .venv; `make
+#              demo` passes it, its own PYTHON only creates .venv)
+#      NPROC   processes (default: one per GPU, else 2)
+#      WORK_DIR a fresh work dir instead of the timestamped one (must not hold files)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 TASK="${1:-det}"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
+# tools/dist_train.sh picks its interpreter from PYTHON too: the same one.
+export PYTHON="$PY"
+# Progress lines reach the console filter as they are written.
+export PYTHONUNBUFFERED=1
 
 case "$TASK" in
     det) CONFIG=configs/demo/mask_rcnn_dsnet_t_dsfpn_demo.py ;;
     seg) CONFIG=configs/demo/fpn_dsnet-t_demo-seg.py ;;
     *) echo "usage: $0 [det|seg]" >&2; exit 2 ;;
 esac
+if ! "$PY" -c 'import torch, mmengine' 2>/dev/null; then
+    echo "$PY cannot import torch and mmengine: run 'make install' first, or point PYTHON" \
+        "at the interpreter of the environment that has them" >&2
+    exit 2
+fi
 NAME="$(basename "$CONFIG" .py)"
-WORK_DIR="${WORK_DIR:-work_dirs/$NAME}"
+RUNS="work_dirs/$NAME"
+if [ -n "${WORK_DIR:-}" ]; then
+    if [ -n "$(ls -A "$WORK_DIR" 2>/dev/null)" ]; then
+        echo "WORK_DIR=$WORK_DIR already holds files; the demo never deletes results:" \
+            "give a new WORK_DIR, or leave it unset for a timestamped one under $RUNS/" >&2
+        exit 2
+    fi
+else
+    STAMP="$(date +%Y%m%d_%H%M%S)"
+    while [ -e "$RUNS/$STAMP" ]; do sleep 1; STAMP="$(date +%Y%m%d_%H%M%S)"; done
+    WORK_DIR="$RUNS/$STAMP"
+    EARLIER="$(find "$RUNS" -mindepth 1 -maxdepth 1 -type d -name '20*_*' 2>/dev/null \
+        | sort || true)"
+    mkdir -p "$WORK_DIR"
+    ln -sfn "$STAMP" "$RUNS/latest"
+    if [ -n "$EARLIER" ]; then
+        echo "[demo] earlier runs are kept (delete them with rm -rf when no longer needed):"
+        for run in $EARLIER; do echo "         $run ($(du -sh "$run" | cut -f1))"; done
+    fi
+fi
+mkdir -p "$WORK_DIR"
+WORK_DIR="$(cd "$WORK_DIR" && pwd)"
+PRED_DIR="$WORK_DIR/pictures/predictions"
+echo "[demo] this run: $WORK_DIR${STAMP:+ (also $RUNS/latest)}"
 GPUS="$("$PY" -c 'import torch; print(torch.cuda.device_count())')"
 NPROC="${NPROC:-$([ "$GPUS" -gt 0 ] && echo "$GPUS" || echo 2)}"
 
 start=$(date +%s)
 "$PY" tools/misc/make_demo_data.py --out data/demo
-rm -rf "$WORK_DIR"
-bash tools/dist_train.sh "$CONFIG" "$NPROC" --work-dir "$WORK_DIR"
+echo "[demo] training $CONFIG in $NPROC processes; console: progress only," \
+    "everything in $WORK_DIR/train_console.log"
+bash tools/dist_train.sh "$CONFIG" "$NPROC" --work-dir "$WORK_DIR" 2>&1 \
+    | tee "$WORK_DIR/train_console.log" \
+    | "$PY" tools/misc/demo_console.py --full-log "$WORK_DIR/train_console.log"
 trained=$(date +%s)
-CKPT="$WORK_DIR/$(cat "$WORK_DIR/last_checkpoint" | xargs basename)"
+CKPT="$WORK_DIR/$(xargs basename < "$WORK_DIR/last_checkpoint")"
+echo "[demo] testing $CKPT with tools/test.py; drawing every validation image"
 "$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK_DIR/test" \
-    --out "$WORK_DIR/test/results.pkl"
+    --out "$WORK_DIR/test/results.pkl" --show-dir "$PRED_DIR" 2>&1 \
+    | tee "$WORK_DIR/test_console.log" \
+    | "$PY" tools/misc/demo_console.py --full-log "$WORK_DIR/test_console.log"
 end=$(date +%s)
-"$PY" tools/misc/demo_summary.py "$WORK_DIR" --task "$TASK" \
+"$PY" tools/misc/demo_summary.py "$WORK_DIR" --task "$TASK" --pred-dir "$PRED_DIR" \
     --train-seconds $((trained - start)) --total-seconds $((end - start)) --nproc "$NPROC"

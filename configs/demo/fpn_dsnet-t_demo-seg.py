@@ -35,6 +35,8 @@ dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo,
                img_suffix='.png', seg_map_suffix='.png', reduce_zero_label=True)
 train_dataloader = dict(
     batch_size=4, num_workers=0, persistent_workers=False,
+    # Epochs, not mmseg's endless sampler: the schedule below is in epochs.
+    sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(**dataset, pipeline=train_pipeline,
                  data_prefix=dict(img_path='images/train', seg_map_path='annotations/train')))
 val_dataloader = dict(
@@ -45,14 +47,31 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
-max_iters = 240
-train_cfg = dict(max_iters=max_iters, val_interval=80)
+# The schedule is in epochs (mmseg's configs count iterations), so it is the same
+# for any number of processes or GPUs: 30 epochs are 240 iterations with 2
+# processes x 4 images, 60 with 8. The warm-up (2.5 epochs, 20 iterations with 2
+# processes) and the poly decay are converted to iterations from epochs
+# (tests/test_demo_schedule.py).
+max_epochs = 30
+warmup_epochs = 2.5
+train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=max_epochs,
+                 val_interval=5)
 optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.01))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=20),
-    dict(type='PolyLR', eta_min=0., power=0.9, begin=20, end=max_iters, by_epoch=False),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=True, begin=0, end=warmup_epochs,
+         convert_to_iter_based=True),
+    dict(type='PolyLR', eta_min=0., power=0.9, by_epoch=True, begin=warmup_epochs,
+         end=max_epochs, convert_to_iter_based=True),
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 default_hooks = dict(
-    logger=dict(interval=10),
-    checkpoint=dict(by_epoch=False, interval=80, max_keep_ckpts=2))
+    logger=dict(interval=4, log_metric_by_epoch=True),
+    checkpoint=dict(by_epoch=True, interval=10, max_keep_ckpts=1),
+    # Drawn only when tools/test.py gets --show-dir; interval=1 draws every
+    # image (mmseg's default of 50 would draw none of the 16).
+    visualization=dict(type='SegVisualizationHook', interval=1))
+# Progress by epoch; each logged loss is the mean over its 4 iterations.
+log_processor = dict(by_epoch=True, window_size=4)
+# BN statistics are per process under DDP: average them after every epoch, so
+# validation and the checkpoint use the same ones.
+custom_hooks = [dict(type='SyncBuffersHook')]

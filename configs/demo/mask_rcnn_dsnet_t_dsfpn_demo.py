@@ -47,14 +47,19 @@ test_pipeline = [
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
 # Settings shared by the train and val loaders (one process loads, no workers).
-loader = dict(batch_size=4, num_workers=0, persistent_workers=False)
+loader = dict(num_workers=0, persistent_workers=False)
 split = dict(data_root=data_root, metainfo=metainfo)
 train_dataloader = dict(
-    **loader,
+    **loader, batch_size=4,
     dataset=dict(**split, ann_file='annotations/instances_train.json',
                  data_prefix=dict(img='train/'), pipeline=train_pipeline))
+# Evaluate one image at a time: a batch is zero-padded to its largest image and
+# DS-Net's global stream attends over the padding, so batched AP depends on
+# which images share a batch (docs/demo.md measures it). At batch 1 the
+# end-of-training validation and tools/test.py see identical inputs for any
+# number of processes.
 val_dataloader = dict(
-    **loader,
+    **loader, batch_size=1,
     dataset=dict(**split, ann_file='annotations/instances_val.json',
                  data_prefix=dict(img='val/'), pipeline=test_pipeline))
 test_dataloader = val_dataloader
@@ -62,15 +67,35 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
 max_epochs = 20
-train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
+# Validate every 5 epochs: the mAP curve (work_dir/pictures) gets 4 points.
+train_cfg = dict(max_epochs=max_epochs, val_interval=5)
 optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05),
                      clip_grad=dict(max_norm=10., norm_type=2))
+# The schedule is in epochs, so it is the same for any number of processes or
+# GPUs; only the iterations per epoch change (the 57 training images with
+# objects / (4 x processes), rounded up).
+# The warm-up is given in epochs too and converted to iterations, so it stays
+# 6.25 / 20 of the run: 50 of 160 iterations with 2 processes, 12 of 40 with 8
+# (tests/test_demo_schedule.py).
+warmup_epochs = 6.25
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='LinearLR', start_factor=0.01, by_epoch=True, begin=0, end=warmup_epochs,
+         convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs, eta_min=1e-5),
 ]
 # 8 images per step (2 processes x 4); auto_scale_lr stays off.
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 default_hooks = dict(
     logger=dict(interval=4),
-    checkpoint=dict(interval=4, max_keep_ckpts=2))
+    # One checkpoint per run is enough for the demo (tools/demo.sh keeps earlier runs).
+    checkpoint=dict(interval=4, max_keep_ckpts=1),
+    # Drawn only when tools/test.py gets --show-dir: every test image, ground
+    # truth left and prediction right, boxes and masks scoring >= score_thr.
+    visualization=dict(type='DetVisualizationHook', score_thr=0.3))
+# Each logged loss is the mean over its 4 iterations (mmdet's default smooths over
+# 50, a third of this run), so the loss curves follow the training closely.
+log_processor = dict(window_size=4)
+# BN running statistics are per process under DDP (mmengine does not broadcast
+# buffers): average them after every epoch, so the validation (each process
+# evaluates its share of the images) and the saved checkpoint use the same ones.
+custom_hooks = [dict(type='SyncBuffersHook')]
