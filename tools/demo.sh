@@ -71,8 +71,11 @@ bash tools/dist_train.sh "$CONFIG" "$NPROC" --work-dir "$WORK_DIR" 2>&1 \
     | "$PY" tools/misc/demo_console.py --full-log "$WORK_DIR/train_console.log"
 trained=$(date +%s)
 CKPT="$WORK_DIR/$(xargs basename < "$WORK_DIR/last_checkpoint")"
+# Test with the config as training used it (mmengine's copy in the work dir).
+TRAINED_CONFIG="$WORK_DIR/$NAME.py"
+[ -f "$TRAINED_CONFIG" ] || TRAINED_CONFIG="$CONFIG"
 echo "[demo] testing $CKPT with tools/test.py; drawing every validation image"
-"$PY" tools/test.py "$CONFIG" "$CKPT" --work-dir "$WORK_DIR/test" \
+"$PY" tools/test.py "$TRAINED_CONFIG" "$CKPT" --work-dir "$WORK_DIR/test" \
     --out "$WORK_DIR/test/results.pkl" --show-dir "$PRED_DIR" 2>&1 \
     | tee "$WORK_DIR/test_console.log" \
     | "$PY" tools/misc/demo_console.py --full-log "$WORK_DIR/test_console.log"
