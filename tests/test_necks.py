@@ -123,10 +123,12 @@ def test_ds_blocks_change_the_output_only_where_placed():
     (dict(ds_num_heads=3), 'ds_num_heads=3 must divide the 128 channels'),
     (dict(ds_mlp_ratio=0), 'ds_mlp_ratio must be a finite number > 0'),
     (dict(num_ds_blocks=-1), 'num_ds_blocks must be an int >= 0'),
+    (dict(in_channels=[64, 0, 320, 512]), 'in_channels entries must be an int >= 1'),
+    (dict(out_channels=-256), 'out_channels must be an int >= 1'),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        DSFPN(IN_CHANNELS, 256, **{'num_outs': 5, **kwargs})
+        DSFPN(**{'in_channels': IN_CHANNELS, 'out_channels': 256, 'num_outs': 5, **kwargs})
 
 
 def test_bad_inputs():

@@ -90,6 +90,9 @@ class DSFPN(BaseModule):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(in_channels, (list, tuple)) or not in_channels:
             raise TypeError(f'in_channels must be a non-empty list of ints, got {in_channels!r}')
+        for channels in in_channels:
+            check_positive_int('in_channels entries', channels)
+        check_positive_int('out_channels', out_channels)
         self.in_channels = list(in_channels)
         self.out_channels = out_channels
         self.num_ins = len(in_channels)
