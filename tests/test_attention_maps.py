@@ -245,6 +245,19 @@ def test_tool_loads_a_runner_checkpoint(tmp_path):
     assert not model.training
 
 
+def test_tool_refuses_a_checkpoint_of_another_model(tmp_path):
+    tool = load_tool()
+    config = tiny_backbone_config(tmp_path)
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    with pytest.raises(SystemExit, match='checkpoint not found: .*missing.pth'):
+        tool.build_backbone(cfg, config, str(tmp_path / 'missing.pth'))
+    other = tmp_path / 'other.pth'
+    torch.save({'state_dict': {'backbone.conv1.weight': torch.zeros(64, 3, 7, 7)}}, other)
+    with pytest.raises(SystemExit, match='other.pth does not load into the DSNet'):
+        tool.build_backbone(cfg, config, str(other))
+
+
 def test_tool_resizes_and_normalises_like_the_config(tmp_path):
     tool = load_tool()
     image = write_image(tmp_path / 'image.png', 60, 200)

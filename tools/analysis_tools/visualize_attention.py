@@ -87,7 +87,14 @@ def build_backbone(cfg, config_name: str, checkpoint: str) -> DSNet:
     model = DSNet(**kwargs)
     model.init_weights()
     if checkpoint.lower() != 'none':
-        load_pretrained_dsnet(model, checkpoint, logger=MMLogger.get_current_instance())
+        if not osp.isfile(checkpoint):
+            raise SystemExit(f"checkpoint not found: {checkpoint} (give a checkpoint file, or "
+                             "'none' for random weights)")
+        try:
+            load_pretrained_dsnet(model, checkpoint, logger=MMLogger.get_current_instance())
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise SystemExit(f'{checkpoint} does not load into the DSNet of {config_name}: '
+                             f'{error}') from None
     return revert_sync_batchnorm(model).eval()
 
 
