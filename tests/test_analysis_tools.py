@@ -5,12 +5,11 @@ import os.path as osp
 
 import pytest
 import torch
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import REPO_ROOT
 
 
 def load_tool(name):
-    path = osp.join(ROOT, 'tools', 'analysis_tools', f'{name}.py')
+    path = osp.join(REPO_ROOT, 'tools', 'analysis_tools', f'{name}.py')
     spec = importlib.util.spec_from_file_location(f'tool_{name}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -20,7 +19,7 @@ def load_tool(name):
 @pytest.mark.parametrize('config,paper_gflops', [
     ('mask_rcnn_dsnet_t_fpn_1x_coco.py', 1.8), ('retinanet_dsnet_s_fpn_1x_coco.py', 3.5)])
 def test_get_flops_backbone_matches_paper_at_224(config, paper_gflops, capsys):
-    result = load_tool('get_flops').main([osp.join(ROOT, 'configs', config), '--shape', '224'])
+    result = load_tool('get_flops').main([osp.join(REPO_ROOT, 'configs', config), '--shape', '224'])
     assert abs(result['backbone_flops'] / 1e9 - paper_gflops) / paper_gflops < 0.03
     # The implementation runs the global conv halves on the small grid.
     assert result['backbone_flops_executed'] < result['backbone_flops']
@@ -34,7 +33,7 @@ def test_get_flops_backbone_matches_paper_at_224(config, paper_gflops, capsys):
 
 def test_get_flops_segmentor_default_shape():
     result = load_tool('get_flops').main(
-        [osp.join(ROOT, 'configs', 'fpn_dsnet-t_4xb8-40k_ade20k-512x512.py')])
+        [osp.join(REPO_ROOT, 'configs', 'fpn_dsnet-t_4xb8-40k_ade20k-512x512.py')])
     assert (result['height'], result['width']) == (512, 512)
     assert result['model_flops'] > result['backbone_flops'] > 0
 
