@@ -2,12 +2,11 @@
 # iterations, 4 GPUs x 8 images = 32, AdamW lr 2e-4, poly decay).
 _base_ = [
     'mmseg::_base_/models/fpn_r50.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py'
+    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py',
+    './_base_/dsnet_backbone.py'
 ]
-custom_imports = dict(imports=['mmdsnet'], allow_failed_imports=False)
 
 crop_size = (512, 512)
-pretrained = 'checkpoints/dsnet_t_in1k.pth'
 # SyncBN across GPUs (batch 8 per GPU, statistics are trained). On CPU it
 # becomes BN: mmengine reverts SyncBN in non-distributed runs and
 # mmdsnet.utils.compat does it in CPU multi-process (gloo) runs.
@@ -15,18 +14,7 @@ norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     pretrained=None,
-    backbone=dict(
-        _delete_=True,
-        type='DSNet',
-        arch='tiny',
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        norm_cfg=norm_cfg,
-        norm_eval=False,
-        attn_drop_rate=0.,
-        drop_path_rate=0.1,
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    backbone=dict(_base_.dsnet_backbone, _delete_=True, norm_cfg=norm_cfg),
     neck=dict(in_channels=[64, 128, 320, 512], out_channels=256, num_outs=4),
     decode_head=dict(num_classes=150, norm_cfg=norm_cfg))
 

@@ -1,27 +1,15 @@
 # Mask R-CNN 1x with DS-Net-T + FPN on COCO 2017 (PVT protocol: 8 GPUs x 2
 # images, 12 epochs, 1333x800, AdamW lr 2e-4, weight decay 1e-4).
 # Only DS-Net's deltas are written here; everything else is mmdet's.
-_base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['mmdsnet'], allow_failed_imports=False)
+_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', './_base_/dsnet_backbone.py']
 
-# ImageNet weights converted with tools/model_converters/dsnet2mmdet.py
-# (README, "Pretrained weights").
-pretrained = 'checkpoints/dsnet_t_in1k.pth'
 model = dict(
     backbone=dict(
+        _base_.dsnet_backbone,
         _delete_=True,
-        type='DSNet',
-        arch='tiny',
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
         # 2 images per GPU: keep the ImageNet BN statistics frozen. For
         # SyncBN instead: norm_cfg=dict(type='SyncBN'), norm_eval=False (GPUs only).
-        norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=True,
-        attn_drop_rate=0.,
-        drop_path_rate=0.1,
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+        norm_eval=True),
     neck=dict(in_channels=[64, 128, 320, 512]))
 
 optim_wrapper = dict(

@@ -1,25 +1,16 @@
 # RetinaNet 1x with DS-Net-T + FPN on COCO 2017 (PVT protocol: 8 GPUs x 2
 # images, 12 epochs, 1333x800, AdamW lr 1e-4, weight decay 1e-4).
-_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['mmdsnet'], allow_failed_imports=False)
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', './_base_/dsnet_backbone.py']
 
-pretrained = 'checkpoints/dsnet_t_in1k.pth'
 model = dict(
     backbone=dict(
+        _base_.dsnet_backbone,
         _delete_=True,
-        type='DSNet',
-        arch='tiny',
         # Stage 1 is computed but not returned: DSNet has no per-output
         # layers, so nothing is left without a gradient under DDP.
         out_indices=(1, 2, 3),
-        frozen_stages=-1,
         # 2 images per GPU: keep the ImageNet BN statistics frozen.
-        norm_cfg=dict(type='BN', requires_grad=True),
-        norm_eval=True,
-        attn_drop_rate=0.,
-        drop_path_rate=0.1,
-        with_cp=False,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+        norm_eval=True),
     # P3-P5 from the backbone, P6 from C5 ('on_input'), P7 from P6.
     neck=dict(in_channels=[128, 320, 512], start_level=0, add_extra_convs='on_input',
               num_outs=5))

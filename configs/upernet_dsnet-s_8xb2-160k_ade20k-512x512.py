@@ -3,9 +3,9 @@
 # 1500 warm-up iterations then linear (poly 1.0) decay).
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py'
+    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py',
+    './_base_/dsnet_backbone.py'
 ]
-custom_imports = dict(imports=['mmdsnet'], allow_failed_imports=False)
 
 crop_size = (512, 512)
 pretrained = 'checkpoints/dsnet_s_in1k.pth'
@@ -17,16 +17,11 @@ model = dict(
     data_preprocessor=dict(size=crop_size),
     pretrained=None,
     backbone=dict(
+        _base_.dsnet_backbone,
         _delete_=True,
-        type='DSNet',
         arch='small',
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        norm_cfg=norm_cfg,
-        norm_eval=False,
-        attn_drop_rate=0.,
         drop_path_rate=0.3,
-        with_cp=False,
+        norm_cfg=norm_cfg,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(in_channels=[64, 128, 320, 512], num_classes=150, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=320, in_index=2, num_classes=150, norm_cfg=norm_cfg))
