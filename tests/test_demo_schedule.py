@@ -24,7 +24,7 @@ NUM_TRAIN = 64  # make_demo_data's default, what `make demo` trains on
 
 @pytest.fixture(scope='module')
 def demo_root(tmp_path_factory):
-    from mmdsnet.datasets.demo_data import generate_demo_data
+    from mmdsnet.testing.synthetic_data import generate_demo_data
     root = tmp_path_factory.mktemp('demo_data')
     generate_demo_data(str(root), num_train=NUM_TRAIN, num_val=4)
     return root
