@@ -25,7 +25,7 @@ from mmengine.runner import Runner
 from toy_task import ToyRegressionDataset, ToyRegressor
 
 import mmdsnet  # noqa: F401  (registers the checkpoint safe globals)
-from mmdsnet.utils.compat import allow_runner_checkpoint_globals
+from mmdsnet.utils.compat import allow_runner_checkpoint_globals, load_from_local_weights_only
 
 TESTS_DIR = osp.join(REPO_ROOT, 'tests')
 PYTHON = sys.executable
@@ -83,8 +83,8 @@ def test_runner_checkpoint_weights_only_and_resume(tmp_path):
     runner.train()
     ckpt_path = work / 'epoch_2.pth'
 
-    # Explicit weights_only=True load (mmdsnet registered the safe globals).
-    ckpt = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+    # weights_only load through mmengine's loader (mmdsnet allows the types there).
+    ckpt = load_from_local_weights_only(str(ckpt_path), 'cpu')
     assert ckpt['meta']['epoch'] == 2 and ckpt['meta']['iter'] == 8
     loss_buf = ckpt['message_hub']['log_scalars']['train/loss']
     assert isinstance(loss_buf, HistoryBuffer)
@@ -134,19 +134,18 @@ class _CallGetattr:
 def test_getattr_allowlist_is_restricted(tmp_path):
     allowed = tmp_path / 'allowed.pth'
     torch.save({'m': _CallGetattr(HistoryBuffer, 'mean')}, allowed)
-    assert torch.load(allowed, weights_only=True)['m'] is HistoryBuffer.mean
+    assert load_from_local_weights_only(str(allowed))['m'] is HistoryBuffer.mean
 
     denied = tmp_path / 'denied.pth'
     torch.save({'m': _CallGetattr(HistoryBuffer, '__init__')}, denied)
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(denied, weights_only=True)
+        load_from_local_weights_only(str(denied))
 
 
-def test_allow_runner_checkpoint_globals_idempotent():
-    before = list(torch.serialization.get_safe_globals())
+def test_runner_types_stay_out_of_the_process_wide_allow_list():
     assert allow_runner_checkpoint_globals() is True
     assert allow_runner_checkpoint_globals() is True
-    assert len(torch.serialization.get_safe_globals()) == len(before)
+    assert HistoryBuffer not in torch.serialization.get_safe_globals()
 
 
 # --------------------------------------------------------------------------
@@ -234,8 +233,8 @@ def test_train_single_vs_dist_cpu(toy_project, single_run):
     out = proc.stdout + proc.stderr
     assert 'gloo' in out  # compat warned that nccl was replaced
 
-    single = torch.load(single_run / 'iter_4.pth', weights_only=True)
-    dist = torch.load(work_dist / 'iter_4.pth', weights_only=True)
+    single = load_from_local_weights_only(str(single_run / 'iter_4.pth'))
+    dist = load_from_local_weights_only(str(work_dist / 'iter_4.pth'))
     assert single['meta']['iter'] == dist['meta']['iter'] == 4
     init = ToyRegressor().state_dict()
     for key, value in single['state_dict'].items():

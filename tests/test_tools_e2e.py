@@ -19,6 +19,7 @@ import torch
 from conftest import REPO_ROOT, free_port
 
 from mmdsnet.testing.synthetic_data import generate_demo_data
+from mmdsnet.utils.compat import load_from_local_weights_only
 
 DET_DEMO = osp.join(REPO_ROOT, 'configs', 'demo', 'mask_rcnn_dsnet_t_dsfpn_demo.py')
 SEG_DEMO = osp.join(REPO_ROOT, 'configs', 'demo', 'fpn_dsnet-t_demo-seg.py')
@@ -89,8 +90,7 @@ def test_detection_two_processes_train_then_coco_test(tmp_path, data_dir):
     checkpoint = work_dir / 'epoch_1.pth'
     assert checkpoint.exists()
     # The Runner's checkpoint loads with weights_only=True (allow-listed types).
-    import mmdsnet  # noqa: F401
-    meta = torch.load(checkpoint, map_location='cpu', weights_only=True)['meta']
+    meta = load_from_local_weights_only(str(checkpoint), 'cpu')['meta']
     assert meta['epoch'] == 1
 
     out_pkl = tmp_path / 'results.pkl'
@@ -136,10 +136,8 @@ def test_resume_after_kill_mid_epoch(tmp_path, data_dir):
     resumed = run([sys.executable, 'tools/train.py', config, '--work-dir', str(killed_dir),
                    '--resume'], cwd=REPO_ROOT)
     assert re.search(r'resumed epoch: 1, iter: \d+', resumed)
-    import mmdsnet  # noqa: F401
-    final = torch.load(killed_dir / 'epoch_3.pth', map_location='cpu', weights_only=True)
-    expected = torch.load(reference_dir / 'epoch_3.pth', map_location='cpu',
-                          weights_only=True)
+    final = load_from_local_weights_only(str(killed_dir / 'epoch_3.pth'), 'cpu')
+    expected = load_from_local_weights_only(str(reference_dir / 'epoch_3.pth'), 'cpu')
     assert final['meta']['epoch'] == expected['meta']['epoch'] == 3
     assert final['meta']['iter'] == expected['meta']['iter']
     # Same schedule: every iteration of epochs 2-3 ran with the reference lr.
