@@ -150,12 +150,12 @@ def head_mean(maps: torch.Tensor, head) -> np.ndarray:
 class AttentionFigures:
     """Draws one image's ``BackboneAttention`` with matplotlib."""
 
-    def __init__(self, image: np.ndarray, result, head=None, cmap='inferno'):
+    def __init__(self, image: np.ndarray, result, head=None, cmap='inferno', dpi=80):
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
         self.plt = plt
-        self.image, self.result, self.head, self.cmap = image, result, head, cmap
+        self.image, self.result, self.head, self.cmap, self.dpi = image, result, head, cmap, dpi
         height, width = image.shape[:2]
         in_h, in_w = result.input_size
         self.scale = (width / in_w, height / in_h)  # input pixel -> image pixel
@@ -167,12 +167,12 @@ class AttentionFigures:
     def _to_input(self, point):
         return point[0] / self.scale[0], point[1] / self.scale[1]
 
-    def _panel(self, ax, data, title, over_image=True, interpolation='bilinear'):
+    def _panel(self, ax, data, title, alpha=0.6, interpolation='bilinear'):
+        """``data`` (a map over the padded input) drawn over the image, cropped to it."""
         height, width = self.image.shape[:2]
-        if over_image:
-            ax.imshow(self.image, extent=(0, width, height, 0))
+        ax.imshow(self.image, extent=(0, width, height, 0))
         shown = ax.imshow(data, extent=self.extent, cmap=self.cmap, interpolation=interpolation,
-                          alpha=0.6 if over_image else 1.)
+                          alpha=alpha)
         ax.set_xlim(0, width)
         ax.set_ylim(height, 0)
         ax.set_title(title, fontsize=9)
@@ -194,7 +194,7 @@ class AttentionFigures:
 
     def _save(self, fig, path):
         fig.tight_layout()
-        fig.savefig(path, dpi=80)
+        fig.savefig(path, dpi=self.dpi)
         self.plt.close(fig)
         return path
 
@@ -240,9 +240,9 @@ class AttentionFigures:
             block, ratios = self.result.stage_ratios[stage]
             where = f'stage {stage + 1} block {block + 1}'
             self._panel(axes[0][col], ratios.local_ratio[0].cpu().numpy(),
-                        f'{where}: local', over_image=False, interpolation='nearest')
+                        f'{where}: local', alpha=0.75, interpolation='nearest')
             self._panel(axes[1][col], ratios.global_ratio[0].cpu().numpy(),
-                        f'{where}: global', over_image=False, interpolation='nearest')
+                        f'{where}: global', alpha=0.75, interpolation='nearest')
         fig.suptitle('How much the alignment changes each feature: '
                      '||after - before|| / ||before||', fontsize=10)
         return self._save(fig, path)
@@ -274,6 +274,7 @@ def parse_args(argv=None):
     parser.add_argument('--size', type=int, help='resize so that the longer side has this '
                         "many pixels (default: the config's test-pipeline Resize, else "
                         f'{DEFAULT_LONG_SIDE}); stage-1 maps grow with the square of it')
+    parser.add_argument('--dpi', type=int, default=80, help='resolution of the PNGs (default 80)')
     parser.add_argument('--device', default='cuda:0' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, key=value')
@@ -332,7 +333,7 @@ def main(argv=None):
         result = model.forward_attention(inputs.to(args.device), stage, block,
                                          ratio_blocks=ratio)
     head = None if args.head is None else args.head - 1
-    figures = AttentionFigures(image, result, head=head)
+    figures = AttentionFigures(image, result, head=head, dpi=args.dpi)
     os.makedirs(args.out_dir, exist_ok=True)
     written = [
         figures.local_to_global(points, osp.join(args.out_dir, 'local_to_global.png')),
