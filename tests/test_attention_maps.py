@@ -1,5 +1,6 @@
 """Attention maps on request: DSBlock.forward_with_attention, DSNet.forward_attention
 and tools/analysis_tools/visualize_attention.py."""
+
 import importlib.util
 import math
 import os
@@ -14,7 +15,6 @@ import torch.nn.functional as F
 
 from mmdsnet.models import DSNet
 from mmdsnet.models.layers import DSBlock
-from mmdsnet.models.layers.ds_block import merge_heads, split_heads
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'visualize_attention.py')
@@ -24,13 +24,13 @@ TINY_ARCH = dict(embed_dims=[16, 32, 40, 64], depths=[1, 2, 1, 1], num_heads=[1,
 
 def random_dsnet(**kwargs):
     torch.manual_seed(0)
-    model = DSNet(arch=kwargs.pop('arch', TINY_ARCH), drop_path_rate=0., **kwargs)
+    model = DSNet(arch=kwargs.pop('arch', TINY_ARCH), drop_path_rate=0.0, **kwargs)
     model.init_weights()
     # Non-trivial BN statistics, so eval mode is not an identity.
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.)
+            module.running_var.uniform_(0.5, 2.0)
     return model.eval()
 
 
@@ -72,7 +72,8 @@ def test_block_maps_are_the_ones_the_fused_kernel_applies(monkeypatch):
     # global keys, then global queries over local keys.
     assert len(calls) == 3
     for probs, (value, out) in zip(
-            (maps.global_self, maps.local_to_global, maps.global_to_local), calls):
+        (maps.global_self, maps.local_to_global, maps.global_to_local), calls
+    ):
         torch.testing.assert_close(probs @ value, out, atol=1e-5, rtol=1e-4)
     assert maps.global_self.shape == (2, 2, 15, 15)
     assert maps.local_to_global.shape == (2, 2, 240, 15)
@@ -95,8 +96,7 @@ def test_norm_ratios_match_the_alignment():
     local_ref = (local - seen['local']).norm(dim=1) / seen['local'].norm(dim=1)
     global_ref = (tokens - seen['tokens']).norm(dim=-1) / seen['tokens'].norm(dim=-1)
     torch.testing.assert_close(maps.local_ratio, local_ref, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(maps.global_ratio, global_ref.reshape(1, 4, 3),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(maps.global_ratio, global_ref.reshape(1, 4, 3), atol=1e-5, rtol=1e-4)
     assert maps.global_self is None and maps.local_to_global is None
 
 
@@ -111,13 +111,18 @@ def test_backbone_maps_follow_the_input_size(height, width):
             result = model.forward_attention(x, stage, block=-1, ratio_blocks='last')
             stride = model.strides[stage]
             map_h, map_w = pad_h // stride, pad_w // stride
-            grid = (max(1, map_h // model.global_resize[stage]),
-                    max(1, map_w // model.global_resize[stage]))
+            grid = (
+                max(1, map_h // model.global_resize[stage]),
+                max(1, map_w // model.global_resize[stage]),
+            )
             maps = result.maps
             assert result.input_size == (height, width)
             assert result.padded_size == (pad_h, pad_w)
             assert (result.block, maps.map_size, maps.grid_size) == (
-                model.depths[stage] - 1, (map_h, map_w), grid)
+                model.depths[stage] - 1,
+                (map_h, map_w),
+                grid,
+            )
             pixels, tokens, heads = map_h * map_w, grid[0] * grid[1], model.num_heads[stage]
             assert maps.local_to_global.shape == (1, heads, pixels, tokens)
             assert maps.global_to_local.shape == (1, heads, tokens, pixels)
@@ -128,8 +133,11 @@ def test_backbone_maps_follow_the_input_size(height, width):
             assert sorted(result.stage_ratios) == [0, 1, 2, 3]
             for i, (block, ratios) in result.stage_ratios.items():
                 assert block == model.depths[i] - 1
-                assert ratios.local_ratio.shape == (1, pad_h // model.strides[i],
-                                                    pad_w // model.strides[i])
+                assert ratios.local_ratio.shape == (
+                    1,
+                    pad_h // model.strides[i],
+                    pad_w // model.strides[i],
+                )
                 assert torch.all(ratios.local_ratio > 0)
     # The ordinary forward is unchanged after recording.
     with torch.no_grad():
@@ -164,18 +172,21 @@ def test_point_geometry_on_odd_input():
     assert result.maps.map_size == (32, 40) and result.maps.grid_size == (4, 5)
     assert result.pixel_index(129, 96) == 24 * 40 + 32
     assert result.token_index(129, 96) == 3 * 5 + 4
-    assert result.token_cell(19) == (128., 96., 32., 32.)
+    assert result.token_cell(19) == (128.0, 96.0, 32.0, 32.0)
     with pytest.raises(ValueError, match='outside the 130x97'):
         result.pixel_index(130, 10)
 
 
-@pytest.mark.parametrize('kwargs,message', [
-    (dict(stage=4), r'stage must be an int in 0\.\.3'),
-    (dict(stage=1, block=2), r'stage 1 has 2 blocks'),
-    (dict(stage=1, block=-3), r'stage 1 has 2 blocks'),
-    (dict(stage=0, ratio_blocks=1), r"ratio_blocks must be None, 'last'"),
-    (dict(stage=0, ratio_blocks='first'), r"ratio_blocks must be None, 'last'"),
-])
+@pytest.mark.parametrize(
+    'kwargs,message',
+    [
+        (dict(stage=4), r'stage must be an int in 0\.\.3'),
+        (dict(stage=1, block=2), r'stage 1 has 2 blocks'),
+        (dict(stage=1, block=-3), r'stage 1 has 2 blocks'),
+        (dict(stage=0, ratio_blocks=1), r"ratio_blocks must be None, 'last'"),
+        (dict(stage=0, ratio_blocks='first'), r"ratio_blocks must be None, 'last'"),
+    ],
+)
 def test_forward_attention_rejects_bad_choices(kwargs, message):
     model = random_dsnet()
     with pytest.raises(ValueError, match=message):
@@ -187,16 +198,16 @@ def test_forward_attention_respects_built_stages():
     with pytest.raises(ValueError, match=r'0\.\.1 .*out_indices=\(0, 1\)'):
         model.forward_attention(torch.randn(1, 3, 64, 64), stage=2)
     with torch.no_grad():
-        result = model.forward_attention(torch.randn(1, 3, 64, 64), stage=1,
-                                         ratio_blocks='last')
+        result = model.forward_attention(torch.randn(1, 3, 64, 64), stage=1, ratio_blocks='last')
     assert sorted(result.stage_ratios) == [0, 1]
 
 
 def write_image(path, height, width):
     import mmcv
+
     rng = np.random.default_rng(0)
     image = np.full((height, width, 3), 230, np.uint8)
-    image[height // 4:height // 2, width // 3:2 * width // 3] = (30, 30, 200)
+    image[height // 4 : height // 2, width // 3 : 2 * width // 3] = (30, 30, 200)
     image += rng.integers(0, 20, image.shape, dtype=np.uint8)
     mmcv.imwrite(image, str(path))
     return str(path)
@@ -213,13 +224,33 @@ def tiny_backbone_config(tmp_path, **extra):
 def test_tool_writes_pngs_in_a_fresh_process(tmp_path):
     image = write_image(tmp_path / 'image.png', 97, 130)
     out_dir = tmp_path / 'maps'
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [ROOT, os.environ.get('PYTHONPATH', '')]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
     proc = subprocess.run(
-        [sys.executable, TOOL, osp.join(ROOT, 'configs', 'mask_rcnn_dsnet_t_fpn_1x_coco.py'),
-         'none', image, '--out-dir', str(out_dir), '--stage', '2', '--block', '1',
-         '--points', '10,90', '129,0', '--size', '130', '--device', 'cpu'],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            TOOL,
+            osp.join(ROOT, 'configs', 'mask_rcnn_dsnet_t_fpn_1x_coco.py'),
+            'none',
+            image,
+            '--out-dir',
+            str(out_dir),
+            '--stage',
+            '2',
+            '--block',
+            '1',
+            '--points',
+            '10,90',
+            '129,0',
+            '--size',
+            '130',
+            '--device',
+            'cpu',
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'stage 2 block 1: local map 20x16, global grid 5x4' in proc.stdout
     for name in ('local_to_global.png', 'global_tokens.png', 'alignment_ratio.png'):
@@ -235,9 +266,12 @@ def test_tool_loads_a_runner_checkpoint(tmp_path):
         for param in trained.parameters():
             param.add_(0.5)
     checkpoint = tmp_path / 'epoch_1.pth'
-    torch.save({'meta': {}, 'state_dict': {f'backbone.{k}': v for k, v in
-                                           trained.state_dict().items()}}, checkpoint)
+    torch.save(
+        {'meta': {}, 'state_dict': {f'backbone.{k}': v for k, v in trained.state_dict().items()}},
+        checkpoint,
+    )
     from mmengine.config import Config
+
     cfg = Config.fromfile(config)
     model = tool.build_backbone(cfg, config, str(checkpoint))
     for key, value in trained.state_dict().items():
@@ -249,6 +283,7 @@ def test_tool_refuses_a_checkpoint_of_another_model(tmp_path):
     tool = load_tool()
     config = tiny_backbone_config(tmp_path)
     from mmengine.config import Config
+
     cfg = Config.fromfile(config)
     with pytest.raises(SystemExit, match='checkpoint not found: .*missing.pth'):
         tool.build_backbone(cfg, config, str(tmp_path / 'missing.pth'))
@@ -262,8 +297,10 @@ def test_tool_resizes_and_normalises_like_the_config(tmp_path):
     tool = load_tool()
     image = write_image(tmp_path / 'image.png', 60, 200)
     config = tiny_backbone_config(
-        tmp_path, test_pipeline=[dict(type='Resize', scale=(100, 100), keep_ratio=True)])
+        tmp_path, test_pipeline=[dict(type='Resize', scale=(100, 100), keep_ratio=True)]
+    )
     from mmengine.config import Config
+
     cfg = Config.fromfile(config)
     original, inputs = tool.prepare_image(cfg, image, size=None)
     assert original.shape == (60, 200, 3)
@@ -274,13 +311,16 @@ def test_tool_resizes_and_normalises_like_the_config(tmp_path):
     assert abs(float(inputs.mean())) < 2
 
 
-@pytest.mark.parametrize('argv,message', [
-    (['--stage', '5'], r'--stage must be in 1\.\.4'),
-    (['--stage', '2', '--block', '3'], r'stage 2 has 2 blocks'),
-    (['--points', '130,5'], r'point 130,5 lies outside the 130x97'),
-    (['--points', '3'], r'--points takes x,y pairs'),
-    (['--head', '2'], r'stage 1 has 1 heads'),
-])
+@pytest.mark.parametrize(
+    'argv,message',
+    [
+        (['--stage', '5'], r'--stage must be in 1\.\.4'),
+        (['--stage', '2', '--block', '3'], r'stage 2 has 2 blocks'),
+        (['--points', '130,5'], r'point 130,5 lies outside the 130x97'),
+        (['--points', '3'], r'--points takes x,y pairs'),
+        (['--head', '2'], r'stage 1 has 1 heads'),
+    ],
+)
 def test_tool_bad_choices_exit_with_a_message(tmp_path, argv, message):
     tool = load_tool()
     image = write_image(tmp_path / 'image.png', 97, 130)
@@ -295,5 +335,12 @@ def test_tool_refuses_a_backbone_that_is_not_dsnet(tmp_path):
     tool = load_tool()
     image = write_image(tmp_path / 'image.png', 64, 64)
     with pytest.raises(SystemExit, match='its backbone is ResNet, not DSNet'):
-        tool.main(['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', 'none', image,
-                   '--out-dir', str(tmp_path / 'out')])
+        tool.main(
+            [
+                'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+                'none',
+                image,
+                '--out-dir',
+                str(tmp_path / 'out'),
+            ]
+        )

@@ -1,5 +1,6 @@
 """mmdet's DetInferencer and mmseg's MMSegInferencer with the project's configs and
 checkpoints, the way mmdet and mmseg users run inference (docs/visualization.md)."""
+
 import json
 import os.path as osp
 
@@ -37,8 +38,14 @@ def random_checkpoint(config_path, path):
     hub = MessageHub.get_instance('test_inferencers')
     hub.update_scalar('train/loss', 1.5)
     metainfo = dict(cfg.train_dataloader.dataset.metainfo)  # classes and palette
-    torch.save(dict(meta=dict(cfg=cfg.pretty_text, epoch=1, iter=2, dataset_meta=metainfo),
-                    state_dict=model.state_dict(), message_hub=hub.state_dict()), path)
+    torch.save(
+        dict(
+            meta=dict(cfg=cfg.pretty_text, epoch=1, iter=2, dataset_meta=metainfo),
+            state_dict=model.state_dict(),
+            message_hub=hub.state_dict(),
+        ),
+        path,
+    )
     return str(path), metainfo['classes']
 
 
@@ -59,7 +66,7 @@ def det_checkpoint(tmp_path_factory):
 
 
 def run_det_inferencer(inferencer, image, out_dir):
-    results = inferencer(image, out_dir=str(out_dir), pred_score_thr=0., no_save_pred=False)
+    results = inferencer(image, out_dir=str(out_dir), pred_score_thr=0.0, no_save_pred=False)
     prediction = results['predictions'][0]
     drawn = mmcv.imread(osp.join(out_dir, 'vis', osp.basename(image)))
     assert drawn.shape == (96, 128, 3)
@@ -70,6 +77,7 @@ def run_det_inferencer(inferencer, image, out_dir):
 
 def test_det_inferencer_with_config_and_checkpoint(image, det_checkpoint, tmp_path):
     from mmdet.apis import DetInferencer
+
     checkpoint, classes = det_checkpoint
     inferencer = DetInferencer(model=DET_CONFIG, weights=checkpoint, device='cpu')
     assert inferencer.model.backbone.__class__.__name__ == 'DSNet'
@@ -84,18 +92,23 @@ def test_det_inferencer_from_the_checkpoint_alone(image, det_checkpoint, tmp_pat
     """weights= only: the config comes from the checkpoint's meta; needs mmdsnet imported
     (model registry, and the Runner's types allowed by torch.load on torch >= 2.6)."""
     from mmdet.apis import DetInferencer
+
     checkpoint, _ = det_checkpoint
-    alone = run_det_inferencer(DetInferencer(weights=checkpoint, device='cpu'), image,
-                               tmp_path / 'alone')
+    alone = run_det_inferencer(
+        DetInferencer(weights=checkpoint, device='cpu'), image, tmp_path / 'alone'
+    )
     with_config = run_det_inferencer(
-        DetInferencer(model=DET_CONFIG, weights=checkpoint, device='cpu'), image,
-        tmp_path / 'config')
+        DetInferencer(model=DET_CONFIG, weights=checkpoint, device='cpu'),
+        image,
+        tmp_path / 'config',
+    )
     np.testing.assert_allclose(alone['bboxes'], with_config['bboxes'], atol=1e-3)
     assert alone['labels'] == with_config['labels']
 
 
 def test_seg_inferencer_with_config_and_checkpoint(image, tmp_path):
     from mmseg.apis import MMSegInferencer
+
     checkpoint, classes = random_checkpoint(SEG_CONFIG, tmp_path / 'random.pth')
     inferencer = MMSegInferencer(model=SEG_CONFIG, weights=checkpoint, device='cpu')
     assert inferencer.model.backbone.__class__.__name__ == 'DSNet'

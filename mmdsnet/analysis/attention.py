@@ -13,6 +13,7 @@ Maps are named query -> key, as the DS-Net paper names the co-attention:
 global tokens (keys). ``DSBlock._align`` names the same call ``global_to_local``
 after the direction in which the values flow (global values into local pixels).
 """
+
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -26,7 +27,7 @@ def attention_probs(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) in float32: (B, heads, Lq, d) x (B, heads, Lk, d)
     -> (B, heads, Lq, Lk), the map ``F.scaled_dot_product_attention`` applies."""
     query, key = query.float(), key.float()
-    scores = query @ key.transpose(-2, -1) * query.shape[-1]**-0.5
+    scores = query @ key.transpose(-2, -1) * query.shape[-1] ** -0.5
     return scores.softmax(dim=-1)
 
 
@@ -48,6 +49,7 @@ class BlockAttention:
         local_ratio: (B, H, W) ||local after alignment - before|| / ||before||.
         global_ratio: (B, gh, gw) the same for the global tokens.
     """
+
     map_size: Tuple[int, int]
     grid_size: Tuple[int, int]
     global_self: Optional[torch.Tensor] = None
@@ -78,8 +80,10 @@ class AttentionRecorder:
 
     def _store(self, name: str, value) -> None:
         if name in self._seen:
-            raise RuntimeError(f'AttentionRecorder: {name} ran twice in one DSBlock forward; '
-                               'record one forward per recorder')
+            raise RuntimeError(
+                f'AttentionRecorder: {name} ran twice in one DSBlock forward; '
+                'record one forward per recorder'
+            )
         self._seen[name] = value
 
     def _output_hook(self, name, transform):
@@ -93,15 +97,24 @@ class AttentionRecorder:
         self._seen.clear()
         hooks = [(block, 'pre', 'size', lambda x: tuple(x.shape[-2:]))]
         if self.with_maps:
-            hooks.append((block.channel_up, 'post', 'self_qk',
-                          lambda out: split_heads(out, heads)[:2]))
+            hooks.append(
+                (block.channel_up, 'post', 'self_qk', lambda out: split_heads(out, heads)[:2])
+            )
         if block.with_alignment:
             if self.with_maps:
                 hooks += [
-                    (block.cross_channel_up_conv, 'post', 'local_qk',
-                     lambda out: split_heads(to_tokens(out), heads)[:2]),
-                    (block.cross_channel_up_sa, 'post', 'global_qk',
-                     lambda out: split_heads(out, heads)[:2]),
+                    (
+                        block.cross_channel_up_conv,
+                        'post',
+                        'local_qk',
+                        lambda out: split_heads(to_tokens(out), heads)[:2],
+                    ),
+                    (
+                        block.cross_channel_up_sa,
+                        'post',
+                        'global_qk',
+                        lambda out: split_heads(out, heads)[:2],
+                    ),
                 ]
             # Norm per pixel / token of the stream before the alignment and of
             # what the alignment adds to it (the fuse projections' outputs).
@@ -126,9 +139,11 @@ class AttentionRecorder:
 
     def _get(self, name: str):
         if name not in self._seen:
-            raise RuntimeError(f'AttentionRecorder: the DSBlock forward did not produce '
-                               f'{name!r}; run the block inside the recorder (or the block '
-                               'no longer uses the hooked submodules)')
+            raise RuntimeError(
+                f'AttentionRecorder: the DSBlock forward did not produce '
+                f'{name!r}; run the block inside the recorder (or the block '
+                'no longer uses the hooked submodules)'
+            )
         return self._seen[name]
 
     def result(self) -> BlockAttention:
@@ -148,11 +163,12 @@ class AttentionRecorder:
             result.global_to_local = attention_probs(q_g, k_l)
         batch = self._get('local_norm').shape[0]
         eps = torch.finfo(torch.float32).tiny
-        result.local_ratio = (self._get('local_delta').float().reshape(batch, *size)
-                              / self._get('local_norm').float().clamp_min(eps))
-        result.global_ratio = (self._get('global_delta').float()
-                               / self._get('global_norm').float().clamp_min(eps)
-                               ).reshape(batch, *grid)
+        result.local_ratio = self._get('local_delta').float().reshape(batch, *size) / self._get(
+            'local_norm'
+        ).float().clamp_min(eps)
+        result.global_ratio = (
+            self._get('global_delta').float() / self._get('global_norm').float().clamp_min(eps)
+        ).reshape(batch, *grid)
         return result
 
 
@@ -173,6 +189,7 @@ class BackboneAttention:
         stage_ratios: Stage index -> (block index, ``BlockAttention`` holding
             norm ratios) for every stage asked for with ``ratio_blocks``.
     """
+
     stage: int
     block: int
     stride: int
