@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # detection (default) or segmentation: `make demo TASK=seg`
 TASK ?= det
 
-.PHONY: install test demo
+.PHONY: install test demo lint
 
 install:
 	PYTHON=$(PYTHON) bash tools/install_env.sh
@@ -19,3 +19,9 @@ test: install
 # hand them the .venv one, not the one that created it.
 demo: install
 	PYTHON=$(abspath $(PY)) bash tools/demo.sh $(TASK)
+
+# ruff (pinned in requirements/constraints.txt), configured in pyproject.toml:
+# lint rules and the formatter's check over the whole repo.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
