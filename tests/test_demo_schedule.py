@@ -7,6 +7,7 @@ its param schedulers, epoch-based ones converted to iterations), then stepped
 as ParamSchedulerHook steps it. Only the world size seen by the sampler is
 faked; nothing is trained.
 """
+
 import os.path as osp
 from unittest import mock
 
@@ -25,6 +26,7 @@ NUM_TRAIN = 64  # make_demo_data's default, what `make demo` trains on
 @pytest.fixture(scope='module')
 def demo_root(tmp_path_factory):
     from mmdsnet.testing.synthetic_data import generate_demo_data
+
     root = tmp_path_factory.mktemp('demo_data')
     generate_demo_data(str(root), num_train=NUM_TRAIN, num_val=4)
     return root
@@ -33,14 +35,19 @@ def demo_root(tmp_path_factory):
 def build_schedule(task, world_size, demo_root, work_dir):
     """(train loop, param schedulers, config) of the demo config at ``world_size``."""
     from mmengine.runner import Runner
+
     path, subdir = CONFIGS[task]
     cfg = Config.fromfile(osp.join(REPO_ROOT, path))
     cfg.train_dataloader.dataset.data_root = osp.join(str(demo_root), subdir) + '/'
     runner = Runner(
-        model=torch.nn.Linear(1, 1), work_dir=str(work_dir),
-        train_dataloader=cfg.train_dataloader, train_cfg=cfg.train_cfg,
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=1.)),
-        param_scheduler=cfg.param_scheduler, default_scope=cfg.default_scope)
+        model=torch.nn.Linear(1, 1),
+        work_dir=str(work_dir),
+        train_dataloader=cfg.train_dataloader,
+        train_cfg=cfg.train_cfg,
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=1.0)),
+        param_scheduler=cfg.param_scheduler,
+        default_scope=cfg.default_scope,
+    )
     with mock.patch('mmengine.dataset.sampler.get_dist_info', return_value=(0, world_size)):
         loop = runner.train_loop  # builds the dataloader: the sampler sees world_size
     runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
@@ -93,7 +100,7 @@ def test_warmup_shorter_than_run(task, world_size, demo_root, tmp_path, drop_run
     assert warmup.end - per_epoch <= peak <= warmup.end
     assert lrs[0] == pytest.approx(warmup.start_factor, rel=0.05)
     assert lrs[peak] > 0.5
-    assert all(a >= b for a, b in zip(lrs[warmup.end:], lrs[warmup.end + 1:]))
+    assert all(a >= b for a, b in zip(lrs[warmup.end :], lrs[warmup.end + 1 :]))
     assert lrs[-1] < 0.1 * lrs[peak]
 
 

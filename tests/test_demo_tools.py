@@ -1,6 +1,7 @@
 """tools/misc/demo_console.py (what reaches the demo's console) and
 tools/misc/demo_summary.py (curves, summary, learning check) on small
 hand-made logs."""
+
 import importlib.util
 import json
 import os.path as osp
@@ -17,8 +18,10 @@ def load_tool(name):
     return module
 
 
-PROGRESS = ('11/24 13:49:23 - mmengine - INFO - Epoch(train) [1][4/8]  lr: 7.0612e-05  '
-            'eta: 0:00:42  loss: 7.4714\n')
+PROGRESS = (
+    '11/24 13:49:23 - mmengine - INFO - Epoch(train) [1][4/8]  lr: 7.0612e-05  '
+    'eta: 0:00:42  loss: 7.4714\n'
+)
 CONSOLE = [
     '/x/package_utils.py:17: UserWarning: pkg_resources is deprecated as an API.\n',
     '  import pkg_resources\n',
@@ -28,7 +31,7 @@ CONSOLE = [
     'System environment:\n',
     '    sys.platform: linux\n',
     '11/24 13:48:38 - mmengine - INFO - Config:\n',
-    "model = dict(\n",
+    'model = dict(\n',
     "    type='MaskRCNN')\n",
     '11/24 13:48:40 - mmengine - INFO - paramwise_options -- neck.norm.bias:weight_decay=0.0\n',
     PROGRESS,
@@ -44,16 +47,25 @@ def test_console_keeps_progress_and_drops_dumps():
     console = load_tool('demo_console').ConsoleFilter()
     shown = list(console.run(CONSOLE))
     assert shown == [CONSOLE[2], PROGRESS, 'something a library printed\n']
-    assert console.dropped == {'library warnings': 2, 'environment and metric tables': 4,
-                               'config': 3, 'optimizer settings': 1, 'evaluation tables': 4}
+    assert console.dropped == {
+        'library warnings': 2,
+        'environment and metric tables': 4,
+        'config': 3,
+        'optimizer settings': 1,
+        'evaluation tables': 4,
+    }
     assert 'config 3' in console.report()
 
 
 def test_console_never_hides_an_error_inside_a_dump():
     console = load_tool('demo_console').ConsoleFilter()
-    lines = ['11/24 13:48:38 - mmengine - INFO - Config:\n', "model = dict(\n",
-             'Traceback (most recent call last):\n', '  File "train.py", line 3\n',
-             'ValueError: bad arch\n']
+    lines = [
+        '11/24 13:48:38 - mmengine - INFO - Config:\n',
+        'model = dict(\n',
+        'Traceback (most recent call last):\n',
+        '  File "train.py", line 3\n',
+        'ValueError: bad arch\n',
+    ]
     shown = list(console.run(lines))
     assert shown == lines[2:]
 
@@ -62,20 +74,34 @@ def write_run(work_dir, bbox_maps, losses, test_bbox_map, pictures=2):
     """A work dir as tools/demo.sh leaves it, with the given figures."""
     run = work_dir / '20261124_134837'
     (run / 'vis_data').mkdir(parents=True)
-    records = [dict(lr=1e-3, loss=loss, loss_cls=loss / 2, loss_mask=loss / 2, epoch=1 + i // 2,
-                    iter=4 * (i + 1), step=4 * (i + 1)) for i, loss in enumerate(losses)]
-    records += [{'coco/bbox_mAP': m, 'coco/segm_mAP': m + 0.1, 'step': 5 * (i + 1)}
-                for i, m in enumerate(bbox_maps)]
+    records = [
+        dict(
+            lr=1e-3,
+            loss=loss,
+            loss_cls=loss / 2,
+            loss_mask=loss / 2,
+            epoch=1 + i // 2,
+            iter=4 * (i + 1),
+            step=4 * (i + 1),
+        )
+        for i, loss in enumerate(losses)
+    ]
+    records += [
+        {'coco/bbox_mAP': m, 'coco/segm_mAP': m + 0.1, 'step': 5 * (i + 1)}
+        for i, m in enumerate(bbox_maps)
+    ]
     (run / 'vis_data' / 'scalars.json').write_text('\n'.join(map(json.dumps, records)))
     (run / '20261124_134837.log').write_text('log')
     test = work_dir / 'test' / '20261124_140000'
     test.mkdir(parents=True)
     (test / '20261124_140000.json').write_text(
-        json.dumps({'coco/bbox_mAP': test_bbox_map, 'coco/segm_mAP': 0.7, 'step': 0}))
+        json.dumps({'coco/bbox_mAP': test_bbox_map, 'coco/segm_mAP': 0.7, 'step': 0})
+    )
     (work_dir / 'epoch_20.pth').write_bytes(b'')
     (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_20.pth'))
     (work_dir / 'demo.py').write_text(
-        "default_hooks = dict(visualization=dict(type='DetVisualizationHook', score_thr=0.3))\n")
+        "default_hooks = dict(visualization=dict(type='DetVisualizationHook', score_thr=0.3))\n"
+    )
     predictions = work_dir / 'pictures' / 'predictions'
     predictions.mkdir(parents=True)
     for i in range(pictures):
@@ -85,14 +111,16 @@ def write_run(work_dir, bbox_maps, losses, test_bbox_map, pictures=2):
 
 def run_summary(work_dir, predictions, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        load_tool('demo_summary').main([str(work_dir), '--task', 'det', '--pred-dir',
-                                        str(predictions), '--nproc', '2'])
+        load_tool('demo_summary').main(
+            [str(work_dir), '--task', 'det', '--pred-dir', str(predictions), '--nproc', '2']
+        )
     return exit_info.value.code, capsys.readouterr().out
 
 
 def test_summary_draws_curves_and_passes_a_learning_run(tmp_path, capsys):
-    predictions = write_run(tmp_path, [0.2, 0.5, 0.6, 0.65], [5., 3., 2., 1., .8, .6, .5, .4,
-                                                              .4, .3], 0.65)
+    predictions = write_run(
+        tmp_path, [0.2, 0.5, 0.6, 0.65], [5.0, 3.0, 2.0, 1.0, 0.8, 0.6, 0.5, 0.4, 0.4, 0.3], 0.65
+    )
     code, out = run_summary(tmp_path, predictions, capsys)
     assert code == 0
     curves = tmp_path / 'pictures' / 'training_curves.png'
@@ -103,13 +131,17 @@ def test_summary_draws_curves_and_passes_a_learning_run(tmp_path, capsys):
     assert out.rstrip().endswith('PASS')
 
 
-@pytest.mark.parametrize('losses,test_map,pictures', [
-    ([1., 2.], 0.65, 2),  # loss rose
-    ([2., 1.], 0.1, 2),  # mAP under the threshold
-    ([2., 1.], 0.65, 0),  # nothing drawn
-])
-def test_summary_fails_a_run_without_learning_or_pictures(tmp_path, capsys, losses, test_map,
-                                                          pictures):
+@pytest.mark.parametrize(
+    'losses,test_map,pictures',
+    [
+        ([1.0, 2.0], 0.65, 2),  # loss rose
+        ([2.0, 1.0], 0.1, 2),  # mAP under the threshold
+        ([2.0, 1.0], 0.65, 0),  # nothing drawn
+    ],
+)
+def test_summary_fails_a_run_without_learning_or_pictures(
+    tmp_path, capsys, losses, test_map, pictures
+):
     predictions = write_run(tmp_path, [0.1], losses, test_map, pictures)
     code, out = run_summary(tmp_path, predictions, capsys)
     assert code == 1 and out.rstrip().endswith('FAIL')

@@ -6,8 +6,9 @@ _base_ = '../fpn_dsnet-t_4xb8-40k_ade20k-512x512.py'
 
 data_root = 'data/demo/seg/'
 classes = ('background', 'circle', 'square', 'triangle')
-metainfo = dict(classes=classes,
-                palette=[(120, 120, 120), (215, 50, 45), (45, 170, 60), (50, 80, 210)])
+metainfo = dict(
+    classes=classes, palette=[(120, 120, 120), (215, 50, 45), (45, 170, 60), (50, 80, 210)]
+)
 crop_size = (256, 256)
 # BN (not SyncBN): BN statistics are learned from scratch here; SyncBN would
 # be reverted to BN on CPU anyway.
@@ -15,8 +16,9 @@ norm_cfg = dict(type='BN', requires_grad=True)
 
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(drop_path_rate=0., norm_cfg=norm_cfg, norm_eval=False, init_cfg=None),
-    decode_head=dict(num_classes=len(classes), norm_cfg=norm_cfg))
+    backbone=dict(drop_path_rate=0.0, norm_cfg=norm_cfg, norm_eval=False, init_cfg=None),
+    decode_head=dict(num_classes=len(classes), norm_cfg=norm_cfg),
+)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -31,18 +33,36 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
-dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo,
-               img_suffix='.png', seg_map_suffix='.png', reduce_zero_label=True)
+dataset = dict(
+    type='BaseSegDataset',
+    data_root=data_root,
+    metainfo=metainfo,
+    img_suffix='.png',
+    seg_map_suffix='.png',
+    reduce_zero_label=True,
+)
 train_dataloader = dict(
-    batch_size=4, num_workers=0, persistent_workers=False,
+    batch_size=4,
+    num_workers=0,
+    persistent_workers=False,
     # Epochs, not mmseg's endless sampler: the schedule below is in epochs.
     sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(**dataset, pipeline=train_pipeline,
-                 data_prefix=dict(img_path='images/train', seg_map_path='annotations/train')))
+    dataset=dict(
+        **dataset,
+        pipeline=train_pipeline,
+        data_prefix=dict(img_path='images/train', seg_map_path='annotations/train'),
+    ),
+)
 val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(**dataset, pipeline=test_pipeline,
-                 data_prefix=dict(img_path='images/val', seg_map_path='annotations/val')))
+    batch_size=1,
+    num_workers=0,
+    persistent_workers=False,
+    dataset=dict(
+        **dataset,
+        pipeline=test_pipeline,
+        data_prefix=dict(img_path='images/val', seg_map_path='annotations/val'),
+    ),
+)
 test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
@@ -54,14 +74,26 @@ test_evaluator = val_evaluator
 # (tests/test_demo_schedule.py).
 max_epochs = 30
 warmup_epochs = 2.5
-train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=max_epochs,
-                 val_interval=5)
+train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=5)
 optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.01))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=True, begin=0, end=warmup_epochs,
-         convert_to_iter_based=True),
-    dict(type='PolyLR', eta_min=0., power=0.9, by_epoch=True, begin=warmup_epochs,
-         end=max_epochs, convert_to_iter_based=True),
+    dict(
+        type='LinearLR',
+        start_factor=0.01,
+        by_epoch=True,
+        begin=0,
+        end=warmup_epochs,
+        convert_to_iter_based=True,
+    ),
+    dict(
+        type='PolyLR',
+        eta_min=0.0,
+        power=0.9,
+        by_epoch=True,
+        begin=warmup_epochs,
+        end=max_epochs,
+        convert_to_iter_based=True,
+    ),
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 default_hooks = dict(
@@ -69,7 +101,8 @@ default_hooks = dict(
     checkpoint=dict(by_epoch=True, interval=10, max_keep_ckpts=1),
     # Drawn only when tools/test.py gets --show-dir; interval=1 draws every
     # image (mmseg's default of 50 would draw none of the 16).
-    visualization=dict(type='SegVisualizationHook', interval=1))
+    visualization=dict(type='SegVisualizationHook', interval=1),
+)
 # Progress by epoch; each logged loss is the mean over its 4 iterations.
 log_processor = dict(by_epoch=True, window_size=4)
 # BN statistics are per process under DDP: average them after every epoch, so

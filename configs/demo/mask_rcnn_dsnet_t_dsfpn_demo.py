@@ -13,24 +13,25 @@ model = dict(
     data_preprocessor=dict(pad_size_divisor=32),
     backbone=dict(
         arch='tiny',
-        drop_path_rate=0.,
+        drop_path_rate=0.0,
         # No ImageNet weights offline: train from scratch, so BN must learn
         # its statistics (norm_eval=False). BN (not SyncBN) also runs with
         # several CPU processes.
         norm_eval=False,
-        init_cfg=None),
+        init_cfg=None,
+    ),
     neck=dict(ds_norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)),
     rpn_head=dict(anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0])),
     roi_head=dict(
-        bbox_head=dict(num_classes=len(classes)),
-        mask_head=dict(num_classes=len(classes))),
+        bbox_head=dict(num_classes=len(classes)), mask_head=dict(num_classes=len(classes))
+    ),
     train_cfg=dict(
         rpn=dict(sampler=dict(num=128)),
         rpn_proposal=dict(nms_pre=600, max_per_img=200),
-        rcnn=dict(sampler=dict(num=64))),
-    test_cfg=dict(
-        rpn=dict(nms_pre=300, max_per_img=100),
-        rcnn=dict(max_per_img=20)))
+        rcnn=dict(sampler=dict(num=64)),
+    ),
+    test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100), rcnn=dict(max_per_img=20)),
+)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -43,25 +44,39 @@ test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_scale, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'),
+    ),
 ]
 # Settings shared by the train and val loaders (one process loads, no workers).
 loader = dict(num_workers=0, persistent_workers=False)
 split = dict(data_root=data_root, metainfo=metainfo)
 train_dataloader = dict(
-    **loader, batch_size=4,
-    dataset=dict(**split, ann_file='annotations/instances_train.json',
-                 data_prefix=dict(img='train/'), pipeline=train_pipeline))
+    **loader,
+    batch_size=4,
+    dataset=dict(
+        **split,
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='train/'),
+        pipeline=train_pipeline,
+    ),
+)
 # Evaluate one image at a time: a batch is zero-padded to its largest image and
 # DS-Net's global stream attends over the padding, so batched AP depends on
 # which images share a batch (docs/demo.md measures it). At batch 1 the
 # end-of-training validation and tools/test.py see identical inputs for any
 # number of processes.
 val_dataloader = dict(
-    **loader, batch_size=1,
-    dataset=dict(**split, ann_file='annotations/instances_val.json',
-                 data_prefix=dict(img='val/'), pipeline=test_pipeline))
+    **loader,
+    batch_size=1,
+    dataset=dict(
+        **split,
+        ann_file='annotations/instances_val.json',
+        data_prefix=dict(img='val/'),
+        pipeline=test_pipeline,
+    ),
+)
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
@@ -69,8 +84,9 @@ test_evaluator = val_evaluator
 max_epochs = 20
 # Validate every 5 epochs: the mAP curve (work_dir/pictures) gets 4 points.
 train_cfg = dict(max_epochs=max_epochs, val_interval=5)
-optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05),
-                     clip_grad=dict(max_norm=10., norm_type=2))
+optim_wrapper = dict(
+    optimizer=dict(lr=1e-3, weight_decay=0.05), clip_grad=dict(max_norm=10.0, norm_type=2)
+)
 # The schedule is in epochs, so it is the same for any number of processes or
 # GPUs; only the iterations per epoch change (the 57 training images with
 # objects / (4 x processes), rounded up).
@@ -79,8 +95,14 @@ optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05),
 # (tests/test_demo_schedule.py).
 warmup_epochs = 6.25
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=True, begin=0, end=warmup_epochs,
-         convert_to_iter_based=True),
+    dict(
+        type='LinearLR',
+        start_factor=0.01,
+        by_epoch=True,
+        begin=0,
+        end=warmup_epochs,
+        convert_to_iter_based=True,
+    ),
     dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs, eta_min=1e-5),
 ]
 # 8 images per step (2 processes x 4); auto_scale_lr stays off.
@@ -91,7 +113,8 @@ default_hooks = dict(
     checkpoint=dict(interval=4, max_keep_ckpts=1),
     # Drawn only when tools/test.py gets --show-dir: every test image, ground
     # truth left and prediction right, boxes and masks scoring >= score_thr.
-    visualization=dict(type='DetVisualizationHook', score_thr=0.3))
+    visualization=dict(type='DetVisualizationHook', score_thr=0.3),
+)
 # Each logged loss is the mean over its 4 iterations (mmdet's default smooths over
 # 50, a third of this run), so the loss curves follow the training closely.
 log_processor = dict(window_size=4)

@@ -12,6 +12,7 @@ console, together with Python warnings from the libraries, and prints a
 one-line count at the end. Errors, tracebacks and anything it does not
 recognise pass through unchanged.
 """
+
 import argparse
 import re
 import sys
@@ -50,7 +51,8 @@ CHATTER = re.compile(
     r'index created!|Loading and preparing results\.\.\.|DONE \(t=[\d.]+s\)\.?|'
     r'Running per image evaluation\.\.\.|Evaluate annotation type \*\w+\*|'
     r'Accumulating evaluation results\.\.\.|'
-    r' Average (Precision|Recall) +\((AP|AR)\) @\[.*)$')
+    r' Average (Precision|Recall) +\((AP|AR)\) @\[.*)$'
+)
 
 
 class ConsoleFilter:
