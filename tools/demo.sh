@@ -13,6 +13,7 @@
 # Env: PYTHON  interpreter that runs the demo (default: the repo's .venv; `make
 #              demo` passes it, its own PYTHON only creates .venv)
 #      NPROC   processes (default: one per GPU, else 2)
+#      PORT    port of the process group (default on one node: a free one)
 #      WORK_DIR a fresh work dir instead of the timestamped one (must not hold files)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,6 +60,14 @@ mkdir -p "$WORK_DIR"
 WORK_DIR="$(cd "$WORK_DIR" && pwd)"
 PRED_DIR="$WORK_DIR/pictures/predictions"
 echo "[demo] this run: $WORK_DIR${STAMP:+ (also $RUNS/latest)}"
+trap 'echo "[demo] failed; what this run wrote is in $WORK_DIR (see *_console.log)" >&2' ERR
+# On one node the processes meet on a free port unless PORT is given: another
+# training on this machine may hold torchrun's default 29500.
+if [ "${NNODES:-1}" = 1 ] && [ -z "${PORT:-}" ]; then
+    FREE_PORT='import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
+    PORT="$("$PY" -c "$FREE_PORT")"
+    export PORT
+fi
 GPUS="$("$PY" -c 'import torch; print(torch.cuda.device_count())')"
 NPROC="${NPROC:-$([ "$GPUS" -gt 0 ] && echo "$GPUS" || echo 2)}"
 
