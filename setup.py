@@ -1,5 +1,6 @@
 """Install mmdsnet. The OpenMMLab stack itself is installed by tools/install_env.sh
 (mmcv must be built with its ops against the local torch, so it is not a pip dependency)."""
+
 import os
 import os.path as osp
 import shutil
@@ -52,7 +53,8 @@ setup(
     description='DS-Net (Dual-stream Network) backbone and DS-FPN neck for '
     'mmdetection 3.x and mmsegmentation 1.x',
     long_description=open(osp.join(ROOT, 'README.md')).read()
-    if osp.exists(osp.join(ROOT, 'README.md')) else '',
+    if osp.exists(osp.join(ROOT, 'README.md'))
+    else '',
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmdsnet', 'mmdsnet.*']),
     package_data={'mmdsnet': ['.mim/model-index.yml', '.mim/configs/**/*', '.mim/tools/**/*']},

@@ -9,15 +9,18 @@ model = dict(
         _delete_=True,
         # 2 images per GPU: keep the ImageNet BN statistics frozen. For
         # SyncBN instead: norm_cfg=dict(type='SyncBN'), norm_eval=False (GPUs only).
-        norm_eval=True),
-    neck=dict(in_channels=[64, 128, 320, 512]))
+        norm_eval=True,
+    ),
+    neck=dict(in_channels=[64, 128, 320, 512]),
+)
 
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=1e-4),
     # No weight decay on any norm layer (BN, LN, GN).
-    paramwise_cfg=dict(norm_decay_mult=0.))
+    paramwise_cfg=dict(norm_decay_mult=0.0),
+)
 
 # lr 2e-4 is for 8 GPUs x 2 images; `--auto-scale-lr` rescales it linearly.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

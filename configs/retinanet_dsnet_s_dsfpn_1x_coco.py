@@ -7,4 +7,6 @@ model = dict(
         type='DSFPN',
         num_ds_blocks=1,
         ds_position='pre_fpn_conv',
-        ds_norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)))
+        ds_norm_cfg=dict(type='GN', num_groups=32, requires_grad=True),
+    )
+)

@@ -2,9 +2,11 @@
 # iterations, 8 GPUs x 2 images = 16, AdamW lr 6e-5, weight decay 0.01,
 # 1500 warm-up iterations then linear (poly 1.0) decay).
 _base_ = [
-    'mmseg::_base_/models/upernet_r50.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_160k.py',
-    './_base_/dsnet_backbone.py'
+    'mmseg::_base_/models/upernet_r50.py',
+    'mmseg::_base_/datasets/ade20k.py',
+    'mmseg::_base_/default_runtime.py',
+    'mmseg::_base_/schedules/schedule_160k.py',
+    './_base_/dsnet_backbone.py',
 ]
 
 crop_size = (512, 512)
@@ -22,9 +24,11 @@ model = dict(
         arch='small',
         drop_path_rate=0.3,
         norm_cfg=norm_cfg,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained),
+    ),
     decode_head=dict(in_channels=[64, 128, 320, 512], num_classes=150, norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=320, in_index=2, num_classes=150, norm_cfg=norm_cfg))
+    auxiliary_head=dict(in_channels=320, in_index=2, num_classes=150, norm_cfg=norm_cfg),
+)
 
 train_dataloader = dict(batch_size=2)
 
@@ -32,9 +36,10 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(norm_decay_mult=0.))
+    paramwise_cfg=dict(norm_decay_mult=0.0),
+)
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(type='PolyLR', eta_min=0., power=1.0, begin=1500, end=160000, by_epoch=False),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False),
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -4,6 +4,7 @@
 ``MODELS`` (whichever are installed), the checkpoint hooks in mmengine's
 ``HOOKS``, and mmengine's weights-only loader for Runner checkpoints.
 """
+
 from . import engine, models  # noqa: F401  (registers the hooks and models)
 from .utils.compat import allow_runner_checkpoint_globals
 from .version import __version__

@@ -3,7 +3,9 @@
 The options common to mmdet 3.3's tools, reading the config with those
 options applied, and building the Runner with the CPU-distributed fix.
 """
+
 import argparse
+import atexit
 import os
 import os.path as osp
 
@@ -17,14 +19,21 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--work-dir',
         help="where logs, checkpoints and metrics go (default: the config's "
-        'work_dir, else ./work_dirs/<config name>)')
+        'work_dir, else ./work_dirs/<config name>)',
+    )
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
         help='override config entries, as key=value pairs (e.g. '
-        'train_dataloader.batch_size=4 or key="[a,b]"; no spaces)')
+        'train_dataloader.batch_size=4 or key="[a,b]"; no spaces)',
+    )
     parser.add_argument(
-        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-        help='how the processes were started')
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='how the processes were started',
+    )
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or
     # --local_rank (older); torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -45,26 +54,41 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group, if one is left, while Python is alive.
+
+    The Runner never destroys it. Left to interpreter shutdown, gloo's worker
+    threads can abort a finished process ('terminate called without an active
+    exception', SIGABRT), which fails a complete multi-process CPU run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def build_runner(cfg: Config):
     """Build ``cfg.runner_type`` or mmengine's Runner under the config's scope.
 
     Multi-process launches first get :func:`patch_cpu_distributed` (gloo and
-    CPU DDP when there is no GPU; a no-op otherwise). The stock
+    CPU DDP when there is no GPU; a no-op otherwise) and close the process
+    group at exit (:func:`destroy_process_group_at_exit`). The stock
     ``CheckpointHook`` becomes :class:`~mmdsnet.engine.AtomicCheckpointHook`, so
     a kill during a save always leaves a complete checkpoint to resume from.
     """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from .utils.compat import allow_runner_checkpoint_globals, patch_cpu_distributed
-
     from .engine import use_atomic_checkpoint_hook
+    from .utils.compat import allow_runner_checkpoint_globals, patch_cpu_distributed
 
     allow_runner_checkpoint_globals()  # resume / load_from on torch >= 2.6
     use_atomic_checkpoint_hook(cfg)
     if cfg.get('launcher', 'none') != 'none':
         patch_cpu_distributed()
+        atexit.register(destroy_process_group_at_exit)
     if cfg.get('default_scope', None) == 'mmdet':
         from mmdet.utils import setup_cache_size_limit_of_dynamo
+
         setup_cache_size_limit_of_dynamo()
     return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)

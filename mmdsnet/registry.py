@@ -6,6 +6,7 @@ importable, so ``type='DSNet'`` resolves under ``default_scope='mmdet'`` and
 without mmseg and the reverse); if neither is installed, importing a model
 raises an ImportError that says what to install.
 """
+
 import importlib
 from typing import List, Type
 
@@ -23,7 +24,8 @@ def _available_model_registries() -> List:
     if not registries:
         raise ImportError(
             'mmdsnet needs mmdet>=3.0 or mmsegmentation>=1.0 to register its '
-            'models; install one of them (see README, "Install").')
+            'models; install one of them (see README, "Install").'
+        )
     return registries
 
 

@@ -4,6 +4,7 @@ multi-process runs, and the registry scope that models are built under.
 Test modules import the plain names (``from conftest import REPO_ROOT``);
 the fixtures are found by pytest.
 """
+
 import importlib
 import os.path as osp
 import socket
@@ -25,6 +26,7 @@ def _default_scope(name):
     """Register ``name``'s modules and make it the default scope meanwhile,
     as tools/train.py does for a config whose default_scope is ``name``."""
     from mmengine.registry import DefaultScope
+
     importlib.import_module(f'{name}.utils').register_all_modules(init_default_scope=False)
     with DefaultScope.overwrite_default_scope(name):
         yield
@@ -54,6 +56,7 @@ def drop_runner_globals():
     from mmengine.logging import MessageHub, MMLogger
     from mmengine.registry import DefaultScope
     from mmengine.visualization import Visualizer
+
     classes = (DefaultScope, MessageHub, MMLogger, Visualizer)
     before = {cls: set(cls._instance_dict) for cls in classes}
     yield

@@ -1,4 +1,5 @@
 """tools/analysis_tools: FLOPs counting of configs and the benchmark's report."""
+
 import importlib.util
 import json
 import os.path as osp
@@ -16,15 +17,19 @@ def load_tool(name):
     return module
 
 
-@pytest.mark.parametrize('config,paper_gflops', [
-    ('mask_rcnn_dsnet_t_fpn_1x_coco.py', 1.8), ('retinanet_dsnet_s_fpn_1x_coco.py', 3.5)])
+@pytest.mark.parametrize(
+    'config,paper_gflops',
+    [('mask_rcnn_dsnet_t_fpn_1x_coco.py', 1.8), ('retinanet_dsnet_s_fpn_1x_coco.py', 3.5)],
+)
 def test_get_flops_backbone_matches_paper_at_224(config, paper_gflops, capsys):
     result = load_tool('get_flops').main([osp.join(REPO_ROOT, 'configs', config), '--shape', '224'])
     assert abs(result['backbone_flops'] / 1e9 - paper_gflops) / paper_gflops < 0.03
     # The implementation runs the global conv halves on the small grid.
     assert result['backbone_flops_executed'] < result['backbone_flops']
-    assert (result['model_flops'] - result['model_flops_executed']
-            == result['backbone_flops'] - result['backbone_flops_executed'])
+    assert (
+        result['model_flops'] - result['model_flops_executed']
+        == result['backbone_flops'] - result['backbone_flops_executed']
+    )
     # The whole detector includes the backbone, the neck and the heads.
     assert result['model_flops'] > 1.5 * result['backbone_flops']
     assert result['model_params'] > result['backbone_params']
@@ -33,16 +38,30 @@ def test_get_flops_backbone_matches_paper_at_224(config, paper_gflops, capsys):
 
 def test_get_flops_segmentor_default_shape():
     result = load_tool('get_flops').main(
-        [osp.join(REPO_ROOT, 'configs', 'fpn_dsnet-t_4xb8-40k_ade20k-512x512.py')])
+        [osp.join(REPO_ROOT, 'configs', 'fpn_dsnet-t_4xb8-40k_ade20k-512x512.py')]
+    )
     assert (result['height'], result['width']) == (512, 512)
     assert result['model_flops'] > result['backbone_flops'] > 0
 
 
 def test_benchmark_reports_every_entry(tmp_path):
     out = tmp_path / 'bench.json'
-    report = load_tool('benchmark').main([
-        '--suites', 'backbone', '--backbones', 'DS-Net-T,DS-Net-S unfused,ResNet-50',
-        '--settings', '224 b8', '--trials', '2', '--warmup', '0', '--out', str(out)])
+    report = load_tool('benchmark').main(
+        [
+            '--suites',
+            'backbone',
+            '--backbones',
+            'DS-Net-T,DS-Net-S unfused,ResNet-50',
+            '--settings',
+            '224 b8',
+            '--trials',
+            '2',
+            '--warmup',
+            '0',
+            '--out',
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report))
     names = [(r['group'], r['name']) for r in saved['results']]
@@ -70,6 +89,7 @@ def test_saved_activation_count_releases_the_graph():
     import weakref
 
     from mmdsnet.analysis import saved_activations_mb
+
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1))
     seen = []
     model[1].register_forward_hook(lambda mod, args, out: seen.append(weakref.ref(out)))
@@ -80,7 +100,8 @@ def test_saved_activation_count_releases_the_graph():
 
 def test_profile_backbone_attributes_time_to_attention_and_convolution(capsys):
     shares = load_tool('profile_backbone').main(
-        ['--arch', 'tiny', '--shape', '64', '96', '--mode', 'train', '--top', '3'])
+        ['--arch', 'tiny', '--shape', '64', '96', '--mode', 'train', '--top', '3']
+    )
     # Every DS-Block runs three attentions and several convolutions, forward and back.
     assert shares['attention'] > 0 and shares['convolution'] > 0
     assert set(shares) <= set(load_tool('profile_backbone').FAMILIES) | {'other'}
@@ -96,15 +117,18 @@ def test_attention_kernels_shapes_follow_the_architecture():
     assert (3, 'global q, local kv', 8, 252, 1050, 32) in shapes
     # Sizes that are not multiples of 32 are padded up, as the backbone does.
     assert (0, 'local q, global kv', 1, 28 * 35, 3 * 4, 32) in tool.attention_shapes(
-        'tiny', 112, 137)
-    rows = tool.main(['--arch', 'tiny', '--shape', '64', '64', '--kernels', 'flash', 'math',
-                      '--trials', '1'])
+        'tiny', 112, 137
+    )
+    rows = tool.main(
+        ['--arch', 'tiny', '--shape', '64', '64', '--kernels', 'flash', 'math', '--trials', '1']
+    )
     assert len(rows) == 4 * 3 * 2
     assert all(r['forward_ms'] > 0 and r['backward_gflops_per_s'] > 0 for r in rows)
 
 
 def test_configs_resolve_by_package_prefix(tmp_path):
     from mmdsnet.utils import load_config_file, resolve_config_path
+
     cfg = load_config_file('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
     assert cfg.model.backbone.type == 'ResNet' and cfg.model.backbone.depth == 50
     with pytest.raises(FileNotFoundError, match='no mask_rcnn/nope.py under'):
@@ -130,7 +154,9 @@ def test_benchmark_builds_every_detector():
 
 def test_benchmark_modes_select_detector_groups():
     tool = load_tool('benchmark')
-    cases = tool.make_cases({'detector'}, torch.device('cpu'), [], [], modes=['eval'],
-                            detectors=['MaskRCNN R-50+FPN'])
+    cases = tool.make_cases(
+        {'detector'}, torch.device('cpu'), [], [], modes=['eval'], detectors=['MaskRCNN R-50+FPN']
+    )
     assert [(c.group, c.name) for c in cases] == [
-        ('Mask R-CNN 2x800x1333 eval', 'MaskRCNN R-50+FPN')]
+        ('Mask R-CNN 2x800x1333 eval', 'MaskRCNN R-50+FPN')
+    ]

@@ -1,5 +1,6 @@
 """DSNet backbone: architecture, knobs, errors, numerics against the explicit
 formulation, parameter counts and FLOPs."""
+
 import math
 
 import pytest
@@ -7,13 +8,12 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmdsnet.analysis import (commuted_conv_macs, count_flops, count_spec_flops,
-                              saved_activations_mb)
+from mmdsnet.analysis import commuted_conv_macs, count_flops, count_spec_flops, saved_activations_mb
 from mmdsnet.models import DSNet
 from mmdsnet.models.layers import DSBlock
+from mmdsnet.models.utils import dsnet_convert
 from mmdsnet.testing import randomize_norm_stats, reference_for
 from mmdsnet.testing.reference_dsnet import ReferenceBlock
-from mmdsnet.models.utils import dsnet_convert
 
 CHANNELS = (64, 128, 320, 512)
 STRIDES = (4, 8, 16, 32)
@@ -32,8 +32,7 @@ def test_output_shapes(arch, size):
         outs = model(torch.randn(1, 3, *size))
     assert len(outs) == 4
     for out, channels, stride in zip(outs, CHANNELS, STRIDES):
-        assert out.shape == (1, channels, math.ceil(size[0] / stride),
-                             math.ceil(size[1] / stride))
+        assert out.shape == (1, channels, math.ceil(size[0] / stride), math.ceil(size[1] / stride))
         assert torch.isfinite(out).all()
 
 
@@ -44,8 +43,9 @@ def test_odd_detection_size_and_alias():
     assert [tuple(o.shape[2:]) for o in outs] == [(129, 193), (65, 97), (33, 49), (17, 25)]
 
 
-@pytest.mark.parametrize('arch,expected', [('tiny', 10_020_288), ('small', 22_490_528),
-                                           ('base', 48_829_728)])
+@pytest.mark.parametrize(
+    'arch,expected', [('tiny', 10_020_288), ('small', 22_490_528), ('base', 48_829_728)]
+)
 def test_parameter_counts_match_public_implementation(arch, expected):
     model = DSNet(arch)
     assert n_params(model) == expected
@@ -63,9 +63,16 @@ def test_parameter_counts_without_alignment(arch, paper_m):
     assert not any('cross' in name or 'fuse' in name for name, _ in model.named_parameters())
 
 
-@pytest.mark.parametrize('arch,alignment,paper_gflops', [
-    ('tiny', True, 1.8), ('small', True, 3.5), ('base', True, 8.4),
-    ('tiny', False, 1.6), ('small', False, 3.0)])
+@pytest.mark.parametrize(
+    'arch,alignment,paper_gflops',
+    [
+        ('tiny', True, 1.8),
+        ('small', True, 3.5),
+        ('base', True, 8.4),
+        ('tiny', False, 1.6),
+        ('small', False, 3.0),
+    ],
+)
 def test_flops_at_224_match_paper(arch, alignment, paper_gflops):
     """The paper counts the spec formulation; DSNet executes exactly that
     minus the global halves of conv1/conv2 moved onto the small grid."""
@@ -87,8 +94,10 @@ def test_flops_at_224_match_paper(arch, alignment, paper_gflops):
     assert executed < reference_flops
     # What remains differs only in how resampling and the head are counted.
     spec_flops = count_spec_flops(model, x)
-    assert abs(spec_flops - reference_flops) < 0.002 * reference_flops, (spec_flops,
-                                                                           reference_flops)
+    assert abs(spec_flops - reference_flops) < 0.002 * reference_flops, (
+        spec_flops,
+        reference_flops,
+    )
 
 
 def test_attention_is_counted_in_flops():
@@ -97,15 +106,30 @@ def test_attention_is_counted_in_flops():
     block = model.stages[0][0]
     # Stage 1 at 224: 3136 local and 49 global tokens, 1 head of 32 channels.
     attention = 49 * 49 * 64 + 2 * 3136 * 49 * 64
-    linear_and_conv = sum(by_module[f'stages.0.0.{name}'] for name in (
-        'channel_up', 'cross_channel_up_sa', 'fuse_channel_conv', 'fuse_channel_sa',
-        'cross_channel_up_conv', 'conv1', 'conv2', 'pos_embed', 'conv', 'mlp'))
-    norms = sum(by_module[f'stages.0.0.{name}'] for name, m in block.named_children()
-                if isinstance(m, (nn.LayerNorm, _BatchNorm)))
+    linear_and_conv = sum(
+        by_module[f'stages.0.0.{name}']
+        for name in (
+            'channel_up',
+            'cross_channel_up_sa',
+            'fuse_channel_conv',
+            'fuse_channel_sa',
+            'cross_channel_up_conv',
+            'conv1',
+            'conv2',
+            'pos_embed',
+            'conv',
+            'mlp',
+        )
+    )
+    norms = sum(
+        by_module[f'stages.0.0.{name}']
+        for name, m in block.named_children()
+        if isinstance(m, (nn.LayerNorm, _BatchNorm))
+    )
     assert by_module['stages.0.0'] - linear_and_conv - norms >= attention
 
 
-@pytest.mark.parametrize('out_indices', [(0, ), (1, 3), (0, 1, 2), (2, 3)])
+@pytest.mark.parametrize('out_indices', [(0,), (1, 3), (0, 1, 2), (2, 3)])
 def test_out_indices(out_indices):
     model = DSNet('tiny', out_indices=out_indices).eval()
     assert model.out_channels == [CHANNELS[i] for i in out_indices]
@@ -118,38 +142,54 @@ def test_out_indices(out_indices):
     assert [o.shape[2] for o in outs] == [64 // STRIDES[i] for i in out_indices]
 
 
-@pytest.mark.parametrize('kwargs,error,match', [
-    (dict(arch='huge'), ValueError, "accepted: \\['base', 'small', 'tiny'\\]"),
-    (dict(arch=dict(embed_dims=(64, 128, 320, 512), depths=(1, 1, 1))), ValueError,
-     'needs keys'),
-    (dict(arch=3), TypeError, 'str or a dict'),
-    (dict(out_indices=(0, 4)), ValueError, 'out_indices must be'),
-    (dict(out_indices=(2, 1)), ValueError, 'increasing'),
-    (dict(out_indices=()), ValueError, 'out_indices'),
-    (dict(frozen_stages=5), ValueError, 'frozen_stages must be an int in -1..4'),
-    (dict(frozen_stages=-2), ValueError, 'frozen_stages'),
-    (dict(global_resize=(8, 4, 2)), ValueError, 'global_resize'),
-    (dict(pretrained='a.pth'), TypeError, "unexpected keyword argument 'pretrained'"),
-    # Every rate is a probability of dropping: 0 <= p < 1.
-    (dict(drop_path_rate=1.0), ValueError, r'DSNet drop_path_rate must be in \[0, 1\)'),
-    (dict(drop_path_rate=1.5), ValueError, 'drop_path_rate must be in'),
-    (dict(drop_path_rate=-0.1), ValueError, 'drop_path_rate must be in'),
-    (dict(drop_path_rate=float('nan')), ValueError, 'got nan'),
-    (dict(attn_drop_rate=-0.1), ValueError, 'DSNet attn_drop_rate must be in'),
-    (dict(drop_rate=1.0), ValueError, 'DSNet drop_rate must be in'),
-    (dict(drop_rate='0.1'), TypeError, 'drop_rate must be a float'),
-    # arch dicts are validated in full at construction.
-    (dict(arch=dict(ARCH, num_heads=(0, 2, 5, 8))), ValueError,
-     r'arch num_heads\[0\] must be an int >= 1, got 0'),
-    (dict(arch=dict(ARCH, num_heads=(1, -2, 5, 8))), ValueError, r'num_heads\[1\]'),
-    (dict(arch=dict(ARCH, num_heads=(1, 2, 3, 8))), ValueError,
-     r'num_heads\[2\]=3 must divide the 160 channels'),
-    (dict(arch=dict(ARCH, depths=(2, 0, 2, 1))), ValueError, r'arch depths\[1\] must be'),
-    (dict(arch=dict(ARCH, depths=(2, -1, 2, 1))), ValueError, r'depths\[1\]'),
-    (dict(arch=dict(ARCH, embed_dims=(64, 127, 320, 512))), ValueError, 'must be even'),
-    (dict(arch=dict(ARCH, mlp_ratio=0)), ValueError, 'arch mlp_ratio must be a finite number > 0'),
-    (dict(arch=dict(ARCH, depths=5)), ValueError, r"arch\['depths'\] must be a list of 4"),
-])
+@pytest.mark.parametrize(
+    'kwargs,error,match',
+    [
+        (dict(arch='huge'), ValueError, "accepted: \\['base', 'small', 'tiny'\\]"),
+        (
+            dict(arch=dict(embed_dims=(64, 128, 320, 512), depths=(1, 1, 1))),
+            ValueError,
+            'needs keys',
+        ),
+        (dict(arch=3), TypeError, 'str or a dict'),
+        (dict(out_indices=(0, 4)), ValueError, 'out_indices must be'),
+        (dict(out_indices=(2, 1)), ValueError, 'increasing'),
+        (dict(out_indices=()), ValueError, 'out_indices'),
+        (dict(frozen_stages=5), ValueError, 'frozen_stages must be an int in -1..4'),
+        (dict(frozen_stages=-2), ValueError, 'frozen_stages'),
+        (dict(global_resize=(8, 4, 2)), ValueError, 'global_resize'),
+        (dict(pretrained='a.pth'), TypeError, "unexpected keyword argument 'pretrained'"),
+        # Every rate is a probability of dropping: 0 <= p < 1.
+        (dict(drop_path_rate=1.0), ValueError, r'DSNet drop_path_rate must be in \[0, 1\)'),
+        (dict(drop_path_rate=1.5), ValueError, 'drop_path_rate must be in'),
+        (dict(drop_path_rate=-0.1), ValueError, 'drop_path_rate must be in'),
+        (dict(drop_path_rate=float('nan')), ValueError, 'got nan'),
+        (dict(attn_drop_rate=-0.1), ValueError, 'DSNet attn_drop_rate must be in'),
+        (dict(drop_rate=1.0), ValueError, 'DSNet drop_rate must be in'),
+        (dict(drop_rate='0.1'), TypeError, 'drop_rate must be a float'),
+        # arch dicts are validated in full at construction.
+        (
+            dict(arch=dict(ARCH, num_heads=(0, 2, 5, 8))),
+            ValueError,
+            r'arch num_heads\[0\] must be an int >= 1, got 0',
+        ),
+        (dict(arch=dict(ARCH, num_heads=(1, -2, 5, 8))), ValueError, r'num_heads\[1\]'),
+        (
+            dict(arch=dict(ARCH, num_heads=(1, 2, 3, 8))),
+            ValueError,
+            r'num_heads\[2\]=3 must divide the 160 channels',
+        ),
+        (dict(arch=dict(ARCH, depths=(2, 0, 2, 1))), ValueError, r'arch depths\[1\] must be'),
+        (dict(arch=dict(ARCH, depths=(2, -1, 2, 1))), ValueError, r'depths\[1\]'),
+        (dict(arch=dict(ARCH, embed_dims=(64, 127, 320, 512))), ValueError, 'must be even'),
+        (
+            dict(arch=dict(ARCH, mlp_ratio=0)),
+            ValueError,
+            'arch mlp_ratio must be a finite number > 0',
+        ),
+        (dict(arch=dict(ARCH, depths=5)), ValueError, r"arch\['depths'\] must be a list of 4"),
+    ],
+)
 def test_bad_arguments_raise(kwargs, error, match):
     with pytest.raises(error, match=match):
         DSNet(**{'arch': 'tiny', **kwargs})
@@ -160,7 +200,8 @@ def test_empty_batch_gives_empty_outputs(train):
     model = DSNet('tiny').train(train)
     outs = model(torch.randn(0, 3, 64, 96))
     assert [tuple(o.shape) for o in outs] == [
-        (0, c, -(-64 // s), -(-96 // s)) for c, s in zip(CHANNELS, STRIDES)]
+        (0, c, -(-64 // s), -(-96 // s)) for c, s in zip(CHANNELS, STRIDES)
+    ]
 
 
 def test_smallest_trainable_input_with_batch_norm():
@@ -177,12 +218,15 @@ def test_smallest_trainable_input_with_batch_norm():
     assert DSNet('tiny', out_indices=(0, 1)).train()(torch.randn(1, 3, 32, 32))[1].shape[0] == 1
 
 
-@pytest.mark.parametrize('shape,match', [
-    ((1, 3, 31, 64), 'H and W >= 32'),
-    ((1, 3, 64, 16), 'H and W >= 32'),
-    ((1, 4, 64, 64), 'built for 3 input channels, got 4'),
-    ((3, 64, 64), r'expects a \(B, C, H, W\)'),
-])
+@pytest.mark.parametrize(
+    'shape,match',
+    [
+        ((1, 3, 31, 64), 'H and W >= 32'),
+        ((1, 3, 64, 16), 'H and W >= 32'),
+        ((1, 4, 64, 64), 'built for 3 input channels, got 4'),
+        ((3, 64, 64), r'expects a \(B, C, H, W\)'),
+    ],
+)
 def test_bad_inputs_raise(shape, match):
     model = DSNet('tiny').eval()
     with pytest.raises(ValueError, match=match):
@@ -258,8 +302,8 @@ def _grads(model, x):
 
 def test_with_cp_same_gradients_and_statistics():
     torch.manual_seed(0)
-    plain = DSNet('tiny', drop_path_rate=0.)
-    ckpt = DSNet('tiny', drop_path_rate=0., with_cp=True)
+    plain = DSNet('tiny', drop_path_rate=0.0)
+    ckpt = DSNet('tiny', drop_path_rate=0.0, with_cp=True)
     ckpt.load_state_dict(plain.state_dict())
     plain.train(), ckpt.train()
     x = torch.randn(2, 3, 64, 64)
@@ -275,8 +319,8 @@ def test_with_cp_same_gradients_and_statistics():
 def test_with_cp_cuts_saved_activations_by_at_least_40_percent():
     """The performance target: checkpointing every block keeps only block inputs."""
     torch.manual_seed(0)
-    plain = DSNet('tiny', drop_path_rate=0.).train()
-    ckpt = DSNet('tiny', drop_path_rate=0., with_cp=True).train()
+    plain = DSNet('tiny', drop_path_rate=0.0).train()
+    ckpt = DSNet('tiny', drop_path_rate=0.0, with_cp=True).train()
     x = torch.randn(1, 3, 256, 320)
     kept_plain = saved_activations_mb(plain, x)
     kept_ckpt = saved_activations_mb(ckpt, x)
@@ -286,25 +330,26 @@ def test_with_cp_cuts_saved_activations_by_at_least_40_percent():
 
 @pytest.mark.parametrize('with_alignment', [True, False])
 def test_every_parameter_gets_a_gradient(with_alignment):
-    model = DSNet('tiny', with_alignment=with_alignment, drop_path_rate=0.2,
-                  attn_drop_rate=0.1)
+    model = DSNet('tiny', with_alignment=with_alignment, drop_path_rate=0.2, attn_drop_rate=0.1)
     model.train()
     grads = _grads(model, torch.randn(2, 3, 96, 64))
-    for name, param in model.named_parameters():
+    for name, _ in model.named_parameters():
         assert grads[name].abs().sum() > 0, f'{name} gets no gradient'
 
 
 def test_drop_path_rate_is_linear_over_all_blocks():
     model = DSNet('small', drop_path_rate=0.3)
-    rates = [block.drop_path.drop_prob if hasattr(block.drop_path, 'drop_prob') else 0.
-             for stage in model.stages for block in stage]
+    rates = [
+        block.drop_path.drop_prob if hasattr(block.drop_path, 'drop_prob') else 0.0
+        for stage in model.stages
+        for block in stage
+    ]
     assert len(rates) == 18
-    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.3, 18),
-                               rtol=0, atol=1e-7)
+    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.3, 18), rtol=0, atol=1e-7)
 
 
 def test_attn_drop_rate_active_only_in_training():
-    model = DSNet('tiny', attn_drop_rate=0.5, drop_path_rate=0., norm_eval=True)
+    model = DSNet('tiny', attn_drop_rate=0.5, drop_path_rate=0.0, norm_eval=True)
     x = torch.randn(1, 3, 64, 64)
     model.train()
     torch.manual_seed(1)
@@ -317,8 +362,7 @@ def test_attn_drop_rate_active_only_in_training():
         torch.testing.assert_close(model(x)[0], model(x)[0])
 
 
-@pytest.mark.parametrize('arch,channels_last', [
-    ('tiny', True), ('small', True), ('tiny', False)])
+@pytest.mark.parametrize('arch,channels_last', [('tiny', True), ('small', True), ('tiny', False)])
 @pytest.mark.parametrize('with_alignment', [True, False])
 def test_matches_explicit_reference_formulation(arch, channels_last, with_alignment):
     torch.manual_seed(0)
@@ -352,23 +396,25 @@ def test_fused_block_matches_explicit_block_at_detection_resolution(memory_forma
 
 def test_global_grid_sizes():
     model = DSNet('tiny')
-    grids = [stage[0].global_size(800 // s, 1344 // s)
-             for stage, s in zip(model.stages, STRIDES)]
+    grids = [stage[0].global_size(800 // s, 1344 // s) for stage, s in zip(model.stages, STRIDES)]
     assert grids == [(25, 42), (25, 42), (25, 42), (12, 21)]
     model = DSNet('tiny', global_resize=(8, 4, 2, 1))
     assert model.stages[3][0].global_size(25, 42) == (25, 42)
 
 
-@pytest.mark.parametrize('args,kwargs,match', [
-    ((64, 3, 8), {}, 'num_heads=3 must divide the 32 channels'),
-    ((64, 0, 8), {}, 'DSBlock num_heads must be an int >= 1, got 0'),
-    ((63, 1, 8), {}, 'must be even'),
-    ((64, 1, 0), {}, 'DSBlock global_resize must be an int >= 1'),
-    ((64, 1, 8), dict(mlp_ratio=0.), 'DSBlock mlp_ratio must be a finite number > 0'),
-    ((64, 1, 8), dict(drop_path_rate=1.), r'DSBlock drop_path_rate must be in \[0, 1\)'),
-    ((64, 1, 8), dict(attn_drop_rate=-0.1), 'DSBlock attn_drop_rate must be in'),
-    ((64, 1, 8), dict(drop_rate=float('inf')), 'DSBlock drop_rate must be in'),
-])
+@pytest.mark.parametrize(
+    'args,kwargs,match',
+    [
+        ((64, 3, 8), {}, 'num_heads=3 must divide the 32 channels'),
+        ((64, 0, 8), {}, 'DSBlock num_heads must be an int >= 1, got 0'),
+        ((63, 1, 8), {}, 'must be even'),
+        ((64, 1, 0), {}, 'DSBlock global_resize must be an int >= 1'),
+        ((64, 1, 8), dict(mlp_ratio=0.0), 'DSBlock mlp_ratio must be a finite number > 0'),
+        ((64, 1, 8), dict(drop_path_rate=1.0), r'DSBlock drop_path_rate must be in \[0, 1\)'),
+        ((64, 1, 8), dict(attn_drop_rate=-0.1), 'DSBlock attn_drop_rate must be in'),
+        ((64, 1, 8), dict(drop_rate=float('inf')), 'DSBlock drop_rate must be in'),
+    ],
+)
 def test_dsblock_rejects_bad_arguments(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         DSBlock(*args, **kwargs)
@@ -381,6 +427,7 @@ def test_attention_never_falls_back_to_the_math_kernel(with_alignment, channels_
     fallback would materialise the local-to-global maps (282 MB per head for
     one stage-1 block at 800x1344)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     model = DSNet('tiny', with_alignment=with_alignment, channels_last=channels_last).eval()
     fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
     with torch.no_grad(), sdpa_kernel(fused):
@@ -394,7 +441,7 @@ def test_training_gradients_match_explicit_reference():
     torch.manual_seed(0)
     reference = reference_for('tiny').train()
     randomize_norm_stats(reference)
-    model = DSNet('tiny', drop_path_rate=0.).train()
+    model = DSNet('tiny', drop_path_rate=0.0).train()
     model.load_state_dict(dsnet_convert(reference.state_dict()), strict=True)
     x = torch.randn(2, 3, 128, 160)
     weights = [torch.randn_like(o) for o in reference.features(x)]
@@ -407,5 +454,6 @@ def test_training_gradients_match_explicit_reference():
         our_name = next(iter(dsnet_convert({their_name: their_param})))
         # Gradients reach a few hundred here: compare relative to the largest.
         scale = their_param.grad.abs().max().item()
-        torch.testing.assert_close(ours[our_name].grad, their_param.grad,
-                                   rtol=1e-4, atol=1e-5 * scale, msg=our_name)
+        torch.testing.assert_close(
+            ours[our_name].grad, their_param.grad, rtol=1e-4, atol=1e-5 * scale, msg=our_name
+        )

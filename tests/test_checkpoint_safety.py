@@ -2,6 +2,7 @@
 complete checkpoint that --resume finds; tools/test.py refuses a checkpoint
 that does not fit the model; Runner types are allowed in mmengine's loader
 only, not in every torch.load of the process."""
+
 import os
 import os.path as osp
 import signal
@@ -17,7 +18,7 @@ TESTS_DIR = osp.dirname(osp.abspath(__file__))
 
 # A toy regressor whose 384 MB buffer makes each save take long enough to be
 # killed while the file is being written.
-BIG_MODEL = '''
+BIG_MODEL = """
 import torch
 from mmengine.registry import MODELS
 from toy_task import ToyRegressor
@@ -29,9 +30,9 @@ class BigToyRegressor(ToyRegressor):
     def __init__(self):
         super().__init__()
         self.register_buffer('ballast', torch.ones(96 * 2**20))
-'''
+"""
 
-CONFIG = '''
+CONFIG = """
 custom_imports = dict(imports=['toy_task', 'big_toy'], allow_failed_imports=False)
 model = dict(type='{model}')
 _loader = dict(
@@ -46,7 +47,7 @@ optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.1))
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1),
                      logger=dict(type='LoggerHook', interval=1))
 randomness = dict(seed=0)
-'''
+"""
 
 
 @pytest.fixture
@@ -57,14 +58,21 @@ def toy_configs(tmp_path):
         configs[model] = tmp_path / f'{model}.py'
         configs[model].write_text(CONFIG.format(model=model))
     env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(p for p in (TESTS_DIR, str(tmp_path),
-                                                    env.get('PYTHONPATH')) if p)
+    env['PYTHONPATH'] = os.pathsep.join(
+        p for p in (TESTS_DIR, str(tmp_path), env.get('PYTHONPATH')) if p
+    )
     return configs, env
 
 
 def run_tool(args, env, timeout=300):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
@@ -73,13 +81,20 @@ def test_kill_during_save_leaves_a_checkpoint_to_resume_from(toy_configs):
     work = osp.dirname(configs['BigToyRegressor']) + '/work'
     train = subprocess.Popen(
         [sys.executable, 'tools/train.py', str(configs['BigToyRegressor']), '--work-dir', work],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     # Kill as soon as the epoch-2 save has started writing its file.
     deadline = time.time() + 240
     writing = []
     while time.time() < deadline and train.poll() is None and not writing:
-        writing = [name for name in (os.listdir(work) if osp.isdir(work) else [])
-                   if name.startswith('epoch_2.pth')]
+        writing = [
+            name
+            for name in (os.listdir(work) if osp.isdir(work) else [])
+            if name.startswith('epoch_2.pth')
+        ]
         time.sleep(0.002)
     train.send_signal(signal.SIGKILL)
     train.wait()
@@ -89,12 +104,15 @@ def test_kill_during_save_leaves_a_checkpoint_to_resume_from(toy_configs):
     with open(osp.join(work, 'last_checkpoint')) as f:
         named = f.read().strip()
     assert named.endswith(('epoch_1.pth', 'epoch_2.pth'))
-    import mmdsnet  # noqa: F401  (mmengine's loader with the Runner types)
     from mmengine.runner.checkpoint import _load_checkpoint
+
+    import mmdsnet  # noqa: F401  (mmengine's loader with the Runner types)
+
     assert _load_checkpoint(named, map_location='cpu')['meta']['epoch'] in (1, 2)
 
-    resumed = run_tool(['tools/train.py', configs['BigToyRegressor'], '--work-dir', work,
-                        '--resume'], env)
+    resumed = run_tool(
+        ['tools/train.py', configs['BigToyRegressor'], '--work-dir', work, '--resume'], env
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert 'Epoch(train) [3]' in resumed.stdout + resumed.stderr
     assert sorted(n for n in os.listdir(work) if n.endswith('.pth')) == ['epoch_3.pth']
@@ -111,27 +129,40 @@ def trained_toy(toy_configs):
 
 
 def test_tools_test_refuses_a_checkpoint_that_does_not_fit(tmp_path, trained_toy):
-    import mmdsnet  # noqa: F401
     from mmengine.runner.checkpoint import _load_checkpoint
+
+    import mmdsnet  # noqa: F401
+
     config, checkpoint, env = trained_toy
     full = _load_checkpoint(checkpoint, map_location='cpu')
     # A partial file (the head's bias missing) and a misshapen one.
     partial = dict(full, state_dict={'fc.weight': full['state_dict']['fc.weight']})
     misshapen = dict(full, state_dict=dict(full['state_dict'], **{'fc.bias': torch.zeros(3)}))
-    diverged = dict(full, state_dict=dict(full['state_dict'],
-                                          **{'fc.bias': torch.tensor([float('nan'), 0.])}))
+    diverged = dict(
+        full, state_dict=dict(full['state_dict'], **{'fc.bias': torch.tensor([float('nan'), 0.0])})
+    )
     for name, content, message in [
-            ('partial', partial, "1 of 2 model weights are missing from it (e.g. fc.bias)"),
-            ('misshapen', misshapen, 'fc.bias: checkpoint (3,) vs model (2,)'),
-            ('diverged', diverged, "weight 'fc.bias' holds NaN or Inf")]:
+        ('partial', partial, '1 of 2 model weights are missing from it (e.g. fc.bias)'),
+        ('misshapen', misshapen, 'fc.bias: checkpoint (3,) vs model (2,)'),
+        ('diverged', diverged, "weight 'fc.bias' holds NaN or Inf"),
+    ]:
         path = tmp_path / f'{name}.pth'
         torch.save(content, path)
         result = run_tool(['tools/test.py', config, path, '--work-dir', tmp_path / name], env)
         assert result.returncode != 0, name
         assert message in result.stderr, result.stderr[-2000:]
         assert 'Traceback' not in result.stderr
-    allowed = run_tool(['tools/test.py', config, tmp_path / 'partial.pth', '--work-dir',
-                        tmp_path / 'allowed', '--allow-partial-load'], env)
+    allowed = run_tool(
+        [
+            'tools/test.py',
+            config,
+            tmp_path / 'partial.pth',
+            '--work-dir',
+            tmp_path / 'allowed',
+            '--allow-partial-load',
+        ],
+        env,
+    )
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert 'partial load allowed' in allowed.stdout + allowed.stderr
     complete = run_tool(['tools/test.py', config, checkpoint, '--work-dir', tmp_path / 'ok'], env)
@@ -142,7 +173,7 @@ def test_runner_types_are_allowed_in_mmengine_loading_only(tmp_path):
     """``import mmdsnet`` lets mmengine read Runner checkpoints (MessageHub with
     numpy values) with weights_only on; a plain torch.load stays as strict as
     torch makes it, and a truncated or empty path is explained."""
-    script = f'''
+    script = f"""
 import pickle, numpy as np, torch
 from mmengine.logging import MessageHub
 hub = MessageHub.get_instance('probe')
@@ -162,7 +193,7 @@ for bad in ('', {str(tmp_path / 'cut.pth')!r}):
         _load_checkpoint(bad)
     except Exception as error:
         print(type(error).__name__, error)
-'''
+"""
     with open(tmp_path / 'c.pth', 'wb'):
         pass
     (tmp_path / 'cut.pth').write_bytes(b'PK\x03\x04 not the whole file')
@@ -170,5 +201,5 @@ for bad in ('', {str(tmp_path / 'cut.pth')!r}):
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'mmengine: dict' in result.stdout
     assert 'torch.load: refused' in result.stdout
-    assert "last_checkpoint file is empty" in result.stdout
+    assert 'last_checkpoint file is empty' in result.stdout
     assert 'cut.pth is incomplete or not a torch checkpoint' in result.stdout

@@ -8,6 +8,7 @@
 * ``patch_cpu_distributed`` uses gloo / CPU DDP, reverts SyncBN, and does
   nothing when an accelerator is present.
 """
+
 import json
 import os
 import os.path as osp
@@ -47,12 +48,11 @@ class RecordHook(Hook):
         self.at_start = dict(
             epoch=runner.epoch,
             iter=runner.iter,
-            state_dict={
-                k: v.clone()
-                for k, v in runner.model.state_dict().items()
-            },
+            state_dict={k: v.clone() for k, v in runner.model.state_dict().items()},
             n_loss=len(runner.message_hub.get_scalar('train/loss').data[0])
-            if 'train/loss' in runner.message_hub.log_scalars else 0)
+            if 'train/loss' in runner.message_hub.log_scalars
+            else 0,
+        )
 
 
 def _make_runner(work_dir, name, max_epochs, resume=False, hook=None):
@@ -65,16 +65,18 @@ def _make_runner(work_dir, name, max_epochs, resume=False, hook=None):
             sampler=dict(type='DefaultSampler', shuffle=False),
             batch_size=2,
             num_workers=0,
-            collate_fn=dict(type='default_collate')),
+            collate_fn=dict(type='default_collate'),
+        ),
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
-        optim_wrapper=dict(
-            optimizer=dict(type='SGD', lr=0.05, momentum=0.9)),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9)),
         default_hooks=dict(
             checkpoint=dict(type='CheckpointHook', interval=1),
-            logger=dict(type='LoggerHook', interval=1)),
+            logger=dict(type='LoggerHook', interval=1),
+        ),
         custom_hooks=[hook] if hook is not None else None,
         randomness=dict(seed=0),
-        resume=resume)
+        resume=resume,
+    )
 
 
 def test_runner_checkpoint_weights_only_and_resume(tmp_path):
@@ -92,17 +94,22 @@ def test_runner_checkpoint_weights_only_and_resume(tmp_path):
 
     # Without mmdsnet the same load fails: the allowlist is what fixes it.
     proc = subprocess.run(
-        [PYTHON, '-c', 'import sys, torch; '
-         'torch.load(sys.argv[1], weights_only=True)',
-         str(ckpt_path)],
-        capture_output=True, text=True, timeout=120)
+        [
+            PYTHON,
+            '-c',
+            'import sys, torch; torch.load(sys.argv[1], weights_only=True)',
+            str(ckpt_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert 'Unsupported global' in proc.stderr
 
     # Resume to 3 epochs: continues from epoch 2 with the saved state.
     hook = RecordHook()
-    resumed = _make_runner(
-        work, 'compat_resumed', max_epochs=3, resume=True, hook=hook)
+    resumed = _make_runner(work, 'compat_resumed', max_epochs=3, resume=True, hook=hook)
     resumed.train()
     start = hook.at_start
     assert (start['epoch'], start['iter']) == (2, 8)
@@ -117,8 +124,7 @@ def test_runner_checkpoint_weights_only_and_resume(tmp_path):
     straight = _make_runner(tmp_path / 'straight', 'compat_straight', 3)
     straight.train()
     for key, value in straight.model.state_dict().items():
-        torch.testing.assert_close(
-            resumed.model.state_dict()[key], value, atol=1e-6, rtol=0)
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, atol=1e-6, rtol=0)
 
 
 class _CallGetattr:
@@ -151,7 +157,7 @@ def test_runner_types_stay_out_of_the_process_wide_allow_list():
 # --------------------------------------------------------------------------
 # (b) tools/train.py (1 process) vs tools/dist_train.sh (2 CPU processes)
 # --------------------------------------------------------------------------
-TOY_CONFIG = '''
+TOY_CONFIG = """
 custom_imports = dict(imports=['toy_task'], allow_failed_imports=False)
 model = dict(type='ToyRegressor')
 _loader = dict(
@@ -173,16 +179,17 @@ log_processor = dict(by_epoch=False, window_size=1)
 # as in mmdet/mmseg configs; compat switches to gloo on CPU
 env_cfg = dict(dist_cfg=dict(backend='nccl'))
 randomness = dict(seed=0)
-'''
+"""
 
 
 def _run(cmd, env, timeout=150):
     proc = subprocess.run(
-        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-        timeout=timeout)
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, (
         f'{cmd} failed ({proc.returncode})\n--- stdout\n{proc.stdout[-4000:]}'
-        f'\n--- stderr\n{proc.stderr[-6000:]}')
+        f'\n--- stderr\n{proc.stderr[-6000:]}'
+    )
     return proc
 
 
@@ -205,8 +212,7 @@ def toy_project(tmp_path_factory):
     config = root / 'toy_config.py'
     config.write_text(TOY_CONFIG)
     env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(
-        p for p in (TESTS_DIR, env.get('PYTHONPATH')) if p)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (TESTS_DIR, env.get('PYTHONPATH')) if p)
     env['PYTHON'] = PYTHON
     env.pop('OMP_NUM_THREADS', None)
     return root, config, env
@@ -217,8 +223,18 @@ def single_run(toy_project):
     """tools/train.py, launcher none, batch 4 on one process."""
     root, config, env = toy_project
     work = root / 'work_single'
-    _run([PYTHON, 'tools/train.py', str(config), '--work-dir', str(work),
-          '--cfg-options', 'train_dataloader.batch_size=4'], env)
+    _run(
+        [
+            PYTHON,
+            'tools/train.py',
+            str(config),
+            '--work-dir',
+            str(work),
+            '--cfg-options',
+            'train_dataloader.batch_size=4',
+        ],
+        env,
+    )
     return work
 
 
@@ -227,9 +243,19 @@ def test_train_single_vs_dist_cpu(toy_project, single_run):
     root, config, env = toy_project
     work_dist = root / 'work_dist'
     env = dict(env, PORT=str(free_port()))
-    proc = _run(['bash', 'tools/dist_train.sh', str(config), '2',
-                 '--work-dir', str(work_dist),
-                 '--cfg-options', 'train_dataloader.batch_size=2'], env)
+    proc = _run(
+        [
+            'bash',
+            'tools/dist_train.sh',
+            str(config),
+            '2',
+            '--work-dir',
+            str(work_dist),
+            '--cfg-options',
+            'train_dataloader.batch_size=2',
+        ],
+        env,
+    )
     out = proc.stdout + proc.stderr
     assert 'gloo' in out  # compat warned that nccl was replaced
 
@@ -239,26 +265,35 @@ def test_train_single_vs_dist_cpu(toy_project, single_run):
     init = ToyRegressor().state_dict()
     for key, value in single['state_dict'].items():
         assert not torch.allclose(value, init[key])  # it did train
-        torch.testing.assert_close(
-            dist['state_dict'][key], value, atol=1e-6, rtol=0)
+        torch.testing.assert_close(dist['state_dict'][key], value, atol=1e-6, rtol=0)
 
     # Logged losses: the 2-process mean of each step equals the 1-process
     # loss over the same 4 samples (and both runs logged 4 steps).
     single_log, dist_log = _scalars(single_run), _scalars(work_dist)
     assert sorted(single_log) == sorted(dist_log) == [1, 2, 3, 4]
     for step in single_log:
-        assert single_log[step]['loss'] == pytest.approx(
-            single_log[step]['global_mse'], abs=1e-6)
+        assert single_log[step]['loss'] == pytest.approx(single_log[step]['global_mse'], abs=1e-6)
         assert dist_log[step]['global_mse'] == pytest.approx(
-            single_log[step]['loss'], rel=1e-6, abs=1e-6)
+            single_log[step]['loss'], rel=1e-6, abs=1e-6
+        )
 
 
 def test_tools_test_out(toy_project, single_run):
     root, config, env = toy_project
     out_file = root / 'preds.pkl'
-    proc = _run([PYTHON, 'tools/test.py', str(config),
-                 str(single_run / 'iter_4.pth'), '--work-dir',
-                 str(root / 'work_test'), '--out', str(out_file)], env)
+    proc = _run(
+        [
+            PYTHON,
+            'tools/test.py',
+            str(config),
+            str(single_run / 'iter_4.pth'),
+            '--work-dir',
+            str(root / 'work_test'),
+            '--out',
+            str(out_file),
+        ],
+        env,
+    )
     assert 'mse:' in proc.stdout + proc.stderr
     with open(out_file, 'rb') as f:
         preds = pickle.load(f)
@@ -270,9 +305,13 @@ def test_train_amp_on_cpu_says_gpu_needed(toy_project):
         pytest.skip('AMP is available with a GPU')
     root, config, env = toy_project
     proc = subprocess.run(
-        [PYTHON, 'tools/train.py', str(config), '--work-dir',
-         str(root / 'work_amp'), '--amp'],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+        [PYTHON, 'tools/train.py', str(config), '--work-dir', str(root / 'work_amp'), '--amp'],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert 'needs a GPU' in proc.stderr
 
@@ -280,7 +319,7 @@ def test_train_amp_on_cpu_says_gpu_needed(toy_project):
 # --------------------------------------------------------------------------
 # patch_cpu_distributed details (fresh interpreters: it patches globally)
 # --------------------------------------------------------------------------
-SYNCBN_SCRIPT = '''
+SYNCBN_SCRIPT = """
 import os, sys
 os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
                   MASTER_ADDR='127.0.0.1', MASTER_PORT=sys.argv[2])
@@ -318,9 +357,9 @@ log_vars = runner.model.train_step(dict(inputs=torch.randn(2, 3, 4, 4)), optim)
 assert torch.isfinite(log_vars['loss'])
 torch.distributed.destroy_process_group()
 print('SYNCBN_OK')
-'''
+"""
 
-GPU_NOOP_SCRIPT = '''
+GPU_NOOP_SCRIPT = """
 import mmengine.device.utils as device_utils
 device_utils.DEVICE = 'cuda'  # pretend mmengine found a GPU
 import mmengine.dist.utils as dist_utils
@@ -331,7 +370,7 @@ assert patch_cpu_distributed() is False
 assert dist_utils._init_dist_pytorch is init_before
 assert Runner.wrap_model is wrap_before
 print('NOOP_OK')
-'''
+"""
 
 
 @pytest.mark.skipif(CUDA, reason='checks the CPU (gloo) path')
@@ -340,7 +379,11 @@ def test_patch_cpu_distributed_gloo_and_syncbn(tmp_path):
     script.write_text(textwrap.dedent(SYNCBN_SCRIPT))
     proc = subprocess.run(
         [PYTHON, str(script), str(tmp_path / 'work'), str(free_port())],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and 'SYNCBN_OK' in out, out[-6000:]
     assert 'converted to BatchNorm' in out
@@ -349,6 +392,6 @@ def test_patch_cpu_distributed_gloo_and_syncbn(tmp_path):
 
 def test_patch_cpu_distributed_noop_with_gpu(tmp_path):
     proc = subprocess.run(
-        [PYTHON, '-c', GPU_NOOP_SCRIPT],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+        [PYTHON, '-c', GPU_NOOP_SCRIPT], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+    )
     assert proc.returncode == 0 and 'NOOP_OK' in proc.stdout, proc.stderr

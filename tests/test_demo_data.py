@@ -4,6 +4,7 @@ They check that the files are deterministic, that the COCO masks (polygon
 and RLE) agree with their boxes, and that mmdet's CocoDataset and mmseg's
 BaseSegDataset load what was written.
 """
+
 import json
 import os
 import os.path as osp
@@ -13,8 +14,14 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from mmdsnet.testing.synthetic_data import (COCO_CLASSES, MIN_VISIBLE_AREA, SEG_BORDER,
-                                            SEG_CLASSES, SEG_IGNORE_INDEX, generate_demo_data)
+from mmdsnet.testing.synthetic_data import (
+    COCO_CLASSES,
+    MIN_VISIBLE_AREA,
+    SEG_BORDER,
+    SEG_CLASSES,
+    SEG_IGNORE_INDEX,
+    generate_demo_data,
+)
 
 NUM_TRAIN, NUM_VAL, SEED = 8, 4, 0
 
@@ -34,8 +41,7 @@ def _tree_bytes(root):
 def demo_root(tmp_path_factory):
     """One generated dataset shared by the read-only tests."""
     root = str(tmp_path_factory.mktemp('demo'))
-    result = generate_demo_data(root, num_train=NUM_TRAIN, num_val=NUM_VAL,
-                                seed=SEED)
+    result = generate_demo_data(root, num_train=NUM_TRAIN, num_val=NUM_VAL, seed=SEED)
     assert not result['skipped']
     return root
 
@@ -48,10 +54,12 @@ def _ann_file(root, split):
 def test_layout(demo_root):
     for split, n in (('train', NUM_TRAIN), ('val', NUM_VAL)):
         assert osp.isfile(_ann_file(demo_root, split))
-        for sub in (osp.join('coco', split), osp.join('seg', 'images', split),
-                    osp.join('seg', 'annotations', split)):
-            pngs = [f for f in os.listdir(osp.join(demo_root, sub))
-                    if f.endswith('.png')]
+        for sub in (
+            osp.join('coco', split),
+            osp.join('seg', 'images', split),
+            osp.join('seg', 'annotations', split),
+        ):
+            pngs = [f for f in os.listdir(osp.join(demo_root, sub)) if f.endswith('.png')]
             assert len(pngs) == n, sub
 
 
@@ -78,8 +86,7 @@ def test_idempotent_and_force(tmp_path):
 
     again = generate_demo_data(root, num_train=3, num_val=2, seed=3)
     assert again['skipped']
-    forced = generate_demo_data(root, num_train=3, num_val=2, seed=3,
-                                force=True)
+    forced = generate_demo_data(root, num_train=3, num_val=2, seed=3, force=True)
     assert not forced['skipped']
     assert _tree_bytes(root) == before
 
@@ -98,12 +105,10 @@ def test_refuses_foreign_output(tmp_path):
     (root / 'coco').mkdir(parents=True)
     with pytest.raises(FileExistsError):
         generate_demo_data(str(root), num_train=2, num_val=1)
-    assert not generate_demo_data(str(root), num_train=2, num_val=1,
-                                  force=True)['skipped']
+    assert not generate_demo_data(str(root), num_train=2, num_val=1, force=True)['skipped']
 
 
-@pytest.mark.parametrize('split,num_images', [('train', NUM_TRAIN),
-                                              ('val', NUM_VAL)])
+@pytest.mark.parametrize('split,num_images', [('train', NUM_TRAIN), ('val', NUM_VAL)])
 def test_coco_annotations(demo_root, split, num_images):
     coco = COCO(_ann_file(demo_root, split))
     assert sorted(coco.getImgIds()) == list(range(1, num_images + 1))
@@ -134,8 +139,7 @@ def test_coco_annotations(demo_root, split, num_images):
             ys, xs = np.nonzero(mask)
             x, y, bw, bh = ann['bbox']
             assert x >= 0 and y >= 0 and x + bw <= w and y + bh <= h
-            mask_box = [xs.min(), ys.min(), xs.max() + 1 - xs.min(),
-                        ys.max() + 1 - ys.min()]
+            mask_box = [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
             assert np.allclose(mask_box, ann['bbox'], atol=1), ann['id']
             assert abs(mask.sum() - ann['area']) <= 0.02 * ann['area']
             assert ann['area'] >= MIN_VISIBLE_AREA
@@ -163,8 +167,9 @@ def test_mmdet_coco_dataset(demo_root):
         filter_cfg=None,
         pipeline=[
             LoadImageFromFile(),
-            LoadAnnotations(with_bbox=True, with_mask=True, poly2mask=True)
-        ])
+            LoadAnnotations(with_bbox=True, with_mask=True, poly2mask=True),
+        ],
+    )
     assert len(dataset) == NUM_TRAIN
     num_instances = 0
     for i in range(len(dataset)):
@@ -181,8 +186,7 @@ def test_mmdet_coco_dataset(demo_root):
         for mask, box in zip(masks, boxes):
             ys, xs = np.nonzero(mask)
             # mmdet boxes are x1y1x2y2 with x2 = x + w.
-            assert np.allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1],
-                               box, atol=1)
+            assert np.allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], box, atol=1)
     assert num_instances == len(coco.getAnnIds()) > 0
 
 
@@ -193,19 +197,20 @@ def test_mmseg_dataset(demo_root):
     for split, n in (('train', NUM_TRAIN), ('val', NUM_VAL)):
         dataset = BaseSegDataset(
             data_root=demo_root,
-            data_prefix=dict(img_path=f'seg/images/{split}',
-                             seg_map_path=f'seg/annotations/{split}'),
+            data_prefix=dict(
+                img_path=f'seg/images/{split}', seg_map_path=f'seg/annotations/{split}'
+            ),
             img_suffix='.png',
             seg_map_suffix='.png',
             reduce_zero_label=True,
             metainfo=dict(classes=SEG_CLASSES),
-            pipeline=[LoadAnnotations()])
+            pipeline=[LoadAnnotations()],
+        )
         assert len(dataset) == n
         seen = set()
         for i in range(n):
             info = dataset.get_data_info(i)
-            assert osp.basename(info['img_path']) == osp.basename(
-                info['seg_map_path'])
+            assert osp.basename(info['img_path']) == osp.basename(info['seg_map_path'])
             assert osp.isfile(info['img_path'])
             raw = cv2.imread(info['seg_map_path'], cv2.IMREAD_UNCHANGED)
             assert raw.dtype == np.uint8 and raw.ndim == 2
@@ -229,8 +234,10 @@ def test_semantic_map_matches_instances(demo_root):
     coco = COCO(_ann_file(demo_root, 'train'))
     for img_id in coco.getImgIds():
         info = coco.imgs[img_id]
-        raw = cv2.imread(osp.join(demo_root, 'seg', 'annotations', 'train',
-                                  info['file_name']), cv2.IMREAD_UNCHANGED)
+        raw = cv2.imread(
+            osp.join(demo_root, 'seg', 'annotations', 'train', info['file_name']),
+            cv2.IMREAD_UNCHANGED,
+        )
         expected = np.ones_like(raw)
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
             expected[coco.annToMask(ann).astype(bool)] = ann['category_id'] + 1

@@ -1,4 +1,5 @@
 """The backbone under reduced precision, torch.compile and ONNX export."""
+
 import pytest
 import torch
 
@@ -50,7 +51,6 @@ def test_onnx_export_backbone_and_neck(tmp_path, tiny):
     ort = pytest.importorskip('onnxruntime')
 
     class BackboneWithNeck(torch.nn.Module):
-
         def __init__(self):
             super().__init__()
             self.backbone = tiny
@@ -62,7 +62,7 @@ def test_onnx_export_backbone_and_neck(tmp_path, tiny):
     model = BackboneWithNeck().eval()
     x = torch.randn(1, 3, 128, 160)
     path = tmp_path / 'dsnet_t_dsfpn.onnx'
-    torch.onnx.export(model, (x, ), str(path), dynamo=True, input_names=['image'])
+    torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=['image'])
     onnx.checker.check_model(str(path))
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     outputs = session.run(None, {session.get_inputs()[0].name: x.numpy()})

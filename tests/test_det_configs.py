@@ -1,5 +1,6 @@
 """Every detection config parses, builds, and runs loss and predict forwards;
 the README's stock-mmdet example builds and runs too."""
+
 import glob
 import os.path as osp
 import re
@@ -14,12 +15,17 @@ from mmdsnet.models import DSFPN, DSNet
 
 DET_CONFIGS = sorted(
     glob.glob(osp.join(REPO_ROOT, 'configs', '*_coco.py'))
-    + glob.glob(osp.join(REPO_ROOT, 'configs', 'demo', 'mask_rcnn_*.py')))
+    + glob.glob(osp.join(REPO_ROOT, 'configs', 'demo', 'mask_rcnn_*.py'))
+)
 REQUIRED = [
-    'retinanet_dsnet_t_fpn_1x_coco.py', 'retinanet_dsnet_s_fpn_1x_coco.py',
-    'mask_rcnn_dsnet_t_fpn_1x_coco.py', 'mask_rcnn_dsnet_s_fpn_1x_coco.py',
-    'mask_rcnn_dsnet_b_fpn_1x_coco.py', 'retinanet_dsnet_s_dsfpn_1x_coco.py',
-    'mask_rcnn_dsnet_s_dsfpn_1x_coco.py', 'mask_rcnn_dsnet_s_fpn_ms-3x_coco.py',
+    'retinanet_dsnet_t_fpn_1x_coco.py',
+    'retinanet_dsnet_s_fpn_1x_coco.py',
+    'mask_rcnn_dsnet_t_fpn_1x_coco.py',
+    'mask_rcnn_dsnet_s_fpn_1x_coco.py',
+    'mask_rcnn_dsnet_b_fpn_1x_coco.py',
+    'retinanet_dsnet_s_dsfpn_1x_coco.py',
+    'mask_rcnn_dsnet_s_dsfpn_1x_coco.py',
+    'mask_rcnn_dsnet_s_fpn_ms-3x_coco.py',
 ]
 
 pytestmark = pytest.mark.usefixtures('mmdet_scope')
@@ -33,11 +39,13 @@ def test_required_configs_exist():
 def run_detector(cfg_model, with_mask):
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
+
     model = MODELS.build(cfg_model)
     model.init_weights()
     data = model.data_preprocessor(
-        demo_mm_inputs(2, [[3, 128, 128], [3, 125, 130]], num_classes=3,
-                       with_mask=with_mask), training=True)
+        demo_mm_inputs(2, [[3, 128, 128], [3, 125, 130]], num_classes=3, with_mask=with_mask),
+        training=True,
+    )
     model.train()
     total, log_vars = model.parse_losses(model(**data, mode='loss'))
     assert torch.isfinite(total) and total > 0, log_vars
@@ -45,7 +53,8 @@ def run_detector(cfg_model, with_mask):
     model.eval()
     with torch.no_grad():
         data = model.data_preprocessor(
-            demo_mm_inputs(1, [[3, 160, 96]], num_classes=3, with_mask=with_mask))
+            demo_mm_inputs(1, [[3, 160, 96]], num_classes=3, with_mask=with_mask)
+        )
         results = model(**data, mode='predict')
     assert len(results) == 1 and hasattr(results[0], 'pred_instances')
     return model, results[0]
@@ -85,6 +94,7 @@ def test_readme_stock_mmdet_example(tmp_path):
 
 def test_readme_and_metafile_paths_exist():
     import yaml
+
     text = open(osp.join(REPO_ROOT, 'README.md')).read()
     paths = set(re.findall(r'\b((?:configs|tools)/[\w./-]+\.(?:py|sh|yml))', text))
     assert paths, 'README names no configs/ or tools/ files'

@@ -1,6 +1,7 @@
 """tools/install_env.sh and its mmcv build decision (tools/misc/cuda_build_env.py), on faked
 machines: CPU torch, CUDA torch with a missing / mismatched / matching nvcc, GPUs, cores and
 memory. No GPU is needed; the shell script runs against a stand-in for the venv's python."""
+
 import dataclasses
 import importlib.util
 import json
@@ -26,13 +27,17 @@ def load_module():
 
 cbe = load_module()
 
-NVCC_12_8 = ('nvcc: NVIDIA (R) Cuda compiler driver\n'
-             'Cuda compilation tools, release 12.8, V12.8.93\n'
-             'Build cuda_12.8.r12.8/compiler.35583870_0\n')
+NVCC_12_8 = (
+    'nvcc: NVIDIA (R) Cuda compiler driver\n'
+    'Cuda compilation tools, release 12.8, V12.8.93\n'
+    'Build cuda_12.8.r12.8/compiler.35583870_0\n'
+)
 NVCC_13_0 = NVCC_12_8.replace('12.8', '13.0').replace('V12.8.93', 'V13.0.48')
 NVCC_12_4 = NVCC_12_8.replace('12.8', '12.4')
-ARCHES_12_8 = '\n'.join(f'compute_{a}' for a in
-                        (50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, '90a', 100, 120))
+ARCHES_12_8 = '\n'.join(
+    f'compute_{a}'
+    for a in (50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, '90a', 100, 120)
+)
 ARCHES_12_4 = '\n'.join(f'compute_{a}' for a in (50, 60, 70, 75, 80, 86, 89, 90, '90a'))
 H100 = cbe.Gpu('NVIDIA H100 80GB HBM3', (9, 0))
 A100 = cbe.Gpu('NVIDIA A100-SXM4-80GB', (8, 0))
@@ -40,9 +45,16 @@ RTX5090 = cbe.Gpu('NVIDIA GeForce RTX 5090', (12, 0))
 
 
 def machine(**kw):
-    base = dict(torch_version='2.11.0+cu128', torch_cuda='12.8', gpus=(H100,),
-                nvcc='/usr/local/cuda/bin/nvcc', nvcc_version=NVCC_12_8, nvcc_arches=ARCHES_12_8,
-                cpus=16, mem_gib=120.0)
+    base = dict(
+        torch_version='2.11.0+cu128',
+        torch_cuda='12.8',
+        gpus=(H100,),
+        nvcc='/usr/local/cuda/bin/nvcc',
+        nvcc_version=NVCC_12_8,
+        nvcc_arches=ARCHES_12_8,
+        cpus=16,
+        mem_gib=120.0,
+    )
     base.update(kw)
     return cbe.Machine(**base)
 
@@ -51,8 +63,14 @@ def machine(**kw):
 @pytest.mark.parametrize('gpus', [(), (H100,)])
 def test_cpu_torch_keeps_cpu_path(gpus):
     # No nvcc and user variables set: none of it matters, nothing but the mode is exported.
-    m = machine(torch_version='2.13.0+cpu', torch_cuda=None, gpus=gpus, nvcc=None,
-                nvcc_version=None, nvcc_arches=None)
+    m = machine(
+        torch_version='2.13.0+cpu',
+        torch_cuda=None,
+        gpus=gpus,
+        nvcc=None,
+        nvcc_version=None,
+        nvcc_arches=None,
+    )
     plan = cbe.plan_build(m, {'TORCH_CUDA_ARCH_LIST': '8.0', 'MAX_JOBS': '7'})
     assert plan.mode == 'cpu'
     assert plan.shell() == 'export MMDSNET_MMCV_BUILD=cpu\n'
@@ -106,17 +124,25 @@ def test_unreadable_nvcc_version_is_an_error():
 def test_matching_nvcc_exports_the_build_variables():
     plan = cbe.plan_build(machine(), {})
     assert plan.mode == 'cuda'
-    assert plan.exports == {'MMDSNET_MMCV_BUILD': 'cuda',
-                            'MMDSNET_NVCC': '/usr/local/cuda/bin/nvcc', 'FORCE_CUDA': '1',
-                            'MMCV_WITH_OPS': '1', 'TORCH_CUDA_ARCH_LIST': '9.0', 'MAX_JOBS': '16'}
+    assert plan.exports == {
+        'MMDSNET_MMCV_BUILD': 'cuda',
+        'MMDSNET_NVCC': '/usr/local/cuda/bin/nvcc',
+        'FORCE_CUDA': '1',
+        'MMCV_WITH_OPS': '1',
+        'TORCH_CUDA_ARCH_LIST': '9.0',
+        'MAX_JOBS': '16',
+    }
     assert 'GPUs: NVIDIA H100 80GB HBM3 (9.0)' in plan.notes[0]
 
 
-@pytest.mark.parametrize('gpus,expected', [
-    ((H100,), '9.0'),
-    ((H100, H100, A100), '8.0;9.0'),
-    ((RTX5090, H100), '9.0;12.0'),  # numeric order, not string order
-])
+@pytest.mark.parametrize(
+    'gpus,expected',
+    [
+        ((H100,), '9.0'),
+        ((H100, H100, A100), '8.0;9.0'),
+        ((RTX5090, H100), '9.0;12.0'),  # numeric order, not string order
+    ],
+)
 def test_arch_list_from_visible_gpus(gpus, expected):
     plan = cbe.plan_build(machine(gpus=gpus), {})
     assert plan.exports['TORCH_CUDA_ARCH_LIST'] == expected
@@ -124,8 +150,12 @@ def test_arch_list_from_visible_gpus(gpus, expected):
 
 def test_shell_exports_quote_the_arch_list():
     plan = cbe.plan_build(machine(gpus=(H100, A100)), {})
-    out = subprocess.run(['bash', '-c', plan.shell() + 'echo "$TORCH_CUDA_ARCH_LIST|$MAX_JOBS"'],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ['bash', '-c', plan.shell() + 'echo "$TORCH_CUDA_ARCH_LIST|$MAX_JOBS"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out == '8.0;9.0|16\n'
 
 
@@ -139,22 +169,28 @@ def test_user_arch_list_is_kept(user):
 
 def test_gpu_newer_than_nvcc_is_refused_before_the_build():
     with pytest.raises(cbe.BuildCheckError) as err:
-        cbe.plan_build(machine(gpus=(RTX5090,), nvcc_version=NVCC_12_4, nvcc_arches=ARCHES_12_4),
-                       {})
+        cbe.plan_build(
+            machine(gpus=(RTX5090,), nvcc_version=NVCC_12_4, nvcc_arches=ARCHES_12_4), {}
+        )
     msg = str(err.value)
     assert 'cannot compile for compute capability 12.0' in msg and 'newest target is 9.0a' in msg
     # The same check covers a user-set list.
     with pytest.raises(cbe.BuildCheckError, match='compute capability 10.0'):
-        cbe.plan_build(machine(nvcc_version=NVCC_12_4, nvcc_arches=ARCHES_12_4),
-                       {'TORCH_CUDA_ARCH_LIST': '9.0;10.0'})
+        cbe.plan_build(
+            machine(nvcc_version=NVCC_12_4, nvcc_arches=ARCHES_12_4),
+            {'TORCH_CUDA_ARCH_LIST': '9.0;10.0'},
+        )
 
 
-@pytest.mark.parametrize('cpus,mem,expected', [
-    (16, 120.0, 16),  # the GPU machine: cores bound
-    (64, 40.0, 16),   # memory bound: 40 GiB / 2.5
-    (2, 23.0, 2),     # this CI machine
-    (8, 1.0, 1),      # never below one job
-])
+@pytest.mark.parametrize(
+    'cpus,mem,expected',
+    [
+        (16, 120.0, 16),  # the GPU machine: cores bound
+        (64, 40.0, 16),  # memory bound: 40 GiB / 2.5
+        (2, 23.0, 2),  # this CI machine
+        (8, 1.0, 1),  # never below one job
+    ],
+)
 def test_max_jobs_from_cores_and_memory(cpus, mem, expected):
     plan = cbe.plan_build(machine(cpus=cpus, mem_gib=mem), {})
     assert plan.exports['MAX_JOBS'] == str(expected)
@@ -171,8 +207,12 @@ def test_user_max_jobs_is_kept_and_checked():
 
 def test_parsers():
     assert cbe.parse_nvcc_version(NVCC_13_0) == (13, 0)
-    assert cbe.parse_nvcc_arches('compute_75\ncompute_90\ncompute_90a\ncompute_120\n') == \
-        {'7.5', '9.0', '9.0a', '12.0'}
+    assert cbe.parse_nvcc_arches('compute_75\ncompute_90\ncompute_90a\ncompute_120\n') == {
+        '7.5',
+        '9.0',
+        '9.0a',
+        '12.0',
+    }
     assert cbe.numeric_arches('8.0; 9.0+PTX 12.0a Hopper') == ['8.0', '9.0', '12.0a']
     with pytest.raises(cbe.BuildCheckError, match='expected e.g. 12.8'):
         cbe.version_major_minor('twelve')
@@ -188,20 +228,19 @@ def test_machine_from_json_round_trip_and_unknown_fields():
 
 
 # ----------------------------------------------------------------------------- probing, faked
-def fake_nvcc(tmp_path, version=NVCC_12_8, arches=ARCHES_12_8, compile_rc=0,
-              compile_msg=''):
+def fake_nvcc(tmp_path, version=NVCC_12_8, arches=ARCHES_12_8, compile_rc=0, compile_msg=''):
     """An executable that answers like nvcc and records the arguments of compile calls."""
     home = tmp_path / 'cuda'
     (home / 'bin').mkdir(parents=True)
     nvcc = home / 'bin' / 'nvcc'
     log = tmp_path / 'nvcc.log'
-    nvcc.write_text(f'''#!/usr/bin/env bash
+    nvcc.write_text(f"""#!/usr/bin/env bash
 case "$1" in
   --version) printf '%b' {json.dumps(version)} ;;
   --list-gpu-arch) printf '%b\\n' {json.dumps(arches)} ;;
   *) echo "$@" >> {log}; echo {json.dumps(compile_msg)} >&2; exit {compile_rc} ;;
 esac
-''')
+""")
     nvcc.chmod(0o755)
     return str(nvcc), log
 
@@ -220,8 +259,11 @@ def test_smoke_compile_uses_torch_flags_and_reports_nvcc_errors(tmp_path):
     assert '-std=c++17' in args and '-ccbin /usr/bin/gcc-12' in args
     assert '-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90' in args
 
-    bad, _ = fake_nvcc(tmp_path / 'bad', compile_rc=1,
-                       compile_msg='error: -- unsupported GNU version! gcc versions later than 13')
+    bad, _ = fake_nvcc(
+        tmp_path / 'bad',
+        compile_rc=1,
+        compile_msg='error: -- unsupported GNU version! gcc versions later than 13',
+    )
     with pytest.raises(cbe.BuildCheckError) as err:
         cbe.smoke_compile(bad, '9.0')
     assert 'unsupported GNU version' in str(err.value) and 'set CC' in str(err.value)
@@ -237,6 +279,7 @@ def test_probe_this_cpu_machine():
 
 def test_probe_with_faked_cuda_torch_and_gpu(tmp_path, monkeypatch):
     import torch.utils.cpp_extension as cpp_extension
+
     nvcc, _ = fake_nvcc(tmp_path)
     monkeypatch.setattr(torch.version, 'cuda', '12.8')
     monkeypatch.setattr(cpp_extension, 'CUDA_HOME', str(tmp_path / 'cuda'))
@@ -270,7 +313,7 @@ def test_main_prints_exports_or_exits_2(tmp_path, monkeypatch, capsys):
     nvcc, log = fake_nvcc(tmp_path)
     assert cbe.main(['--machine', write_machine(tmp_path, machine(nvcc=nvcc))]) == 0
     out, err = capsys.readouterr()
-    assert "export TORCH_CUDA_ARCH_LIST=9.0\n" in out and 'export MAX_JOBS=16\n' in out
+    assert 'export TORCH_CUDA_ARCH_LIST=9.0\n' in out and 'export MAX_JOBS=16\n' in out
     assert '[install] CUDA build: torch 2.11.0+cu128' in err
     assert 'compute_90' in log.read_text()  # the smoke compile ran
 
@@ -286,6 +329,7 @@ def test_main_prints_exports_or_exits_2(tmp_path, monkeypatch, capsys):
 
 def test_verify_ops_on_cpu_and_version_check(capsys):
     import mmcv
+
     assert cbe.main(['--verify-ops', 'cpu', '--expect-mmcv', mmcv.__version__]) == 0
     assert 'nms (' in capsys.readouterr().out
     with pytest.raises(cbe.BuildCheckError, match='9.9.9 expected'):
@@ -294,6 +338,7 @@ def test_verify_ops_on_cpu_and_version_check(capsys):
 
 def test_verify_ops_refuses_mmcv_without_cuda_ops():
     from mmcv.ops import get_compiling_cuda_version
+
     if get_compiling_cuda_version() != 'not available':
         pytest.skip('this mmcv has CUDA ops')
     with pytest.raises(cbe.BuildCheckError, match='built without its CUDA ops'):
@@ -306,7 +351,7 @@ def test_verify_ops_on_gpu():
 
 
 # ----------------------------------------------------------------------------- install_env.sh
-STUB_PYTHON = r'''#!/usr/bin/env bash
+STUB_PYTHON = r"""#!/usr/bin/env bash
 # Stand-in for the venv's python: logs every call with the mmcv build variables. pip calls only
 # record what would be installed (mmcv's marker holds the FORCE_CUDA it was built with);
 # tools/misc/cuda_build_env.py decides for real, for the machine in $STUB_MACHINE.
@@ -334,7 +379,7 @@ case "$1" in
     fi ;;
   *) echo "stub python: unexpected call $*" >&2; exit 99 ;;
 esac
-'''
+"""
 
 
 class FakeVenv:
@@ -348,19 +393,36 @@ class FakeVenv:
         py.write_text(STUB_PYTHON)
         py.chmod(0o755)
         (venv / 'pyvenv.cfg').write_text(
-            f'include-system-site-packages = {"true" if system_site else "false"}\n')
+            f'include-system-site-packages = {"true" if system_site else "false"}\n'
+        )
         if mmcv is not None:  # an mmcv already installed, built with FORCE_CUDA=mmcv
             (tmp_path / 'mmcv').write_text(f'{mmcv}\n')
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ('TORCH_CUDA_ARCH_LIST', 'MAX_JOBS', 'FORCE_CUDA', 'CC',
-                                 'MMCV_WHEEL_DIR', 'USE_SYSTEM_TORCH', 'CUDA_VISIBLE_DEVICES')}
-        self.env.update(VENV=str(venv), STUB_DIR=str(tmp_path), REAL_PYTHON=sys.executable,
-                        STUB_MACHINE=write_machine(tmp_path, m))
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in (
+                'TORCH_CUDA_ARCH_LIST',
+                'MAX_JOBS',
+                'FORCE_CUDA',
+                'CC',
+                'MMCV_WHEEL_DIR',
+                'USE_SYSTEM_TORCH',
+                'CUDA_VISIBLE_DEVICES',
+            )
+        }
+        self.env.update(
+            VENV=str(venv),
+            STUB_DIR=str(tmp_path),
+            REAL_PYTHON=sys.executable,
+            STUB_MACHINE=write_machine(tmp_path, m),
+        )
         self.stamp = venv / '.mmdsnet-install-stamp'
 
     def run(self, **env):
-        proc = subprocess.run(['bash', SCRIPT], env={**self.env, **env}, capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            ['bash', SCRIPT], env={**self.env, **env}, capture_output=True, text=True, timeout=120
+        )
         self.log = (self.dir / 'log').read_text() if (self.dir / 'log').exists() else ''
         return proc
 
@@ -373,14 +435,24 @@ def test_install_env_sh_parses():
 
 
 def test_install_env_sh_cpu_torch_takes_the_unchanged_cpu_path(tmp_path):
-    fake = FakeVenv(tmp_path, machine(torch_version='2.13.0+cpu', torch_cuda=None, gpus=(),
-                                      nvcc=None, nvcc_version=None, nvcc_arches=None))
+    fake = FakeVenv(
+        tmp_path,
+        machine(
+            torch_version='2.13.0+cpu',
+            torch_cuda=None,
+            gpus=(),
+            nvcc=None,
+            nvcc_version=None,
+            nvcc_arches=None,
+        ),
+    )
     proc = fake.run()
     assert proc.returncode == 0, proc.stderr
     builds = fake.calls('mmcv==2.1.0')
     assert len(builds) == 1 and '--no-cache-dir' not in builds[0]
-    assert builds[0].startswith('CALL -m pip --disable-pip-version-check install '
-                                '--no-build-isolation mmcv==2.1.0 ||')
+    assert builds[0].startswith(
+        'CALL -m pip --disable-pip-version-check install --no-build-isolation mmcv==2.1.0 ||'
+    )
     assert builds[0].endswith('FORCE_CUDA=0 ARCH= MAX_JOBS=2')
     assert fake.calls('-c requirements/constraints.txt -r requirements/runtime.txt')
     assert not fake.calls('--verify-ops') and not fake.calls('uninstall')
@@ -393,8 +465,9 @@ def test_install_env_sh_cpu_torch_takes_the_unchanged_cpu_path(tmp_path):
 
 def test_install_env_sh_builds_cuda_ops_with_planned_variables(tmp_path):
     nvcc, _ = fake_nvcc(tmp_path)
-    fake = FakeVenv(tmp_path, machine(nvcc=nvcc, gpus=(H100, A100), cpus=16, mem_gib=30.0),
-                    mmcv=0)  # a CPU-only mmcv is installed: it must be replaced
+    fake = FakeVenv(
+        tmp_path, machine(nvcc=nvcc, gpus=(H100, A100), cpus=16, mem_gib=30.0), mmcv=0
+    )  # a CPU-only mmcv is installed: it must be replaced
     proc = fake.run()
     assert proc.returncode == 0, proc.stderr
     assert '[install] CUDA build: torch 2.11.0+cu128 (CUDA 12.8), nvcc 12.8' in proc.stderr
@@ -429,8 +502,14 @@ def test_install_env_sh_stops_before_the_build_on_nvcc_mismatch(tmp_path):
 
 
 def test_install_env_sh_system_torch_drops_torch_pins(tmp_path):
-    cpu = machine(torch_version='2.13.0+cpu', torch_cuda=None, gpus=(), nvcc=None,
-                  nvcc_version=None, nvcc_arches=None)
+    cpu = machine(
+        torch_version='2.13.0+cpu',
+        torch_cuda=None,
+        gpus=(),
+        nvcc=None,
+        nvcc_version=None,
+        nvcc_arches=None,
+    )
     fake = FakeVenv(tmp_path, cpu, system_site=True)
     proc = fake.run(USE_SYSTEM_TORCH='1')
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,5 @@
 """DSFPN: FPN's contract, DS-Block placement options, errors."""
+
 import pytest
 import torch
 from mmdet.models.necks import FPN as MMDetFPN
@@ -11,8 +12,9 @@ IN_CHANNELS = [64, 128, 320, 512]
 
 
 def pyramid(height=64, width=96, batch=1):
-    return [torch.randn(batch, c, height // s, width // s)
-            for c, s in zip(IN_CHANNELS, (1, 2, 4, 8))]
+    return [
+        torch.randn(batch, c, height // s, width // s) for c, s in zip(IN_CHANNELS, (1, 2, 4, 8))
+    ]
 
 
 def copy_fpn_weights(fpn, dsfpn):
@@ -47,8 +49,7 @@ def test_without_ds_blocks_equals_fpn(fpn_cls, kwargs):
     torch.manual_seed(0)
     fpn = fpn_cls(IN_CHANNELS, 256, **kwargs).eval()
     dsfpn = DSFPN(IN_CHANNELS, 256, num_ds_blocks=0, **kwargs).eval()
-    assert sum(p.numel() for p in fpn.parameters()) == sum(
-        p.numel() for p in dsfpn.parameters())
+    assert sum(p.numel() for p in fpn.parameters()) == sum(p.numel() for p in dsfpn.parameters())
     copy_fpn_weights(fpn, dsfpn)
     inputs = pyramid()
     with torch.no_grad():
@@ -62,13 +63,11 @@ def test_default_layout_one_block_per_backbone_level():
     neck = DSFPN(IN_CHANNELS, 256, num_outs=5)
     assert sorted(neck.ds_blocks) == ['0', '1', '2', '3']
     blocks = [neck.ds_blocks[str(i)][0] for i in range(4)]
-    assert all(isinstance(b, DSBlock) and b.channels == 256 and b.num_heads == 4
-               for b in blocks)
+    assert all(isinstance(b, DSBlock) and b.channels == 256 and b.num_heads == 4 for b in blocks)
     # The global stream sits at 1/32 of the image on every level (P2..P5).
     assert [b.global_resize for b in blocks] == [8, 4, 2, 1]
     outs = neck(pyramid(128, 160))
-    assert [tuple(o.shape[2:]) for o in outs] == [(128, 160), (64, 80), (32, 40), (16, 20),
-                                                   (8, 10)]
+    assert [tuple(o.shape[2:]) for o in outs] == [(128, 160), (64, 80), (32, 40), (16, 20), (8, 10)]
     for level, (h, w) in enumerate([(128, 160), (64, 80), (32, 40), (16, 20)]):
         assert blocks[level].global_size(h, w) == (16, 20)  # image 512x640 / 32
 
@@ -80,12 +79,20 @@ def test_retinanet_layout_starts_at_p3():
 
 @pytest.mark.parametrize('position', ['pre_fpn_conv', 'post_fpn_conv', 'replace_fpn_conv'])
 def test_positions_and_gradients(position):
-    neck = DSFPN(IN_CHANNELS, 128, num_outs=5, ds_position=position, ds_levels=(1, 2),
-                 num_ds_blocks=2, ds_num_heads=2)
+    neck = DSFPN(
+        IN_CHANNELS,
+        128,
+        num_outs=5,
+        ds_position=position,
+        ds_levels=(1, 2),
+        num_ds_blocks=2,
+        ds_num_heads=2,
+    )
     assert sorted(neck.ds_blocks) == ['1', '2'] and len(neck.ds_blocks['1']) == 2
     replaced = [isinstance(c, torch.nn.Identity) for c in neck.fpn_convs]
-    assert replaced == ([False, True, True, False] if position == 'replace_fpn_conv'
-                        else [False] * 4)
+    assert replaced == (
+        [False, True, True, False] if position == 'replace_fpn_conv' else [False] * 4
+    )
     outs = neck(pyramid(batch=2))
     sum(o.sum() for o in outs).backward()
     for name, param in neck.named_parameters():
@@ -95,8 +102,9 @@ def test_positions_and_gradients(position):
 def test_ds_blocks_change_the_output_only_where_placed():
     torch.manual_seed(0)
     plain = DSFPN(IN_CHANNELS, 64, num_outs=4, num_ds_blocks=0, ds_num_heads=1).eval()
-    enhanced = DSFPN(IN_CHANNELS, 64, num_outs=4, ds_levels=(3, ), ds_num_heads=1,
-                     ds_norm_cfg=dict(type='BN')).eval()
+    enhanced = DSFPN(
+        IN_CHANNELS, 64, num_outs=4, ds_levels=(3,), ds_num_heads=1, ds_norm_cfg=dict(type='BN')
+    ).eval()
     enhanced.load_state_dict(plain.state_dict(), strict=False)
     inputs = pyramid()
     with torch.no_grad():
@@ -106,26 +114,29 @@ def test_ds_blocks_change_the_output_only_where_placed():
     assert not torch.allclose(a[3], b[3])
 
 
-@pytest.mark.parametrize('kwargs,match', [
-    (dict(ds_position='middle'), 'ds_position must be one of'),
-    (dict(ds_levels=(4, )), 'ds_levels must index'),
-    (dict(ds_global_resize=(8, 4)), 'one factor per ds_level'),
-    (dict(add_extra_convs='on_top'), 'add_extra_convs must be'),
-    (dict(num_outs=3), 'num_outs=3 is smaller'),
-    (dict(start_level=4), 'start_level must be'),
-    (dict(end_level=7), 'end_level must be'),
-    (dict(strides=(8, 16, 32)), 'one increasing positive int per input'),
-    (dict(strides=(4, 8, 8, 16)), 'one increasing positive int per input'),
-    (dict(ds_global_resize=(8, 4, 0, 1)), 'ds_global_resize entries must be an int >= 1'),
-    (dict(ds_drop_path_rate=1.0), r'ds_drop_path_rate must be in \[0, 1\)'),
-    (dict(ds_drop_path_rate=-0.5), 'ds_drop_path_rate must be in'),
-    (dict(ds_num_heads=0), 'ds_num_heads must be an int >= 1, got 0'),
-    (dict(ds_num_heads=3), 'ds_num_heads=3 must divide the 128 channels'),
-    (dict(ds_mlp_ratio=0), 'ds_mlp_ratio must be a finite number > 0'),
-    (dict(num_ds_blocks=-1), 'num_ds_blocks must be an int >= 0'),
-    (dict(in_channels=[64, 0, 320, 512]), 'in_channels entries must be an int >= 1'),
-    (dict(out_channels=-256), 'out_channels must be an int >= 1'),
-])
+@pytest.mark.parametrize(
+    'kwargs,match',
+    [
+        (dict(ds_position='middle'), 'ds_position must be one of'),
+        (dict(ds_levels=(4,)), 'ds_levels must index'),
+        (dict(ds_global_resize=(8, 4)), 'one factor per ds_level'),
+        (dict(add_extra_convs='on_top'), 'add_extra_convs must be'),
+        (dict(num_outs=3), 'num_outs=3 is smaller'),
+        (dict(start_level=4), 'start_level must be'),
+        (dict(end_level=7), 'end_level must be'),
+        (dict(strides=(8, 16, 32)), 'one increasing positive int per input'),
+        (dict(strides=(4, 8, 8, 16)), 'one increasing positive int per input'),
+        (dict(ds_global_resize=(8, 4, 0, 1)), 'ds_global_resize entries must be an int >= 1'),
+        (dict(ds_drop_path_rate=1.0), r'ds_drop_path_rate must be in \[0, 1\)'),
+        (dict(ds_drop_path_rate=-0.5), 'ds_drop_path_rate must be in'),
+        (dict(ds_num_heads=0), 'ds_num_heads must be an int >= 1, got 0'),
+        (dict(ds_num_heads=3), 'ds_num_heads=3 must divide the 128 channels'),
+        (dict(ds_mlp_ratio=0), 'ds_mlp_ratio must be a finite number > 0'),
+        (dict(num_ds_blocks=-1), 'num_ds_blocks must be an int >= 0'),
+        (dict(in_channels=[64, 0, 320, 512]), 'in_channels entries must be an int >= 1'),
+        (dict(out_channels=-256), 'out_channels must be an int >= 1'),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DSFPN(**{'in_channels': IN_CHANNELS, 'out_channels': 256, 'num_outs': 5, **kwargs})
@@ -145,14 +156,18 @@ def test_bad_inputs():
 def test_empty_batch_gives_empty_outputs(train):
     neck = DSFPN(IN_CHANNELS, 64, num_outs=5, ds_num_heads=1).train(train)
     outs = neck(pyramid(batch=0))
-    assert [tuple(o.shape) for o in outs] == [
-        (0, 64, 64 // s, 96 // s) for s in (1, 2, 4, 8)] + [(0, 64, 4, 6)]
+    assert [tuple(o.shape) for o in outs] == [(0, 64, 64 // s, 96 // s) for s in (1, 2, 4, 8)] + [
+        (0, 64, 4, 6)
+    ]
 
 
-@pytest.mark.parametrize('num_inputs,strides,resize', [
-    (4, (4, 8, 16, 32), (8, 4, 2, 1)),  # DSNet out_indices=(0, 1, 2, 3)
-    (3, (8, 16, 32), (4, 2, 1)),  # DSNet out_indices=(1, 2, 3), RetinaNet
-])
+@pytest.mark.parametrize(
+    'num_inputs,strides,resize',
+    [
+        (4, (4, 8, 16, 32), (8, 4, 2, 1)),  # DSNet out_indices=(0, 1, 2, 3)
+        (3, (8, 16, 32), (4, 2, 1)),  # DSNet out_indices=(1, 2, 3), RetinaNet
+    ],
+)
 def test_default_strides_put_every_global_grid_at_1_32(num_inputs, strides, resize):
     neck = DSFPN(IN_CHANNELS[-num_inputs:], 64, num_outs=5, ds_num_heads=1)
     assert neck.strides == strides
@@ -167,6 +182,7 @@ def shipped_dsfpn_configs():
     import os.path as osp
 
     from mmengine.config import Config
+
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
     found = []
     for path in sorted(glob.glob(osp.join(root, 'configs', '**', '*.py'), recursive=True)):
@@ -184,8 +200,10 @@ def test_shipped_dsfpn_configs_put_every_global_grid_at_1_32(cfg):
     crops, the demo's images), every DS-FPN level's global grid is the image
     over 32, whatever backbone levels the config feeds the neck."""
     import importlib
+
     registry = importlib.import_module(f'{cfg.default_scope}.registry').MODELS
     from mmdsnet.models import DSNet
+
     backbone = cfg.model.backbone
     strides = [DSNet.strides[i] for i in backbone.get('out_indices', (0, 1, 2, 3))]
     neck = registry.build(cfg.model.neck)

@@ -1,4 +1,5 @@
 """Public DS-Net checkpoints -> DSNet: conversion, loading, and loud failures."""
+
 import os.path as osp
 import pickle
 import subprocess
@@ -29,7 +30,7 @@ def public_to_ours(key):
     """The mapping the converter must apply, spelled out independently."""
     if key.startswith('patch_embed'):
         return f'patch_embeds.{int(key[11]) - 1}.{key.split(".proj.")[1]}'
-    stage, rest = key[len('blocks'):].split('.', 1)
+    stage, rest = key[len('blocks') :].split('.', 1)
     return f'stages.{int(stage) - 1}.{rest}'
 
 
@@ -39,8 +40,7 @@ def assert_loaded_from(model, public_sd):
     for key, value in public_sd.items():
         if key.startswith(('head.', 'norm.')):
             continue
-        torch.testing.assert_close(ours[public_to_ours(key)], value, rtol=0, atol=0,
-                                   msg=key)
+        torch.testing.assert_close(ours[public_to_ours(key)], value, rtol=0, atol=0, msg=key)
         mapped += 1
     assert mapped == len(ours) == 422
 
@@ -95,8 +95,9 @@ def test_paddle_layout_round_trip(tmp_path, reference, protocol):
         pickle.dump(to_paddle(reference.state_dict()), f, protocol=protocol)
     assert detect_layout(read_checkpoint(str(path))) == 'paddle'
     model = build_and_load(path)
-    public = {k: v for k, v in reference.state_dict().items()
-              if not k.endswith('num_batches_tracked')}
+    public = {
+        k: v for k, v in reference.state_dict().items() if not k.endswith('num_batches_tracked')
+    }
     ours = model.state_dict()
     for key, value in public.items():
         if not key.startswith(('head.', 'norm.')):
@@ -108,7 +109,6 @@ def test_paddle_layout_round_trip(tmp_path, reference, protocol):
 
 
 class Payload:
-
     def __reduce__(self):
         return (print, ('arbitrary code ran',))
 
@@ -118,6 +118,7 @@ class CodecsPayload:
 
     def __reduce__(self):
         import _codecs
+
         return (_codecs.encode, (b'x', 'rot13'))
 
 
@@ -151,8 +152,16 @@ def test_cli_converter(tmp_path, reference):
     src, dst = tmp_path / 'src.pth', tmp_path / 'out' / 'dsnet_t_mm.pth'
     torch.save({'model': reference.state_dict()}, src)
     result = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools/model_converters/dsnet2mmdet.py'),
-         str(src), str(dst)], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            osp.join(ROOT, 'tools/model_converters/dsnet2mmdet.py'),
+            str(src),
+            str(dst),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert '422 tensors' in result.stdout + result.stderr
     converted = torch.load(dst, weights_only=True)
@@ -165,8 +174,7 @@ def test_subset_out_indices_skips_unbuilt_stages(tmp_path, reference):
     torch.save(reference.state_dict(), path)
     model = build_and_load(path, out_indices=(0, 1))
     assert len(model.stages) == 2
-    torch.testing.assert_close(model.stages[1][0].conv1.weight,
-                               reference.blocks2[0].conv1.weight)
+    torch.testing.assert_close(model.stages[1][0].conv1.weight, reference.blocks2[0].conv1.weight)
 
 
 def test_missing_file_fails_loudly(tmp_path):
@@ -185,9 +193,16 @@ def test_corrupt_file_fails_loudly(tmp_path):
 
 def test_other_backbone_checkpoint_fails_loudly(tmp_path):
     path = tmp_path / 'r50_retinanet.pth'
-    torch.save({'state_dict': {'backbone.conv1.weight': torch.zeros(64, 3, 7, 7),
-                               'backbone.layer1.0.conv1.weight': torch.zeros(64, 64, 1, 1),
-                               'neck.fpn_convs.0.conv.weight': torch.zeros(1)}}, path)
+    torch.save(
+        {
+            'state_dict': {
+                'backbone.conv1.weight': torch.zeros(64, 3, 7, 7),
+                'backbone.layer1.0.conv1.weight': torch.zeros(64, 64, 1, 1),
+                'neck.fpn_convs.0.conv.weight': torch.zeros(1),
+            }
+        },
+        path,
+    )
     model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     with pytest.raises(RuntimeError, match=r'Only 0/422 DSNet tensors'):
         model.init_weights()
@@ -215,6 +230,7 @@ def test_partial_load_is_reported(tmp_path, reference, capsys):
     torch.save(sd, path)
     logger = MMLogger.get_instance('test_partial', log_level='INFO')
     from mmdsnet.models.backbones.pretrained import load_pretrained_dsnet
+
     model = DSNet('tiny')
     load_pretrained_dsnet(model, str(path), logger)
     out = capsys.readouterr()
@@ -227,9 +243,13 @@ def test_init_cfg_list_goes_through_the_converter(tmp_path, reference):
     converted and checked, and the other entries applied."""
     path = tmp_path / 'timm.pth'
     torch.save({'model': reference.state_dict()}, path)
-    model = DSNet('tiny', init_cfg=[
-        dict(type='Constant', layer='LayerNorm', val=0.5, bias=0.),
-        dict(type='Pretrained', checkpoint=str(path))])
+    model = DSNet(
+        'tiny',
+        init_cfg=[
+            dict(type='Constant', layer='LayerNorm', val=0.5, bias=0.0),
+            dict(type='Pretrained', checkpoint=str(path)),
+        ],
+    )
     model.init_weights()
     assert_loaded_from(model, reference.state_dict())
     resnet = tmp_path / 'resnet.pth'
@@ -240,19 +260,27 @@ def test_init_cfg_list_goes_through_the_converter(tmp_path, reference):
 
 
 def test_init_cfg_list_without_pretrained_runs_through_mmengine():
-    model = DSNet('tiny', init_cfg=[dict(type='Constant', layer='Linear', val=0.25, bias=0.)])
+    model = DSNet('tiny', init_cfg=[dict(type='Constant', layer='Linear', val=0.25, bias=0.0)])
     model.init_weights()
     assert torch.all(model.stages[0][0].channel_up.weight == 0.25)
 
 
-@pytest.mark.parametrize('init_cfg,match', [
-    (dict(type='Pretrained'), r"needs checkpoint=PATH"),
-    ([dict(type='Pretrained', checkpoint='')], r"needs checkpoint=PATH"),
-    ([dict(type='Pretrained', checkpoint='a.pth'), dict(type='Pretrained', checkpoint='b.pth')],
-     'has 2 Pretrained entries'),
-    (dict(type='Pretrained', checkpoint='a.pth', strict=True), r"unknown keys \['strict'\]"),
-    (dict(type='Pretrained', checkpoint='a.pth', prefix=''), 'prefix must be a non-empty str'),
-])
+@pytest.mark.parametrize(
+    'init_cfg,match',
+    [
+        (dict(type='Pretrained'), r'needs checkpoint=PATH'),
+        ([dict(type='Pretrained', checkpoint='')], r'needs checkpoint=PATH'),
+        (
+            [
+                dict(type='Pretrained', checkpoint='a.pth'),
+                dict(type='Pretrained', checkpoint='b.pth'),
+            ],
+            'has 2 Pretrained entries',
+        ),
+        (dict(type='Pretrained', checkpoint='a.pth', strict=True), r"unknown keys \['strict'\]"),
+        (dict(type='Pretrained', checkpoint='a.pth', prefix=''), 'prefix must be a non-empty str'),
+    ],
+)
 def test_bad_pretrained_init_cfg_is_refused_at_construction(init_cfg, match):
     with pytest.raises(ValueError, match=match):
         DSNet('tiny', init_cfg=init_cfg)
@@ -262,8 +290,9 @@ def test_prefix_selects_a_submodel(tmp_path, reference):
     ours = dsnet_convert(reference.state_dict())
     path = tmp_path / 'teacher.pth'
     torch.save({'state_dict': {f'student.backbone.{k}': v for k, v in ours.items()}}, path)
-    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path),
-                                        prefix='student.backbone.'))
+    model = DSNet(
+        'tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='student.backbone.')
+    )
     model.init_weights()
     assert_loaded_from(model, reference.state_dict())
     model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='x.'))
@@ -304,19 +333,31 @@ def test_unreadable_inputs_say_what_is_wrong(tmp_path):
 def run_converter(*args):
     return subprocess.run(
         [sys.executable, osp.join(ROOT, 'tools/model_converters/dsnet2mmdet.py'), *map(str, args)],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_converter_refuses_what_is_not_a_ds_net_checkpoint(tmp_path):
     resnet, dst = tmp_path / 'resnet50.pth', tmp_path / 'out.pth'
-    torch.save({'state_dict': {'conv1.weight': torch.zeros(64, 3, 7, 7),
-                               'layer1.0.conv1.weight': torch.zeros(64, 64, 1, 1)}}, resnet)
+    torch.save(
+        {
+            'state_dict': {
+                'conv1.weight': torch.zeros(64, 3, 7, 7),
+                'layer1.0.conv1.weight': torch.zeros(64, 64, 1, 1),
+            }
+        },
+        resnet,
+    )
     empty = tmp_path / 'empty.pth'
     empty.write_bytes(b'')
-    for src, message in [(resnet, 'is not a DS-Net checkpoint'),
-                         (empty, 'is empty (0 bytes)'),
-                         (tmp_path, 'is a directory'),
-                         (tmp_path / 'missing.pth', 'not found')]:
+    for src, message in [
+        (resnet, 'is not a DS-Net checkpoint'),
+        (empty, 'is empty (0 bytes)'),
+        (tmp_path, 'is a directory'),
+        (tmp_path / 'missing.pth', 'not found'),
+    ]:
         result = run_converter(src, dst)
         assert result.returncode != 0, (src, result.stdout)
         assert message in result.stderr, result.stderr
@@ -328,11 +369,18 @@ def test_runner_checkpoint_of_a_detector_seeds_the_backbone(tmp_path, reference)
     """A Runner checkpoint carries a pickled MessageHub (HistoryBuffer, numpy);
     the backbone loader allows those types for its own load."""
     from mmengine.logging import MessageHub
+
     hub = MessageHub.get_instance('seed_backbone')
     hub.update_scalar('train/loss', 1.5)
     hub.update_info('eta', np.float64(12.0))
     ours = dsnet_convert(reference.state_dict())
     path = tmp_path / 'epoch_12.pth'
-    torch.save({'meta': {'epoch': 12}, 'message_hub': hub.state_dict(),
-                'state_dict': {f'backbone.{k}': v for k, v in ours.items()}}, path)
+    torch.save(
+        {
+            'meta': {'epoch': 12},
+            'message_hub': hub.state_dict(),
+            'state_dict': {f'backbone.{k}': v for k, v in ours.items()},
+        },
+        path,
+    )
     assert_loaded_from(build_and_load(path), reference.state_dict())

@@ -1,5 +1,6 @@
 """Every segmentation config parses, builds a segmentor under mmseg's scope,
 and runs loss and predict forwards; so does the README's stock-mmseg example."""
+
 import glob
 import os.path as osp
 
@@ -14,9 +15,11 @@ from mmdsnet.models import DSFPN, DSNet
 
 SEG_CONFIGS = sorted(
     glob.glob(osp.join(REPO_ROOT, 'configs', '*_ade20k-512x512.py'))
-    + glob.glob(osp.join(REPO_ROOT, 'configs', 'demo', '*-seg.py')))
+    + glob.glob(osp.join(REPO_ROOT, 'configs', 'demo', '*-seg.py'))
+)
 REQUIRED = [
-    'fpn_dsnet-t_4xb8-40k_ade20k-512x512.py', 'fpn_dsnet-s_4xb8-40k_ade20k-512x512.py',
+    'fpn_dsnet-t_4xb8-40k_ade20k-512x512.py',
+    'fpn_dsnet-s_4xb8-40k_ade20k-512x512.py',
     'fpn_dsnet-s_dsfpn_4xb8-40k_ade20k-512x512.py',
     'upernet_dsnet-s_8xb2-160k_ade20k-512x512.py',
 ]
@@ -31,23 +34,26 @@ def test_required_configs_exist():
 
 def seg_inputs(batch, height, width, num_classes):
     from mmseg.structures import SegDataSample
+
     samples = []
     for _ in range(batch):
-        sample = SegDataSample(metainfo=dict(img_shape=(height, width),
-                                             ori_shape=(height, width),
-                                             pad_shape=(height, width)))
+        sample = SegDataSample(
+            metainfo=dict(
+                img_shape=(height, width), ori_shape=(height, width), pad_shape=(height, width)
+            )
+        )
         labels = torch.randint(0, num_classes, (1, height, width))
         labels[:, :2] = 255  # some ignored pixels
         sample.gt_sem_seg = PixelData(data=labels)
         samples.append(sample)
-    inputs = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
-              for _ in range(batch)]
+    inputs = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8) for _ in range(batch)]
     return dict(inputs=inputs, data_samples=samples)
 
 
 @pytest.mark.parametrize('path', SEG_CONFIGS, ids=osp.basename)
 def test_config_builds_and_runs(path):
     from mmseg.registry import MODELS
+
     cfg = Config.fromfile(path)
     # A fresh process (tools/train.py) finds DSNet only through this import.
     assert 'mmdsnet' in cfg.custom_imports['imports']
@@ -55,6 +61,7 @@ def test_config_builds_and_runs(path):
     # Outside a distributed run SyncBN must become BN for CPU: build as the
     # Runner would, then revert.
     from mmengine.model import revert_sync_batchnorm
+
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
     model.init_weights()
     assert isinstance(model.backbone, DSNet)
@@ -79,8 +86,10 @@ def test_config_builds_and_runs(path):
 
 def test_readme_stock_mmseg_example(tmp_path):
     import re
-    from mmseg.registry import MODELS
+
     from mmengine.model import revert_sync_batchnorm
+    from mmseg.registry import MODELS
+
     text = open(osp.join(REPO_ROOT, 'README.md')).read()
     match = re.search(r'<!-- stock-mmseg-example -->\s*```python\n(.*?)```', text, re.S)
     assert match, 'README lost its stock mmseg example block'

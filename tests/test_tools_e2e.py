@@ -2,6 +2,7 @@
 1 and 2 CPU processes (gloo), COCO and IoU evaluation with tools/test.py, and
 resume after a run is killed mid-epoch; and what the tools say when mmdsnet is
 not installed."""
+
 import glob
 import json
 import os
@@ -15,7 +16,6 @@ import textwrap
 import time
 
 import pytest
-import torch
 from conftest import REPO_ROOT, free_port
 
 from mmdsnet.testing.synthetic_data import generate_demo_data
@@ -28,8 +28,9 @@ SEG_DEMO = osp.join(REPO_ROOT, 'configs', 'demo', 'fpn_dsnet-t_demo-seg.py')
 def run(cmd, cwd, timeout=600, **env):
     """Run a tool in the installed environment (mmdsnet found via its install)."""
     full_env = dict(os.environ, **{k: str(v) for k, v in env.items()})
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                            env=full_env)
+    result = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     return output
@@ -82,8 +83,11 @@ def coco_metrics(output):
 def test_detection_two_processes_train_then_coco_test(tmp_path, data_dir):
     config = det_config(tmp_path, data_dir)
     work_dir = tmp_path / 'work'
-    output = run(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work_dir)],
-                 cwd=REPO_ROOT, PORT=free_port())
+    output = run(
+        ['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work_dir)],
+        cwd=REPO_ROOT,
+        PORT=free_port(),
+    )
     assert 'Distributed training: True' in output
     losses = [float(v) for v in re.findall(r'\bloss: ([\d.]+)', output)]
     assert losses and all(v == v and v < 1e4 for v in losses)
@@ -94,10 +98,21 @@ def test_detection_two_processes_train_then_coco_test(tmp_path, data_dir):
     assert meta['epoch'] == 1
 
     out_pkl = tmp_path / 'results.pkl'
-    output = run([sys.executable, 'tools/test.py', config, str(checkpoint), '--work-dir',
-                  str(tmp_path / 'test'), '--out', str(out_pkl)], cwd=REPO_ROOT)
+    output = run(
+        [
+            sys.executable,
+            'tools/test.py',
+            config,
+            str(checkpoint),
+            '--work-dir',
+            str(tmp_path / 'test'),
+            '--out',
+            str(out_pkl),
+        ],
+        cwd=REPO_ROOT,
+    )
     metrics = coco_metrics(output)
-    assert all(0. <= v <= 1. for v in metrics.values())
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
     with open(out_pkl, 'rb') as f:
         results = pickle.load(f)
     assert len(results) == 4 and 'pred_instances' in results[0]
@@ -106,8 +121,7 @@ def test_detection_two_processes_train_then_coco_test(tmp_path, data_dir):
 
 def lrs_by_iteration(output):
     """{(epoch, iter): lr} from mmengine's progress lines."""
-    found = re.findall(r'Epoch\(train\)\s*\[(\d+)\]\[\s*(\d+)/\d+\].*?\blr: ([\d.e\-+]+)',
-                       output)
+    found = re.findall(r'Epoch\(train\)\s*\[(\d+)\]\[\s*(\d+)/\d+\].*?\blr: ([\d.e\-+]+)', output)
     return {(int(e), int(i)): float(lr) for e, i, lr in found}
 
 
@@ -115,17 +129,23 @@ def lrs_by_iteration(output):
 def test_resume_after_kill_mid_epoch(tmp_path, data_dir):
     config = det_config(tmp_path, data_dir, max_epochs=3)
     reference_dir, killed_dir = tmp_path / 'reference', tmp_path / 'killed'
-    reference = run([sys.executable, 'tools/train.py', config, '--work-dir',
-                     str(reference_dir)], cwd=REPO_ROOT)
+    reference = run(
+        [sys.executable, 'tools/train.py', config, '--work-dir', str(reference_dir)], cwd=REPO_ROOT
+    )
 
     log = open(tmp_path / 'killed.log', 'w')
-    proc = subprocess.Popen([sys.executable, 'tools/train.py', config, '--work-dir',
-                             str(killed_dir)], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, 'tools/train.py', config, '--work-dir', str(killed_dir)],
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         text = open(tmp_path / 'killed.log').read()
         if (killed_dir / 'epoch_1.pth').exists() and re.search(
-                r'Epoch\(train\)\s*\[2\]\[\s*1/', text):
+            r'Epoch\(train\)\s*\[2\]\[\s*1/', text
+        ):
             break
         time.sleep(0.5)
     assert proc.poll() is None, 'the run ended before it could be interrupted'
@@ -133,8 +153,10 @@ def test_resume_after_kill_mid_epoch(tmp_path, data_dir):
     proc.wait()
     assert not (killed_dir / 'epoch_2.pth').exists()
 
-    resumed = run([sys.executable, 'tools/train.py', config, '--work-dir', str(killed_dir),
-                   '--resume'], cwd=REPO_ROOT)
+    resumed = run(
+        [sys.executable, 'tools/train.py', config, '--work-dir', str(killed_dir), '--resume'],
+        cwd=REPO_ROOT,
+    )
     assert re.search(r'resumed epoch: 1, iter: \d+', resumed)
     final = load_from_local_weights_only(str(killed_dir / 'epoch_3.pth'), 'cpu')
     expected = load_from_local_weights_only(str(reference_dir / 'epoch_3.pth'), 'cpu')
@@ -156,20 +178,33 @@ data_root = {root!r}
 train_dataloader = dict(batch_size=2, dataset=dict(data_root=data_root))
 val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
-train_cfg = dict(max_iters=4, val_interval=100)
+# 8 images, 2 processes x 2 per step: 2 epochs are 4 iterations.
+train_cfg = dict(max_epochs=2, val_interval=100)
 param_scheduler = [dict(type='PolyLR', eta_min=0., power=0.9, begin=0, end=4, by_epoch=False)]
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=4))
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2))
 """)
     work_dir = tmp_path / 'work'
-    output = run(['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir',
-                  str(work_dir)], cwd=REPO_ROOT, PORT=free_port())
+    output = run(
+        ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir)],
+        cwd=REPO_ROOT,
+        PORT=free_port(),
+    )
     assert 'Distributed training: True' in output
-    checkpoint = work_dir / 'iter_4.pth'
+    checkpoint = work_dir / 'epoch_2.pth'
     assert checkpoint.exists()
-    output = run([sys.executable, 'tools/test.py', str(config), str(checkpoint),
-                  '--work-dir', str(tmp_path / 'test')], cwd=REPO_ROOT)
+    output = run(
+        [
+            sys.executable,
+            'tools/test.py',
+            str(config),
+            str(checkpoint),
+            '--work-dir',
+            str(tmp_path / 'test'),
+        ],
+        cwd=REPO_ROOT,
+    )
     match = re.search(r'mIoU: ([\d.]+)', output)
-    assert match and 0. <= float(match.group(1)) <= 100.
+    assert match and 0.0 <= float(match.group(1)) <= 100.0
     for name in ('background', 'circle', 'square', 'triangle'):
         assert re.search(rf'\|\s*{name}\s*\|', output), f'per-class row {name} missing'
 
@@ -178,7 +213,8 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=4))
 TOOLS = sorted(
     osp.relpath(path, REPO_ROOT)
     for path in glob.glob(osp.join(REPO_ROOT, 'tools', '**', '*.py'), recursive=True)
-    if re.search(r'^\s*(from|import) mmdsnet', open(path).read(), re.M))
+    if re.search(r'^\s*(from|import) mmdsnet', open(path).read(), re.M)
+)
 
 
 def test_tools_without_mmdsnet_say_how_to_install():
@@ -196,8 +232,13 @@ def test_tools_without_mmdsnet_say_how_to_install():
                 exits[tool] = str(exit.code)
         print(json.dumps(exits))
     """)
-    result = subprocess.run([sys.executable, '-c', code, *TOOLS], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, '-c', code, *TOOLS],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     exits = json.loads(result.stdout.strip().splitlines()[-1])
     assert 'tools/train.py' in TOOLS and sorted(exits) == TOOLS  # none printed --help

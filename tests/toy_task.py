@@ -4,6 +4,7 @@ Registered in mmengine's root registries, so a config can name it: the tool
 subprocesses import it through ``custom_imports=['toy_task']`` with tests/ on
 PYTHONPATH; in-process tests use the classes directly.
 """
+
 import torch
 import torch.distributed as dist
 from mmengine.evaluator import BaseMetric
@@ -28,7 +29,7 @@ class ToyRegressor(BaseModel):
     def forward(self, inputs, targets=None, mode='tensor'):
         out = self.fc(inputs)
         if mode == 'loss':
-            loss = ((out - targets)**2).mean()
+            loss = ((out - targets) ** 2).mean()
             # The mean over all processes, logged only (no 'loss' in its name).
             global_mse = loss.detach().clone()
             if dist.is_available() and dist.is_initialized():
@@ -43,7 +44,8 @@ class ToyRegressor(BaseModel):
 @DATASETS.register_module()
 class ToyRegressionDataset(Dataset):
     """``n`` fixed random samples (the same on every call)."""
-    metainfo = dict(classes=('toy', ))
+
+    metainfo = dict(classes=('toy',))
 
     def __init__(self, n=16):
         gen = torch.Generator().manual_seed(0)
@@ -63,7 +65,7 @@ class ToyMSE(BaseMetric):
 
     def process(self, data_batch, data_samples):
         for sample in data_samples:
-            err = (sample['pred'] - sample['target'])**2
+            err = (sample['pred'] - sample['target']) ** 2
             self.results.append(err.mean().item())
 
     def compute_metrics(self, results):

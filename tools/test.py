@@ -6,14 +6,17 @@ config's ``test_evaluator`` (CocoMetric for mmdet, IoUMetric for mmseg).
     python tools/test.py CONFIG CHECKPOINT [--out results.pkl] [--show-dir DIR]
     bash tools/dist_test.sh CONFIG CHECKPOINT 8 [...]
 """
+
 import argparse
 
 try:  # importing mmdsnet registers the models
     from mmdsnet.cli import add_common_args, build_runner, config_from_args
     from mmdsnet.engine import CheckpointMismatchError
 except ModuleNotFoundError as error:
-    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-                     'into an mmdet/mmseg environment (README, Install)') from error
+    raise SystemExit(
+        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+        'into an mmdet/mmseg environment (README, Install)'
+    ) from error
 
 
 def parse_args(argv=None):
@@ -23,14 +26,21 @@ def parse_args(argv=None):
     parser.add_argument('--out', help='also dump the raw predictions to this .pkl file')
     parser.add_argument('--show', action='store_true', help='display the predictions')
     parser.add_argument('--show-dir', help='save images with drawn predictions here')
-    parser.add_argument('--wait-time', type=float, default=2,
-                        help='seconds each image is shown with --show')
-    parser.add_argument('--tta', action='store_true',
-                        help='test-time augmentation (needs tta_model and tta_pipeline)')
-    parser.add_argument('--allow-partial-load', action='store_true',
-                        help='evaluate even if the checkpoint leaves some model weights '
-                        'unloaded or misshapen (they keep their initial values); without '
-                        'it such a checkpoint is refused')
+    parser.add_argument(
+        '--wait-time', type=float, default=2, help='seconds each image is shown with --show'
+    )
+    parser.add_argument(
+        '--tta',
+        action='store_true',
+        help='test-time augmentation (needs tta_model and tta_pipeline)',
+    )
+    parser.add_argument(
+        '--allow-partial-load',
+        action='store_true',
+        help='evaluate even if the checkpoint leaves some model weights '
+        'unloaded or misshapen (they keep their initial values); without '
+        'it such a checkpoint is refused',
+    )
     add_common_args(parser)
     args = parser.parse_args(argv)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
@@ -42,8 +52,10 @@ def enable_visualization(cfg, args):
     """Turn on the config's visualization hook for --show / --show-dir."""
     hooks = cfg.get('default_hooks', None) or {}
     if 'visualization' not in hooks:
-        raise SystemExit('--show/--show-dir need default_hooks.visualization in the config, '
-                         "e.g. dict(type='DetVisualizationHook').")
+        raise SystemExit(
+            '--show/--show-dir need default_hooks.visualization in the config, '
+            "e.g. dict(type='DetVisualizationHook')."
+        )
     vis_hook = hooks['visualization']
     vis_hook['draw'] = True
     if args.show:
@@ -73,8 +85,10 @@ def dump_metric(cfg, out_file):
     """A metric that pickles the raw predictions to ``out_file``."""
     if cfg.get('default_scope', None) == 'mmdet':
         from mmdet.evaluation import DumpDetResults  # drops GT, masks as RLE
+
         return DumpDetResults(out_file_path=out_file)
     from mmengine.evaluator import DumpResults
+
     return DumpResults(out_file_path=out_file)
 
 
@@ -84,8 +98,10 @@ def main(argv=None):
     cfg.load_from = args.checkpoint
     # Refuse (or, with --allow-partial-load, report) a checkpoint that leaves
     # model weights unloaded or misshapen: it would score a random model.
-    cfg.custom_hooks = [*cfg.get('custom_hooks', []),
-                        dict(type='CheckpointFitHook', allow_partial=args.allow_partial_load)]
+    cfg.custom_hooks = [
+        *cfg.get('custom_hooks', []),
+        dict(type='CheckpointFitHook', allow_partial=args.allow_partial_load),
+    ]
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.tta:

@@ -7,31 +7,43 @@ The command line follows mmdet 3.3's ``tools/train.py``. The config's
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
     bash tools/dist_train.sh CONFIG 8 [...]
 """
+
 import argparse
 
 try:  # importing mmdsnet registers the models
     from mmdsnet.cli import add_common_args, build_runner, config_from_args
     from mmdsnet.engine import CheckpointMismatchError
 except ModuleNotFoundError as error:
-    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-                     'into an mmdet/mmseg environment (README, Install)') from error
+    raise SystemExit(
+        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+        'into an mmdet/mmseg environment (README, Install)'
+    ) from error
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a detector / segmentor with mmdsnet')
     parser.add_argument('config', help='path of the training config')
     parser.add_argument('--amp', action='store_true', help='mixed precision (needs a GPU)')
-    parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the lr by real batch size / auto_scale_lr.base_batch_size')
-    parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from this checkpoint; without a path, from the latest '
-                        'checkpoint in the work dir')
+    parser.add_argument(
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the lr by real batch size / auto_scale_lr.base_batch_size',
+    )
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from this checkpoint; without a path, from the latest '
+        'checkpoint in the work dir',
+    )
     add_common_args(parser)
     return parser.parse_args(argv)
 
 
 def has_amp_device() -> bool:
     from mmengine.device import get_device
+
     return get_device() != 'cpu'
 
 
@@ -40,8 +52,10 @@ def apply_train_options(cfg, args):
     optim_wrapper = cfg.get('optim_wrapper', None)
     uses_amp = args.amp or (optim_wrapper or {}).get('type') == 'AmpOptimWrapper'
     if uses_amp and not has_amp_device():
-        raise SystemExit('--amp / AmpOptimWrapper needs a GPU: mmengine\'s mixed precision '
-                         'is not supported on CPU (set optim_wrapper.type=OptimWrapper).')
+        raise SystemExit(
+            "--amp / AmpOptimWrapper needs a GPU: mmengine's mixed precision "
+            'is not supported on CPU (set optim_wrapper.type=OptimWrapper).'
+        )
     if args.amp:
         if optim_wrapper is None:
             raise SystemExit('--amp: the config has no optim_wrapper.')
@@ -51,8 +65,10 @@ def apply_train_options(cfg, args):
     if args.auto_scale_lr:
         scale_cfg = cfg.get('auto_scale_lr', None)
         if not scale_cfg or 'base_batch_size' not in scale_cfg:
-            raise SystemExit('--auto-scale-lr needs auto_scale_lr = dict(enable=False, '
-                             'base_batch_size=...) in the config.')
+            raise SystemExit(
+                '--auto-scale-lr needs auto_scale_lr = dict(enable=False, '
+                'base_batch_size=...) in the config.'
+            )
         scale_cfg.enable = True
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None

@@ -11,4 +11,5 @@ custom_imports = dict(imports=['mmdsnet'], allow_failed_imports=False)
 # (README, "Pretrained weights"); configs for other sizes override both.
 pretrained = 'checkpoints/dsnet_t_in1k.pth'
 dsnet_backbone = dict(
-    type='DSNet', arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=pretrained))
+    type='DSNet', arch='tiny', init_cfg=dict(type='Pretrained', checkpoint=pretrained)
+)

@@ -10,6 +10,7 @@ mmengine's jit-based ``FlopAnalyzer`` skips ``aten::scaled_dot_product_attention
 which DS-Net uses for every attention, so a handle for it is registered here:
 q @ k^T and attn @ v cost B * heads * Lq * Lk * (d_qk + d_v) MACs.
 """
+
 from typing import Any, List, Tuple, Union
 
 import torch
@@ -29,12 +30,12 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     return batch_size * len_q * len_k * (dim_qk + dim_v)
 
 
-def count_flops(model: nn.Module,
-                inputs: Union[torch.Tensor, Tuple[Any, ...]],
-                by_module: bool = False) -> Union[int, Tuple[int, dict]]:
+def count_flops(
+    model: nn.Module, inputs: Union[torch.Tensor, Tuple[Any, ...]], by_module: bool = False
+) -> Union[int, Tuple[int, dict]]:
     """Total MACs of ``model(*inputs)``; also per-module totals if asked."""
     if isinstance(inputs, torch.Tensor):
-        inputs = (inputs, )
+        inputs = (inputs,)
     analyzer = FlopAnalyzer(model, inputs)
     analyzer.set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)
     analyzer.unsupported_ops_warnings(False)
@@ -43,13 +44,13 @@ def count_flops(model: nn.Module,
     return (total, analyzer.by_module()) if by_module else total
 
 
-def commuted_conv_macs(model: nn.Module,
-                       inputs: Union[torch.Tensor, Tuple[Any, ...]]) -> int:
+def commuted_conv_macs(model: nn.Module, inputs: Union[torch.Tensor, Tuple[Any, ...]]) -> int:
     """MACs that the DS-Blocks of ``model`` save on ``inputs`` by applying the
     global halves of conv1 and conv2 per grid cell instead of per pixel."""
     from mmdsnet.models.layers import DSBlock
+
     if isinstance(inputs, torch.Tensor):
-        inputs = (inputs, )
+        inputs = (inputs,)
     saved = 0
 
     def record(block, args):
@@ -59,8 +60,9 @@ def commuted_conv_macs(model: nn.Module,
         per_position = (channels // 2) * channels  # one half of a 1x1 conv
         saved += 2 * batch * (height * width - grid_h * grid_w) * per_position
 
-    handles = [m.register_forward_pre_hook(record) for m in model.modules()
-               if isinstance(m, DSBlock)]
+    handles = [
+        m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, DSBlock)
+    ]
     try:
         with torch.no_grad():
             model(*inputs)
@@ -76,7 +78,4 @@ def count_spec_flops(model: nn.Module, inputs: Union[torch.Tensor, Tuple[Any, ..
 
 
 def parameter_count(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters()
-               if p.requires_grad or not trainable_only)
-
-
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

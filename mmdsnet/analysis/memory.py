@@ -1,12 +1,12 @@
 """Activation memory that autograd keeps between forward and backward."""
+
 from typing import Any, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 
-def saved_activations_mb(model: nn.Module,
-                         inputs: Union[torch.Tensor, Tuple[Any, ...]]) -> float:
+def saved_activations_mb(model: nn.Module, inputs: Union[torch.Tensor, Tuple[Any, ...]]) -> float:
     """MB of tensors autograd keeps from one forward of ``model`` for its backward.
 
     Counted through saved-tensor hooks, once per storage, parameters and
@@ -16,7 +16,7 @@ def saved_activations_mb(model: nn.Module,
     and unlike the process's resident set it does not depend on the allocator.
     """
     if isinstance(inputs, torch.Tensor):
-        inputs = (inputs, )
+        inputs = (inputs,)
     skip = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     kept = {}
 

@@ -6,6 +6,7 @@ backbone-only file (or another arch) scores a random head at mAP 0.000 and
 exits 0. This hook checks the checkpoint against the model before mmengine
 loads it (``after_load_checkpoint`` runs between reading and loading).
 """
+
 import re
 from typing import Dict, List, Tuple
 
@@ -25,14 +26,17 @@ def _sample(keys: List[str], limit: int = 5) -> str:
     return ', '.join(keys[:limit]) + more
 
 
-def compare_state_dicts(model_state: Dict[str, torch.Tensor],
-                        checkpoint_state: Dict[str, object]) -> Tuple[list, list, list]:
+def compare_state_dicts(
+    model_state: Dict[str, torch.Tensor], checkpoint_state: Dict[str, object]
+) -> Tuple[list, list, list]:
     """(missing, mismatched, unexpected) keys of a checkpoint against a model."""
     mismatched = [
         f'{key}: checkpoint {tuple(value.shape)} vs model {tuple(model_state[key].shape)}'
         for key, value in checkpoint_state.items()
-        if key in model_state and isinstance(value, torch.Tensor)
-        and value.shape != model_state[key].shape]
+        if key in model_state
+        and isinstance(value, torch.Tensor)
+        and value.shape != model_state[key].shape
+    ]
     missing = [key for key in model_state if key not in checkpoint_state]
     unexpected = [key for key in checkpoint_state if key not in model_state]
     return missing, mismatched, unexpected
@@ -59,28 +63,39 @@ class CheckpointFitHook(Hook):
         state = {re.sub(r'^module\.', '', key): value for key, value in state.items()}
         source = getattr(runner, '_load_from', None) or 'the checkpoint'
         for key, value in state.items():
-            if (isinstance(value, torch.Tensor) and value.is_floating_point()
-                    and not bool(torch.isfinite(value).all())):
+            if (
+                isinstance(value, torch.Tensor)
+                and value.is_floating_point()
+                and not bool(torch.isfinite(value).all())
+            ):
                 raise CheckpointMismatchError(
                     f'{source}: weight {key!r} holds NaN or Inf values (a diverged run?); '
-                    'refusing to evaluate or resume from it')
+                    'refusing to evaluate or resume from it'
+                )
         model_state = model.state_dict()
         missing, mismatched, unexpected = compare_state_dicts(model_state, state)
         if unexpected:
-            runner.logger.info(f'{len(unexpected)} checkpoint weights have no place in the '
-                               f'model and are ignored: {_sample(unexpected)}')
+            runner.logger.info(
+                f'{len(unexpected)} checkpoint weights have no place in the '
+                f'model and are ignored: {_sample(unexpected)}'
+            )
         if not missing and not mismatched:
             return
-        summary = (f'{source} does not fit the model: {len(missing)} of {len(model_state)} '
-                   f'model weights are missing from it'
-                   + (f' (e.g. {_sample(missing)})' if missing else '')
-                   + f'; {len(mismatched)} have another shape'
-                   + (f' (e.g. {_sample(mismatched, 3)})' if mismatched else '')
-                   + '. A backbone-only file, another arch or another config?')
+        summary = (
+            f'{source} does not fit the model: {len(missing)} of {len(model_state)} '
+            f'model weights are missing from it'
+            + (f' (e.g. {_sample(missing)})' if missing else '')
+            + f'; {len(mismatched)} have another shape'
+            + (f' (e.g. {_sample(mismatched, 3)})' if mismatched else '')
+            + '. A backbone-only file, another arch or another config?'
+        )
         if self.allow_partial:
-            runner.logger.warning(f'{summary} Continuing (partial load allowed): those weights '
-                                  'keep their initial values.')
+            runner.logger.warning(
+                f'{summary} Continuing (partial load allowed): those weights '
+                'keep their initial values.'
+            )
             return
         raise CheckpointMismatchError(
             f'{summary} Those weights would keep random values and every metric would be '
-            'meaningless. Pass --allow-partial-load to evaluate anyway.')
+            'meaningless. Pass --allow-partial-load to evaluate anyway.'
+        )

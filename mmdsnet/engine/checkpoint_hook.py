@@ -8,6 +8,7 @@ new checkpoint is written under a temporary name and renamed into place,
 ``last_checkpoint`` is replaced the same way, and only then are old
 checkpoints deleted. Non-local backends keep mmengine's behaviour.
 """
+
 import glob
 import os
 import os.path as osp
@@ -51,8 +52,7 @@ class AtomicCheckpointHook(CheckpointHook):
         stale = []
         # keep_ckpt_ids exists only with max_keep_ckpts > 0; a step saved twice
         # (latest and best in one epoch) is counted once.
-        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids
-                                            and self.keep_ckpt_ids[-1] == step):
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
             if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
                 stale.append(self.keep_ckpt_ids.popleft())
             self.keep_ckpt_ids.append(step)
@@ -62,9 +62,16 @@ class AtomicCheckpointHook(CheckpointHook):
         self.last_ckpt = osp.join(self.out_dir, filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
         runner.save_checkpoint(
-            self.out_dir, filename + PARTIAL_SUFFIX, self.file_client_args,
-            save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
-            meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+            self.out_dir,
+            filename + PARTIAL_SUFFIX,
+            self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=meta,
+            by_epoch=self.by_epoch,
+            backend_args=self.backend_args,
+            **self.args,
+        )
         if not is_main_process():
             return
         os.replace(self.last_ckpt + PARTIAL_SUFFIX, self.last_ckpt)

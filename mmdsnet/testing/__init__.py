@@ -1,4 +1,5 @@
 """Helpers for tests, benchmarks and the demo (not needed to train or test models)."""
+
 from .reference_dsnet import ReferenceDSNet, explicit_attention
 
 __all__ = ['ReferenceDSNet', 'explicit_attention', 'reference_for', 'randomize_norm_stats']
@@ -7,16 +8,22 @@ __all__ = ['ReferenceDSNet', 'explicit_attention', 'reference_for', 'randomize_n
 def reference_for(arch='small', **kwargs) -> ReferenceDSNet:
     """A public-layout reference model with the settings of a DSNet arch."""
     from mmdsnet.models import DSNet
+
     settings = DSNet.parse_arch(arch)
-    return ReferenceDSNet(embed_dims=settings['embed_dims'], depths=settings['depths'],
-                          num_heads=settings['num_heads'],
-                          mlp_ratio=settings.get('mlp_ratio', 4.), **kwargs)
+    return ReferenceDSNet(
+        embed_dims=settings['embed_dims'],
+        depths=settings['depths'],
+        num_heads=settings['num_heads'],
+        mlp_ratio=settings.get('mlp_ratio', 4.0),
+        **kwargs,
+    )
 
 
 def randomize_norm_stats(model, seed=0) -> None:
     """Give every BN non-trivial affine parameters and running statistics,
     so weight-mapping mistakes show up in the outputs."""
     import torch
+
     generator = torch.Generator().manual_seed(seed)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):

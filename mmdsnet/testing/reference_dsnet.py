@@ -7,6 +7,7 @@ checkpoint in the public layout, and it computes every attention map
 explicitly (softmax(q k^T / sqrt(d)) v), as the public code does. It is written
 from ``docs/architecture.md``, "The DS-Block".
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 def explicit_attention(q, k, v):
     """(B, heads, Lq, d) x (B, heads, Lk, d) -> (B, heads, Lq, d), materialised."""
-    attn = (q @ k.transpose(-2, -1)) * q.shape[-1]**-0.5
+    attn = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
     return attn.softmax(dim=-1) @ v
 
 
@@ -29,7 +30,6 @@ def _merge(x):
 
 
 class ReferenceMlp(nn.Module):
-
     def __init__(self, dim, hidden):
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden, 1)
@@ -43,7 +43,7 @@ class ReferenceMlp(nn.Module):
 class ReferenceBlock(nn.Module):
     """One DS-Block with the public parameter names, computed step by step."""
 
-    def __init__(self, dim, num_heads, resize, mlp_ratio=4., with_alignment=True):
+    def __init__(self, dim, num_heads, resize, mlp_ratio=4.0, with_alignment=True):
         super().__init__()
         c = dim // 2
         self.num_heads, self.resize, self.with_alignment = num_heads, resize, with_alignment
@@ -81,7 +81,8 @@ class ReferenceBlock(nn.Module):
         if self.with_alignment:
             lq, lk, lv = _heads(
                 self.cross_channel_up_conv(self.norm_conv2(x_local)).flatten(2).transpose(1, 2),
-                self.num_heads)
+                self.num_heads,
+            )
             gq, gk, gv = _heads(self.cross_channel_up_sa(self.norm_sa2(g)), self.num_heads)
             to_local = self.fuse_channel_conv(_merge(explicit_attention(lq, gk, gv)))
             to_global = self.fuse_channel_sa(_merge(explicit_attention(gq, lk, lv)))
@@ -94,7 +95,6 @@ class ReferenceBlock(nn.Module):
 
 
 class PatchEmbedRef(nn.Module):
-
     def __init__(self, in_ch, out_ch, size):
         super().__init__()
         self.proj = nn.Conv2d(in_ch, out_ch, size, stride=size)
@@ -106,17 +106,34 @@ class PatchEmbedRef(nn.Module):
 class ReferenceDSNet(nn.Module):
     """Classifier with the public key layout; ``features()`` gives the 4 stage maps."""
 
-    def __init__(self, embed_dims=(64, 128, 320, 512), depths=(3, 4, 8, 3),
-                 num_heads=(1, 2, 5, 8), mlp_ratio=4., global_resize=(8, 4, 2, 2),
-                 with_alignment=True, num_classes=1000):
+    def __init__(
+        self,
+        embed_dims=(64, 128, 320, 512),
+        depths=(3, 4, 8, 3),
+        num_heads=(1, 2, 5, 8),
+        mlp_ratio=4.0,
+        global_resize=(8, 4, 2, 2),
+        with_alignment=True,
+        num_classes=1000,
+    ):
         super().__init__()
         prev = 3
         for i in range(4):
-            setattr(self, f'patch_embed{i + 1}',
-                    PatchEmbedRef(prev, embed_dims[i], 4 if i == 0 else 2))
-            setattr(self, f'blocks{i + 1}', nn.ModuleList([
-                ReferenceBlock(embed_dims[i], num_heads[i], global_resize[i], mlp_ratio,
-                               with_alignment) for _ in range(depths[i])]))
+            setattr(
+                self, f'patch_embed{i + 1}', PatchEmbedRef(prev, embed_dims[i], 4 if i == 0 else 2)
+            )
+            setattr(
+                self,
+                f'blocks{i + 1}',
+                nn.ModuleList(
+                    [
+                        ReferenceBlock(
+                            embed_dims[i], num_heads[i], global_resize[i], mlp_ratio, with_alignment
+                        )
+                        for _ in range(depths[i])
+                    ]
+                ),
+            )
             prev = embed_dims[i]
         self.norm = nn.BatchNorm2d(embed_dims[-1])
         self.head = nn.Linear(embed_dims[-1], num_classes)

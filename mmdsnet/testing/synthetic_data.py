@@ -42,6 +42,7 @@ subset of its 150 ADE classes.)
 Same parameters give byte-identical files. It is test and demo data, not a
 dataset class: mmdet's ``CocoDataset`` and mmseg's ``BaseSegDataset`` read it.
 """
+
 import json
 import os
 import os.path as osp
@@ -54,16 +55,22 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 __all__ = [
-    'COCO_CLASSES', 'SEG_CLASSES', 'COCO_PALETTE', 'SEG_PALETTE',
-    'DATA_VERSION', 'SEG_IGNORE_INDEX', 'SEG_BACKGROUND_INDEX',
-    'generate_demo_data', 'render_scene'
+    'COCO_CLASSES',
+    'SEG_CLASSES',
+    'COCO_PALETTE',
+    'SEG_PALETTE',
+    'DATA_VERSION',
+    'SEG_IGNORE_INDEX',
+    'SEG_BACKGROUND_INDEX',
+    'generate_demo_data',
+    'render_scene',
 ]
 
 #: Bump when the generated content changes, so stale outputs are rebuilt.
 DATA_VERSION = 1
 
 COCO_CLASSES = ('circle', 'square', 'triangle')
-SEG_CLASSES = ('background', ) + COCO_CLASSES
+SEG_CLASSES = ('background',) + COCO_CLASSES
 # RGB, one per class (object colours are jittered around these bases).
 COCO_PALETTE = [(215, 50, 45), (45, 170, 60), (50, 80, 210)]
 SEG_PALETTE = [(120, 120, 120)] + COCO_PALETTE
@@ -73,8 +80,16 @@ SEG_BACKGROUND_INDEX = 1  # raw value of background; class k -> k + 2
 SEG_BORDER = 2  # width in px of the unlabelled frame in every label map
 
 # (height, width); most deliberately not multiples of 32.
-IMAGE_SIZES = ((256, 320), (250, 300), (288, 224), (300, 250), (224, 288),
-               (270, 270), (240, 310), (320, 256))
+IMAGE_SIZES = (
+    (256, 320),
+    (250, 300),
+    (288, 224),
+    (300, 250),
+    (224, 288),
+    (270, 270),
+    (240, 310),
+    (320, 256),
+)
 OBJECT_SIZE_RANGE = (24, 110)  # extent of an object's bounding box, px
 MAX_OBJECTS = 5
 EMPTY_FRACTION = 0.1  # share of images without objects (rounded up)
@@ -93,11 +108,11 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     img[:] = base
     # Low- and mid-frequency texture, smooth via interpolation; mostly
     # brightness with a little chroma so objects stand out by saturation.
-    low = (rng.normal(0, 25, size=(6, 6, 1)) +
-           rng.normal(0, 10, size=(6, 6, 3))).astype(np.float32)
+    low = (rng.normal(0, 25, size=(6, 6, 1)) + rng.normal(0, 10, size=(6, 6, 3))).astype(np.float32)
     img += cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
-    mid = (rng.normal(0, 12, size=(h // 8, w // 8, 1)) +
-           rng.normal(0, 5, size=(h // 8, w // 8, 3))).astype(np.float32)
+    mid = (
+        rng.normal(0, 12, size=(h // 8, w // 8, 1)) + rng.normal(0, 5, size=(h // 8, w // 8, 3))
+    ).astype(np.float32)
     img += cv2.resize(mid, (w, h), interpolation=cv2.INTER_LINEAR)
     # A few desaturated distractor lines.
     for _ in range(int(rng.integers(3, 9))):
@@ -109,8 +124,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img
 
 
-def _shape_polygon(rng: np.random.Generator, label: int,
-                   size: float) -> np.ndarray:
+def _shape_polygon(rng: np.random.Generator, label: int, size: float) -> np.ndarray:
     """Vertices (N, 2) of a shape of class ``label``, bbox extent ``size``."""
     if label == 0:  # circle
         t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
@@ -118,12 +132,14 @@ def _shape_polygon(rng: np.random.Generator, label: int,
     elif label == 1:  # square, mildly rotated
         theta = np.deg2rad(rng.uniform(-25, 25))
         corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
-        rot = np.array([[np.cos(theta), -np.sin(theta)],
-                        [np.sin(theta), np.cos(theta)]])
+        rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
         pts = corners @ rot.T
     else:  # triangle, roughly equilateral, any orientation
-        angles = (rng.uniform(0, 2 * np.pi) + np.arange(3) * 2 * np.pi / 3 +
-                  np.deg2rad(rng.uniform(-8, 8, size=3)))
+        angles = (
+            rng.uniform(0, 2 * np.pi)
+            + np.arange(3) * 2 * np.pi / 3
+            + np.deg2rad(rng.uniform(-8, 8, size=3))
+        )
         radii = rng.uniform(0.9, 1.1, size=3)
         pts = np.stack([radii * np.cos(angles), radii * np.sin(angles)], 1)
     pts = pts - pts.min(axis=0)
@@ -133,13 +149,13 @@ def _shape_polygon(rng: np.random.Generator, label: int,
 def _rasterize(pts: np.ndarray, h: int, w: int) -> np.ndarray:
     """Filled boolean mask of a float polygon (sub-pixel precision)."""
     mask = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(mask, [np.round(pts * 8).astype(np.int32)], 1,
-                 lineType=cv2.LINE_8, shift=3)
+    cv2.fillPoly(mask, [np.round(pts * 8).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=3)
     return mask.astype(bool)
 
 
-def _place_objects(rng: np.random.Generator, h: int, w: int,
-                   num_objects: int) -> List[Tuple[int, np.ndarray]]:
+def _place_objects(
+    rng: np.random.Generator, h: int, w: int, num_objects: int
+) -> List[Tuple[int, np.ndarray]]:
     """Place up to ``num_objects`` shapes; returns (label, full mask) list.
 
     A candidate is rejected (and re-drawn) if it would hide too much of an
@@ -157,9 +173,10 @@ def _place_objects(rng: np.random.Generator, h: int, w: int,
             ext = pts.max(axis=0)
             offset = rng.uniform([1, 1], [w - 2 - ext[0], h - 2 - ext[1]])
             mask = _rasterize(pts + offset, h, w)
-            ok = all((vis & ~mask).sum() >= max(
-                MIN_VISIBLE_FRAC * full.sum(), MIN_VISIBLE_AREA)
-                for (_, full), vis in zip(objects, visible))
+            ok = all(
+                (vis & ~mask).sum() >= max(MIN_VISIBLE_FRAC * full.sum(), MIN_VISIBLE_AREA)
+                for (_, full), vis in zip(objects, visible)
+            )
             if ok and mask.sum() >= MIN_VISIBLE_AREA:
                 visible = [vis & ~mask for vis in visible] + [mask]
                 objects.append((label, mask))
@@ -167,8 +184,9 @@ def _place_objects(rng: np.random.Generator, h: int, w: int,
     return objects
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int,
-                 num_objects: int) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
+def render_scene(
+    rng: np.random.Generator, height: int, width: int, num_objects: int
+) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """Render one scene.
 
     Returns the RGB uint8 image and a list of ``(label, visible_mask)`` in
@@ -185,8 +203,9 @@ def render_scene(rng: np.random.Generator, height: int, width: int,
         direction /= np.linalg.norm(direction) + 1e-6
         ys, xs = np.nonzero(mask)
         extent = max(xs.max() - xs.min(), ys.max() - ys.min(), 1)
-        proj = ((xx[mask] - xs.mean()) * direction[0] +
-                (yy[mask] - ys.mean()) * direction[1]) / extent
+        proj = (
+            (xx[mask] - xs.mean()) * direction[0] + (yy[mask] - ys.mean()) * direction[1]
+        ) / extent
         img[mask] = colour + (proj * rng.uniform(20, 50))[:, None]
     img += rng.normal(0, 8, size=img.shape).astype(np.float32)
     img = np.clip(np.round(img), 0, 255).astype(np.uint8)
@@ -210,12 +229,11 @@ def _mask_to_polygons(mask: np.ndarray) -> Optional[List[List[float]]]:
     same pixels; masks with holes (or any mismatch) return None.
     """
     h, w = mask.shape
-    up = cv2.resize(mask.astype(np.uint8), (2 * w, 2 * h),
-                    interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    polygons = [((c.reshape(-1, 2).astype(np.float64) + 0.5) / 2).ravel()
-                .tolist() for c in contours]
+    up = cv2.resize(mask.astype(np.uint8), (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = [
+        ((c.reshape(-1, 2).astype(np.float64) + 0.5) / 2).ravel().tolist() for c in contours
+    ]
     polygons = [p for p in polygons if len(p) >= 6]
     if not polygons:
         return None
@@ -228,23 +246,26 @@ def _mask_to_polygons(mask: np.ndarray) -> Optional[List[List[float]]]:
 def _mask_to_rle(mask: np.ndarray) -> Dict:
     """Compressed RLE with ``counts`` as str so it is JSON serialisable."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return dict(size=[int(s) for s in rle['size']],
-                counts=rle['counts'].decode('ascii'))
+    return dict(size=[int(s) for s in rle['size']], counts=rle['counts'].decode('ascii'))
 
 
-def _coco_annotation(mask: np.ndarray, label: int, ann_id: int,
-                     image_id: int) -> Dict:
+def _coco_annotation(mask: np.ndarray, label: int, ann_id: int, image_id: int) -> Dict:
     """COCO annotation dict; odd ids try polygons, the rest use RLE."""
     ys, xs = np.nonzero(mask)
     x0, y0 = int(xs.min()), int(ys.min())
-    bbox = [float(x0), float(y0), float(xs.max() - x0 + 1),
-            float(ys.max() - y0 + 1)]
+    bbox = [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)]
     segmentation = _mask_to_polygons(mask) if ann_id % 2 == 1 else None
     if segmentation is None:
         segmentation = _mask_to_rle(mask)
-    return dict(id=ann_id, image_id=image_id, category_id=label + 1,
-                segmentation=segmentation, area=float(mask.sum()), bbox=bbox,
-                iscrowd=0)
+    return dict(
+        id=ann_id,
+        image_id=image_id,
+        category_id=label + 1,
+        segmentation=segmentation,
+        area=float(mask.sum()),
+        bbox=bbox,
+        iscrowd=0,
+    )
 
 
 def _png_bytes(img: np.ndarray) -> bytes:
@@ -266,8 +287,9 @@ def _write(path: str, data: bytes) -> None:
 # --------------------------------------------------------------------------
 # Dataset generation
 # --------------------------------------------------------------------------
-def _generate_split(out: str, split: str, split_index: int, num_images: int,
-                    seed: int) -> Dict[str, int]:
+def _generate_split(
+    out: str, split: str, split_index: int, num_images: int, seed: int
+) -> Dict[str, int]:
     """Render one split and write its COCO json, images and label maps."""
     coco_dir = osp.join(out, 'coco', split)
     seg_img_dir = osp.join(out, 'seg', 'images', split)
@@ -286,23 +308,19 @@ def _generate_split(out: str, split: str, split_index: int, num_images: int,
         # One generator per image: images do not depend on each other.
         rng = np.random.default_rng([seed, split_index, idx])
         height, width = IMAGE_SIZES[size_order[idx] % len(IMAGE_SIZES)]
-        num_objects = 0 if idx in empty else int(
-            rng.integers(1, MAX_OBJECTS + 1))
+        num_objects = 0 if idx in empty else int(rng.integers(1, MAX_OBJECTS + 1))
         img, objects = render_scene(rng, height, width, num_objects)
 
         image_id = idx + 1
         file_name = f'{idx:06d}.png'
-        images.append(dict(id=image_id, file_name=file_name, height=height,
-                           width=width))
+        images.append(dict(id=image_id, file_name=file_name, height=height, width=width))
         seg = np.full((height, width), SEG_BACKGROUND_INDEX, np.uint8)
         for label, mask in objects:
-            annotations.append(
-                _coco_annotation(mask, label, len(annotations) + 1, image_id))
+            annotations.append(_coco_annotation(mask, label, len(annotations) + 1, image_id))
             seg[mask] = label + 2
         b = SEG_BORDER
         if b > 0:
-            seg[:b, :] = seg[-b:, :] = seg[:, :b] = seg[:, -b:] = \
-                SEG_IGNORE_INDEX
+            seg[:b, :] = seg[-b:, :] = seg[:, :b] = seg[:, -b:] = SEG_IGNORE_INDEX
 
         img_png = _png_bytes(img)
         _write(osp.join(coco_dir, file_name), img_png)
@@ -310,12 +328,13 @@ def _generate_split(out: str, split: str, split_index: int, num_images: int,
         _write(osp.join(seg_ann_dir, file_name), _png_bytes(seg))
 
     coco = dict(
-        info=dict(description='mmdsnet synthetic shapes demo',
-                  version=str(DATA_VERSION)),
+        info=dict(description='mmdsnet synthetic shapes demo', version=str(DATA_VERSION)),
         images=images,
         annotations=annotations,
-        categories=[dict(id=i + 1, name=n, supercategory='shape')
-                    for i, n in enumerate(COCO_CLASSES)])
+        categories=[
+            dict(id=i + 1, name=n, supercategory='shape') for i, n in enumerate(COCO_CLASSES)
+        ],
+    )
     ann_dir = osp.join(out, 'coco', 'annotations')
     os.makedirs(ann_dir, exist_ok=True)
     with open(osp.join(ann_dir, f'instances_{split}.json'), 'w') as f:
@@ -331,12 +350,14 @@ def _read_meta(path: str) -> Optional[Dict]:
         return None
 
 
-def generate_demo_data(out: str,
-                       num_train: int = 64,
-                       num_val: int = 16,
-                       seed: int = 0,
-                       force: bool = False,
-                       verbose: bool = False) -> Dict:
+def generate_demo_data(
+    out: str,
+    num_train: int = 64,
+    num_val: int = 16,
+    seed: int = 0,
+    force: bool = False,
+    verbose: bool = False,
+) -> Dict:
     """Generate the demo dataset under ``out`` (see module docstring).
 
     Skips the work if ``out/meta.json`` records a complete run with the same
@@ -351,24 +372,35 @@ def generate_demo_data(out: str,
     if num_train < 1 or num_val < 1:
         raise ValueError('num_train and num_val must be >= 1')
     start = time.perf_counter()
-    params = dict(version=DATA_VERSION, num_train=int(num_train),
-                  num_val=int(num_val), seed=int(seed))
+    params = dict(
+        version=DATA_VERSION, num_train=int(num_train), num_val=int(num_val), seed=int(seed)
+    )
     meta_path = osp.join(out, 'meta.json')
     meta = _read_meta(meta_path)
-    if (not force and meta is not None and meta.get('complete')
-            and meta.get('params') == params
-            and all(osp.isfile(osp.join(out, 'coco', 'annotations',
-                                        f'instances_{s}.json'))
-                    for s in ('train', 'val'))):
-        return dict(out=out, skipped=True, params=params,
-                    splits=meta.get('splits'),
-                    seconds=time.perf_counter() - start)
+    if (
+        not force
+        and meta is not None
+        and meta.get('complete')
+        and meta.get('params') == params
+        and all(
+            osp.isfile(osp.join(out, 'coco', 'annotations', f'instances_{s}.json'))
+            for s in ('train', 'val')
+        )
+    ):
+        return dict(
+            out=out,
+            skipped=True,
+            params=params,
+            splits=meta.get('splits'),
+            seconds=time.perf_counter() - start,
+        )
 
     owned = [osp.join(out, d) for d in ('coco', 'seg')]
     if meta is None and not force and any(osp.exists(p) for p in owned):
         raise FileExistsError(
             f'{out} has coco/ or seg/ but no meta.json; refusing to overwrite '
-            'without force=True (--force)')
+            'without force=True (--force)'
+        )
     for p in owned:
         if osp.exists(p):
             shutil.rmtree(p)
@@ -378,17 +410,25 @@ def generate_demo_data(out: str,
         json.dump(dict(params=params, complete=False), f, indent=2)
 
     splits = {}
-    for split_index, (split, n) in enumerate((('train', num_train),
-                                              ('val', num_val))):
+    for split_index, (split, n) in enumerate((('train', num_train), ('val', num_val))):
         splits[split] = _generate_split(out, split, split_index, n, seed)
         if verbose:
-            print(f'{split}: {splits[split]["images"]} images, '
-                  f'{splits[split]["instances"]} instances')
+            print(
+                f'{split}: {splits[split]["images"]} images, {splits[split]["instances"]} instances'
+            )
 
     with open(meta_path, 'w') as f:
-        json.dump(dict(params=params, complete=True, splits=splits,
-                       coco_classes=list(COCO_CLASSES),
-                       seg_classes=list(SEG_CLASSES)), f, indent=2)
-    return dict(out=out, skipped=False, params=params, splits=splits,
-                seconds=time.perf_counter() - start)
-
+        json.dump(
+            dict(
+                params=params,
+                complete=True,
+                splits=splits,
+                coco_classes=list(COCO_CLASSES),
+                seg_classes=list(SEG_CLASSES),
+            ),
+            f,
+            indent=2,
+        )
+    return dict(
+        out=out, skipped=False, params=params, splits=splits, seconds=time.perf_counter() - start
+    )

@@ -14,6 +14,7 @@ Two problems are handled here, each by one idempotent function:
   path assumes CUDA. On CPU-only machines we make it use gloo and plain CPU
   DDP so that ``tools/dist_train.sh`` works unchanged.
 """
+
 import contextlib
 import copy
 import logging
@@ -23,8 +24,12 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-__all__ = ['allow_runner_checkpoint_globals', 'load_from_local_weights_only',
-           'runner_checkpoint_globals', 'patch_cpu_distributed']
+__all__ = [
+    'allow_runner_checkpoint_globals',
+    'load_from_local_weights_only',
+    'runner_checkpoint_globals',
+    'patch_cpu_distributed',
+]
 
 # ---------------------------------------------------------------------------
 # 1. weights_only checkpoint loading
@@ -53,13 +58,16 @@ def _history_buffer_getattr(obj: Any, name: str) -> Any:
     ``getattr`` in a checkpoint (e.g. to reach ``os.system``) is refused.
     """
     from mmengine.logging import HistoryBuffer
+
     if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS:
         return getattr(obj, name)
     import pickle
+
     raise pickle.UnpicklingError(
         f'weights_only load: getattr({obj!r}, {name!r}) is not allowed; '
         'mmdsnet only permits HistoryBuffer statistics methods '
-        f'{sorted(_HISTORY_BUFFER_METHODS)}.')
+        f'{sorted(_HISTORY_BUFFER_METHODS)}.'
+    )
 
 
 def _numpy_safe_globals() -> Tuple[List[Any], List[Tuple[Any, str]]]:
@@ -71,12 +79,12 @@ def _numpy_safe_globals() -> Tuple[List[Any], List[Tuple[Any, str]]]:
     both load with either numpy installed.
     """
     import numpy as np
+
     try:
         from numpy._core import multiarray  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core import multiarray
-    plain: List[Any] = [multiarray._reconstruct, multiarray.scalar,
-                        np.ndarray, np.dtype]
+    plain: List[Any] = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
     # Concrete dtype classes seen in Runner checkpoints: float64/int64 from
     # HistoryBuffer's log/count arrays and ``eta``; float32 from metrics kept
     # raw in runtime_info (e.g. mmseg IoUMetric -> CheckpointHook best_score).
@@ -101,6 +109,7 @@ def runner_checkpoint_globals() -> List[Any]:
     if _torch_version() < (2, 6):
         return []
     from mmengine.logging import HistoryBuffer
+
     plain, aliases = _numpy_safe_globals()
     return [HistoryBuffer] + plain + aliases + [(_history_buffer_getattr, 'builtins.getattr')]
 
@@ -116,8 +125,10 @@ def load_from_local_weights_only(filename: str, map_location=None) -> dict:
     if not filename:
         raise FileNotFoundError(
             "empty checkpoint path: the work dir's last_checkpoint file is empty (an "
-            'interrupted save?); pass the checkpoint to --resume explicitly')
+            'interrupted save?); pass the checkpoint to --resume explicitly'
+        )
     from mmengine.runner.checkpoint import load_from_local
+
     allowed = runner_checkpoint_globals()
     scope = torch.serialization.safe_globals(allowed) if allowed else contextlib.nullcontext()
     try:
@@ -129,7 +140,8 @@ def load_from_local_weights_only(filename: str, map_location=None) -> dict:
             raise RuntimeError(
                 f'checkpoint {filename} is incomplete or not a torch checkpoint '
                 f'({osp.getsize(path)} bytes, no zip directory; an interrupted save?): '
-                f'{err}') from err
+                f'{err}'
+            ) from err
         raise
 
 
@@ -150,6 +162,7 @@ def allow_runner_checkpoint_globals() -> bool:
     if _checkpoint_globals_allowed:
         return True
     from mmengine.runner.checkpoint import CheckpointLoader
+
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
     _checkpoint_globals_allowed = True
     return True
@@ -166,16 +179,17 @@ _orig_wrap_model: Optional[Callable] = None
 def _cpu_only() -> bool:
     """True when mmengine would place the model on the CPU."""
     from mmengine.device import get_device
+
     return get_device() == 'cpu'
 
 
 def _log(msg: str, logger: Any = 'current') -> None:
     from mmengine.logging import print_log
+
     print_log(msg, logger=logger, level=logging.WARNING)
 
 
-def _init_dist_pytorch_cpu(backend: str, init_backend: str = 'torch',
-                           **kwargs) -> None:
+def _init_dist_pytorch_cpu(backend: str, init_backend: str = 'torch', **kwargs) -> None:
     """``mmengine.dist.utils._init_dist_pytorch`` that also works on CPU.
 
     mmengine 0.10.7 (mmengine/dist/utils.py, ``_init_dist_pytorch``, final
@@ -184,28 +198,31 @@ def _init_dist_pytorch_cpu(backend: str, init_backend: str = 'torch',
     device selection and use gloo; otherwise the original runs untouched.
     """
     if not _cpu_only() or init_backend != 'torch':
-        return _orig_init_dist_pytorch(
-            backend, init_backend=init_backend, **kwargs)
+        return _orig_init_dist_pytorch(backend, init_backend=init_backend, **kwargs)
     if backend != 'gloo':
-        _log(f'No GPU available: using the gloo backend instead of '
-             f'"{backend}" for distributed training on CPU.')
+        _log(
+            f'No GPU available: using the gloo backend instead of '
+            f'"{backend}" for distributed training on CPU.'
+        )
     # RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT come from torchrun (env://)
     torch.distributed.init_process_group(backend='gloo', **kwargs)
 
 
 def _contains_sync_bn(model: torch.nn.Module) -> bool:
     """Whether ``model`` has torch or mmcv SyncBatchNorm layers."""
-    types: Tuple[type, ...] = (torch.nn.SyncBatchNorm, )
+    types: Tuple[type, ...] = (torch.nn.SyncBatchNorm,)
     try:
         from mmcv.ops import SyncBatchNorm as MMCVSyncBatchNorm
-        types += (MMCVSyncBatchNorm, )
+
+        types += (MMCVSyncBatchNorm,)
     except ImportError:  # mmcv without ops
         pass
     return any(isinstance(m, types) for m in model.modules())
 
 
-def _wrap_model_cpu(self, model_wrapper_cfg: Optional[dict],
-                    model: torch.nn.Module) -> torch.nn.Module:
+def _wrap_model_cpu(
+    self, model_wrapper_cfg: Optional[dict], model: torch.nn.Module
+) -> torch.nn.Module:
     """``Runner.wrap_model`` that builds a CPU DDP model when needed.
 
     mmengine 0.10.7 (mmengine/runner/runner.py, ``Runner.wrap_model``, the
@@ -218,36 +235,36 @@ def _wrap_model_cpu(self, model_wrapper_cfg: Optional[dict],
     from mmengine.registry import MODEL_WRAPPERS
     from torch.nn.parallel import DistributedDataParallel
 
-    if (not self.distributed or is_model_wrapper(model)
-            or not _cpu_only()):
+    if not self.distributed or is_model_wrapper(model) or not _cpu_only():
         return _orig_wrap_model(self, model_wrapper_cfg, model)
 
     model = model.to('cpu')
     if self.cfg.get('sync_bn', None) is not None:
         self.logger.warning(
             f'cfg.sync_bn={self.cfg.sync_bn!r} is ignored: SyncBatchNorm '
-            'needs a GPU and does not run on CPU with gloo.')
+            'needs a GPU and does not run on CPU with gloo.'
+        )
     if _contains_sync_bn(model):
         self.logger.warning(
             'CPU distributed training: SyncBatchNorm needs a GPU, so all '
             'SyncBatchNorm layers were converted to BatchNorm (statistics '
-            'are computed per process).')
+            'are computed per process).'
+        )
         model = revert_sync_batchnorm(model)
 
     if model_wrapper_cfg is None:
         wrapper_cfg = dict(
             type='MMDistributedDataParallel',
             broadcast_buffers=False,
-            find_unused_parameters=self.cfg.get('find_unused_parameters',
-                                                False))
+            find_unused_parameters=self.cfg.get('find_unused_parameters', False),
+        )
     else:
         wrapper_cfg = copy.copy(dict(model_wrapper_cfg))
         wrapper_cfg.setdefault('type', 'MMDistributedDataParallel')
     wrapper_type = wrapper_cfg['type']
     if isinstance(wrapper_type, str):
         wrapper_type = MODEL_WRAPPERS.get(wrapper_type)
-    if isinstance(wrapper_type, type) and issubclass(
-            wrapper_type, DistributedDataParallel):
+    if isinstance(wrapper_type, type) and issubclass(wrapper_type, DistributedDataParallel):
         # CPU modules must not get device ids (DDP raises otherwise).
         wrapper_cfg['device_ids'] = None
     return MODEL_WRAPPERS.build(wrapper_cfg, default_args=dict(module=model))

@@ -1,4 +1,5 @@
 """Config files named by path or as ``package::relative/path.py``."""
+
 import os.path as osp
 
 from mmengine.config import Config
@@ -17,10 +18,12 @@ def resolve_config_path(name: str) -> str:
         return name
     package, relative = name.split('::', 1)
     from mmengine.utils import get_installed_path, is_installed
+
     if not is_installed(package):
         raise FileNotFoundError(
             f'config {name}: package {package!r} is not installed (packaged configs '
-            'come from mmdet, mmseg and other OpenMMLab packages)')
+            'come from mmdet, mmseg and other OpenMMLab packages)'
+        )
     root = osp.join(get_installed_path(package), '.mim', 'configs')
     path = osp.join(root, relative)
     if not osp.isfile(path):

@@ -10,6 +10,7 @@ twice that backward), and the fp32 matrix-multiply rate of the same device:
 a kernel near that rate means the time is the FLOPs of the co-attention, not
 the kernel.
 """
+
 import argparse
 import time
 
@@ -20,11 +21,16 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 try:
     from mmdsnet.models import DSNet
 except ModuleNotFoundError as error:
-    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-                     'into an mmdet/mmseg environment (README, Install)') from error
+    raise SystemExit(
+        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+        'into an mmdet/mmseg environment (README, Install)'
+    ) from error
 
-KERNELS = {'flash': SDPBackend.FLASH_ATTENTION, 'math': SDPBackend.MATH,
-           'efficient': SDPBackend.EFFICIENT_ATTENTION}
+KERNELS = {
+    'flash': SDPBackend.FLASH_ATTENTION,
+    'math': SDPBackend.MATH,
+    'efficient': SDPBackend.EFFICIENT_ATTENTION,
+}
 
 
 def attention_shapes(arch, height, width):
@@ -44,9 +50,11 @@ def attention_shapes(arch, height, width):
         num_global = grid_h * grid_w
         heads = block.num_heads
         head_dims = embed.out_channels // 2 // heads
-        shapes += [(stage, 'global self', heads, num_global, num_global, head_dims),
-                   (stage, 'local q, global kv', heads, num_local, num_global, head_dims),
-                   (stage, 'global q, local kv', heads, num_global, num_local, head_dims)]
+        shapes += [
+            (stage, 'global self', heads, num_global, num_global, head_dims),
+            (stage, 'local q, global kv', heads, num_local, num_global, head_dims),
+            (stage, 'global q, local kv', heads, num_global, num_local, head_dims),
+        ]
     return shapes
 
 
@@ -81,7 +89,7 @@ def matmul_gflops(device, size=2048, trials=3):
         if device.type == 'cuda':
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / sorted(times[1:])[trials // 2] / 1e9
+    return 2 * size**3 / sorted(times[1:])[trials // 2] / 1e9
 
 
 def main(argv=None):
@@ -95,21 +103,35 @@ def main(argv=None):
         parser.error(f'--trials must be at least 1, got {args.trials}')
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     rows = []
-    print(f'{"stage":5s} {"attention":20s} {"heads":5s} {"Lq x Lk":>15s} {"kernel":7s} '
-          f'{"fwd ms":>8s} {"GFLOP/s":>7s} {"bwd ms":>8s} {"GFLOP/s":>7s}')
+    print(
+        f'{"stage":5s} {"attention":20s} {"heads":5s} {"Lq x Lk":>15s} {"kernel":7s} '
+        f'{"fwd ms":>8s} {"GFLOP/s":>7s} {"bwd ms":>8s} {"GFLOP/s":>7s}'
+    )
     for stage, name, heads, len_q, len_k, head_dims in attention_shapes(args.arch, *args.shape):
         flops = 4 * len_q * len_k * head_dims * heads
         for kernel in args.kernels:
             fwd, bwd = time_kernel(kernel, heads, len_q, len_k, head_dims, args.trials, device)
-            rows.append(dict(stage=stage + 1, attention=name, heads=heads, len_q=len_q,
-                             len_k=len_k, head_dims=head_dims, kernel=kernel,
-                             forward_ms=fwd * 1e3, backward_ms=bwd * 1e3,
-                             forward_gflops_per_s=flops / fwd / 1e9,
-                             backward_gflops_per_s=2 * flops / bwd / 1e9))
+            rows.append(
+                dict(
+                    stage=stage + 1,
+                    attention=name,
+                    heads=heads,
+                    len_q=len_q,
+                    len_k=len_k,
+                    head_dims=head_dims,
+                    kernel=kernel,
+                    forward_ms=fwd * 1e3,
+                    backward_ms=bwd * 1e3,
+                    forward_gflops_per_s=flops / fwd / 1e9,
+                    backward_gflops_per_s=2 * flops / bwd / 1e9,
+                )
+            )
             row = rows[-1]
-            print(f'{stage + 1:5d} {name:20s} {heads:5d} {f"{len_q}x{len_k}":>15s} {kernel:7s} '
-                  f'{row["forward_ms"]:8.1f} {row["forward_gflops_per_s"]:7.1f} '
-                  f'{row["backward_ms"]:8.1f} {row["backward_gflops_per_s"]:7.1f}')
+            print(
+                f'{stage + 1:5d} {name:20s} {heads:5d} {f"{len_q}x{len_k}":>15s} {kernel:7s} '
+                f'{row["forward_ms"]:8.1f} {row["forward_gflops_per_s"]:7.1f} '
+                f'{row["backward_ms"]:8.1f} {row["backward_gflops_per_s"]:7.1f}'
+            )
     print(f'fp32 matmul 2048^3 on the same device: {matmul_gflops(device):.1f} GFLOP/s')
     print(f'device: {device.type}, {torch.get_num_threads()} threads; torch {torch.__version__}')
     return rows

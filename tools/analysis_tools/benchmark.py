@@ -22,6 +22,7 @@ DS-Net-S rows include the NCHW layout (``channels_last=False``) and
 ``with_cp=True`` to show what each costs or saves. On a GPU the
 ``throughput`` suite adds images/s at 224 batch 64 in fp32 and under AMP.
 """
+
 import argparse
 import ctypes
 import json
@@ -42,8 +43,10 @@ try:
     from mmdsnet.models import DSNet
     from mmdsnet.testing import reference_for
 except ModuleNotFoundError as error:
-    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-                     'into an mmdet/mmseg environment (README, Install)') from error
+    raise SystemExit(
+        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+        'into an mmdet/mmseg environment (README, Install)'
+    ) from error
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -64,26 +67,42 @@ def mmdet_backbone(cfg: dict) -> Callable[[], torch.nn.Module]:
     def build():
         from mmdet.registry import MODELS
         from mmengine.registry import init_default_scope
+
         init_default_scope('mmdet')
         return MODELS.build(cfg)
+
     return build
 
 
 BACKBONES: Dict[str, Callable[[], torch.nn.Module]] = {
-    'DS-Net-S': lambda: DSNet('small', drop_path_rate=0.),
+    'DS-Net-S': lambda: DSNet('small', drop_path_rate=0.0),
     'DS-Net-S unfused': lambda: UnfusedDSNet('small'),
-    'DS-Net-S NCHW': lambda: DSNet('small', drop_path_rate=0., channels_last=False),
-    'DS-Net-S with_cp': lambda: DSNet('small', drop_path_rate=0., with_cp=True),
-    'DS-Net-T': lambda: DSNet('tiny', drop_path_rate=0.),
-    'DS-Net-B': lambda: DSNet('base', drop_path_rate=0.),
+    'DS-Net-S NCHW': lambda: DSNet('small', drop_path_rate=0.0, channels_last=False),
+    'DS-Net-S with_cp': lambda: DSNet('small', drop_path_rate=0.0, with_cp=True),
+    'DS-Net-T': lambda: DSNet('tiny', drop_path_rate=0.0),
+    'DS-Net-B': lambda: DSNet('base', drop_path_rate=0.0),
     'ResNet-50': mmdet_backbone(dict(type='ResNet', depth=50, norm_eval=False)),
-    'Swin-T': mmdet_backbone(dict(type='SwinTransformer', embed_dims=96, depths=(2, 2, 6, 2),
-                                  num_heads=(3, 6, 12, 24), window_size=7,
-                                  drop_path_rate=0.)),
-    'PVT-Small': mmdet_backbone(dict(type='PyramidVisionTransformer',
-                                     num_layers=[3, 4, 6, 3], drop_path_rate=0.)),
-    'PVTv2-b2': mmdet_backbone(dict(type='PyramidVisionTransformerV2', embed_dims=64,
-                                    num_layers=[3, 4, 6, 3], drop_path_rate=0.)),
+    'Swin-T': mmdet_backbone(
+        dict(
+            type='SwinTransformer',
+            embed_dims=96,
+            depths=(2, 2, 6, 2),
+            num_heads=(3, 6, 12, 24),
+            window_size=7,
+            drop_path_rate=0.0,
+        )
+    ),
+    'PVT-Small': mmdet_backbone(
+        dict(type='PyramidVisionTransformer', num_layers=[3, 4, 6, 3], drop_path_rate=0.0)
+    ),
+    'PVTv2-b2': mmdet_backbone(
+        dict(
+            type='PyramidVisionTransformerV2',
+            embed_dims=64,
+            num_layers=[3, 4, 6, 3],
+            drop_path_rate=0.0,
+        )
+    ),
 }
 BACKBONE_SHAPES = {'224 b8': (8, 224, 224), '800x1344 b1': (1, 800, 1344)}
 
@@ -92,11 +111,15 @@ DETECTORS = {
     'MaskRCNN R-50+FPN': ('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', {}),
     'MaskRCNN DS-Net-S+FPN': ('configs/mask_rcnn_dsnet_s_fpn_1x_coco.py', {}),
     'MaskRCNN DS-Net-S+DS-FPN': ('configs/mask_rcnn_dsnet_s_dsfpn_1x_coco.py', {}),
-    'MaskRCNN DS-Net-S+FPN with_cp': ('configs/mask_rcnn_dsnet_s_fpn_1x_coco.py',
-                                      dict(with_cp=True)),
+    'MaskRCNN DS-Net-S+FPN with_cp': (
+        'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py',
+        dict(with_cp=True),
+    ),
     # like-for-like with R-50's config, which freezes the stem and stage 1
-    'MaskRCNN DS-Net-S+FPN frozen_stages=1': ('configs/mask_rcnn_dsnet_s_fpn_1x_coco.py',
-                                              dict(frozen_stages=1)),
+    'MaskRCNN DS-Net-S+FPN frozen_stages=1': (
+        'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py',
+        dict(frozen_stages=1),
+    ),
 }
 
 
@@ -105,6 +128,7 @@ def build_detector(config: str, backbone_overrides: dict):
     from mmengine.registry import init_default_scope
 
     from mmdsnet.utils import load_config_file
+
     init_default_scope('mmdet')
     cfg = load_config_file(config if '::' in config else osp.join(ROOT, config))
     cfg.model.backbone.update(init_cfg=None, **backbone_overrides)
@@ -113,11 +137,20 @@ def build_detector(config: str, backbone_overrides: dict):
 
 def detector_batch(model, device):
     from mmdet.testing import demo_mm_inputs
-    packed = demo_mm_inputs(2, [[3, 800, 1333], [3, 800, 1333]], num_items=[8, 8],
-                            num_classes=80, with_mask=True, device='cpu')
+
+    packed = demo_mm_inputs(
+        2,
+        [[3, 800, 1333], [3, 800, 1333]],
+        num_items=[8, 8],
+        num_classes=80,
+        with_mask=True,
+        device='cpu',
+    )
     data = model.data_preprocessor(packed, training=True)
-    return {'inputs': data['inputs'].to(device),
-            'data_samples': [s.to(device) for s in data['data_samples']]}
+    return {
+        'inputs': data['inputs'].to(device),
+        'data_samples': [s.to(device) for s in data['data_samples']],
+    }
 
 
 def release_free_heap(device):
@@ -136,8 +169,7 @@ def release_free_heap(device):
 def _load_libc():
     try:
         libc = ctypes.CDLL('libc.so.6')
-        libc.malloc_trim  # glibc only
-        return libc
+        return libc if hasattr(libc, 'malloc_trim') else None  # glibc only
     except (OSError, AttributeError):
         return None
 
@@ -193,9 +225,11 @@ def backbone_case(name, setting, mode, amp_dtype=None):
 
     case = Case(f'backbone {setting} {mode}', name, setting, build, step)
     if mode == 'train':
+
         def measure_saved(device):
             case.prepare(device)
             return saved_activations_mb(*case.state[:2])
+
         case.measure_saved = measure_saved
     return case
 
@@ -253,7 +287,10 @@ def peak_memory_mb(case, device, index, selection_args):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
     result = subprocess.run(
         [sys.executable, osp.abspath(__file__), *selection_args, '--measure-memory', str(index)],
-        capture_output=True, text=True, env=env)
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if result.returncode != 0:
         raise RuntimeError(f'memory measurement of {case.name} failed:\n{result.stderr[-3000:]}')
     return float(result.stdout.strip().splitlines()[-1])
@@ -306,19 +343,31 @@ def make_cases(suites, device, names, settings, modes=('eval', 'train'), detecto
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--suites', default='backbone,detector,throughput')
-    parser.add_argument('--backbones', default=','.join(BACKBONES),
-                        help='comma-separated subset of: ' + ', '.join(BACKBONES))
-    parser.add_argument('--settings', default=','.join(BACKBONE_SHAPES),
-                        help='backbone input settings: ' + ', '.join(BACKBONE_SHAPES))
-    parser.add_argument('--detectors', default=','.join(DETECTORS),
-                        help='comma-separated subset of: ' + ', '.join(DETECTORS))
+    parser.add_argument(
+        '--backbones',
+        default=','.join(BACKBONES),
+        help='comma-separated subset of: ' + ', '.join(BACKBONES),
+    )
+    parser.add_argument(
+        '--settings',
+        default=','.join(BACKBONE_SHAPES),
+        help='backbone input settings: ' + ', '.join(BACKBONE_SHAPES),
+    )
+    parser.add_argument(
+        '--detectors',
+        default=','.join(DETECTORS),
+        help='comma-separated subset of: ' + ', '.join(DETECTORS),
+    )
     parser.add_argument('--modes', default='eval,train', help='eval, train or both')
     parser.add_argument('--trials', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--no-memory', action='store_true')
-    parser.add_argument('--keep-heap', action='store_true',
-                        help='CPU: do not trim the heap before each timed run (faster runs, '
-                        'but the process grows with the number of cases)')
+    parser.add_argument(
+        '--keep-heap',
+        action='store_true',
+        help='CPU: do not trim the heap before each timed run (faster runs, '
+        'but the process grows with the number of cases)',
+    )
     parser.add_argument('--measure-memory', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     args = parser.parse_args(argv)
@@ -341,12 +390,23 @@ def main(argv=None):
     if args.measure_memory is not None:  # child process of peak_memory_mb
         print(measure_rss_growth_mb(cases[args.measure_memory], device))
         return None
-    selection = ['--suites', args.suites, '--backbones', args.backbones,
-                 '--detectors', args.detectors, '--settings', args.settings, '--modes', args.modes]
+    selection = [
+        '--suites',
+        args.suites,
+        '--backbones',
+        args.backbones,
+        '--detectors',
+        args.detectors,
+        '--settings',
+        args.settings,
+        '--modes',
+        args.modes,
+    ]
 
     if not cases:
-        parser.error(f'nothing to run for suites {args.suites!r} on {device.type}'
-                     ' (throughput needs a GPU)')
+        parser.error(
+            f'nothing to run for suites {args.suites!r} on {device.type} (throughput needs a GPU)'
+        )
     groups = {}
     for case in cases:
         groups.setdefault(case.group, []).append(case)
@@ -376,15 +436,30 @@ def main(argv=None):
 
 
 def write_report(args, device, done):
-    machine = (torch.cuda.get_device_name() if device.type == 'cuda'
-               else f'{platform.processor() or platform.machine()}, '
-               f'{torch.get_num_threads()} threads')
-    report = dict(machine=machine, torch=torch.__version__, trials=args.trials,
-                  warmup=args.warmup, heap_trimmed=not args.keep_heap,
-                  date=time.strftime('%Y-%m-%d'),
-                  results=[dict(group=c.group, name=c.name, median_s=statistics.median(c.times),
-                                times_s=c.times, peak_memory_mb=c.memory_mb,
-                                saved_activations_mb=c.saved_mb) for c in done])
+    machine = (
+        torch.cuda.get_device_name()
+        if device.type == 'cuda'
+        else f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads'
+    )
+    report = dict(
+        machine=machine,
+        torch=torch.__version__,
+        trials=args.trials,
+        warmup=args.warmup,
+        heap_trimmed=not args.keep_heap,
+        date=time.strftime('%Y-%m-%d'),
+        results=[
+            dict(
+                group=c.group,
+                name=c.name,
+                median_s=statistics.median(c.times),
+                times_s=c.times,
+                peak_memory_mb=c.memory_mb,
+                saved_activations_mb=c.saved_mb,
+            )
+            for c in done
+        ],
+    )
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(report, f, indent=1)
@@ -396,16 +471,24 @@ def print_group(group, members):
     base_time = statistics.median(first.times)
     with_saved = first.saved_mb is not None
     print(f'\n{group} (ratios to {first.name})')
-    print(f'| {"model":26s} | median ms | x time | peak MB | x mem |'
-          + (' saved MB | x saved |' if with_saved else ''))
-    print('|' + '-' * 28 + '|-----------|--------|---------|-------|'
-          + ('----------|---------|' if with_saved else ''))
+    print(
+        f'| {"model":26s} | median ms | x time | peak MB | x mem |'
+        + (' saved MB | x saved |' if with_saved else '')
+    )
+    print(
+        '|'
+        + '-' * 28
+        + '|-----------|--------|---------|-------|'
+        + ('----------|---------|' if with_saved else '')
+    )
     for case in members:
         median = statistics.median(case.times)
         memory = case.memory_mb if case.memory_mb is not None else float('nan')
-        ratio_mem = (memory / first.memory_mb if first.memory_mb else float('nan'))
-        line = (f'| {case.name:26s} | {median * 1e3:9.1f} | {median / base_time:6.2f} | '
-                f'{memory:7.0f} | {ratio_mem:5.2f} |')
+        ratio_mem = memory / first.memory_mb if first.memory_mb else float('nan')
+        line = (
+            f'| {case.name:26s} | {median * 1e3:9.1f} | {median / base_time:6.2f} | '
+            f'{memory:7.0f} | {ratio_mem:5.2f} |'
+        )
         if with_saved:
             line += f' {case.saved_mb:8.0f} | {case.saved_mb / first.saved_mb:7.2f} |'
         print(line)

@@ -13,11 +13,11 @@ The main figures count DS-Blocks as the spec formulates them (the paper's
 convention); the "executed" figures count what this implementation runs,
 which moves the global halves of conv1/conv2 onto the small global grid.
 """
+
 import argparse
 import os.path as osp
 
 import torch
-
 from mmengine.config import DictAction
 from mmengine.registry import DefaultScope, init_default_scope
 
@@ -25,8 +25,10 @@ try:  # importing mmdsnet registers the models
     from mmdsnet.analysis import commuted_conv_macs, count_flops, parameter_count
     from mmdsnet.utils import load_config_file
 except ModuleNotFoundError as error:
-    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-                     'into an mmdet/mmseg environment (README, Install)') from error
+    raise SystemExit(
+        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+        'into an mmdet/mmseg environment (README, Install)'
+    ) from error
 
 
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 512)}
@@ -46,22 +48,31 @@ class TensorForward(torch.nn.Module):
 
 def data_samples_for(scope, height, width):
     shape = (height, width)
-    meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
-                scale_factor=(1., 1.))
+    meta = dict(
+        img_shape=shape,
+        ori_shape=shape,
+        pad_shape=shape,
+        batch_input_shape=shape,
+        scale_factor=(1.0, 1.0),
+    )
     if scope == 'mmdet':
         from mmdet.structures import DetDataSample
+
         return [DetDataSample(metainfo=meta)]
     from mmseg.structures import SegDataSample
+
     return [SegDataSample(metainfo=meta)]
 
 
 def analyse(cfg, shape):
     from mmengine.registry import MODELS
+
     scope = cfg.get('default_scope', 'mmdet')
     init_default_scope(scope)
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     from mmengine.model import revert_sync_batchnorm
+
     model = revert_sync_batchnorm(model).eval()
     height, width = shape or DEFAULT_SHAPES[scope]
     inputs = torch.randn(1, 3, height, width)
@@ -69,13 +80,17 @@ def analyse(cfg, shape):
     with torch.no_grad():
         backbone_executed = count_flops(model.backbone, inputs)
         model_executed = count_flops(whole, inputs)
-    return dict(scope=scope, height=height, width=width,
-                backbone_params=parameter_count(model.backbone),
-                backbone_flops=backbone_executed + commuted_conv_macs(model.backbone, inputs),
-                backbone_flops_executed=backbone_executed,
-                model_params=parameter_count(model),
-                model_flops=model_executed + commuted_conv_macs(whole, inputs),
-                model_flops_executed=model_executed)
+    return dict(
+        scope=scope,
+        height=height,
+        width=width,
+        backbone_params=parameter_count(model.backbone),
+        backbone_flops=backbone_executed + commuted_conv_macs(model.backbone, inputs),
+        backbone_flops_executed=backbone_executed,
+        model_params=parameter_count(model),
+        model_flops=model_executed + commuted_conv_macs(whole, inputs),
+        model_flops_executed=model_executed,
+    )
 
 
 def main(argv=None):
@@ -94,12 +109,16 @@ def main(argv=None):
         shape = (args.shape[0], args.shape[-1])
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
         r = analyse(cfg, shape)
-    print(f'{osp.basename(args.config)} at {r["height"]}x{r["width"]} (H x W), '
-          'FLOPs = multiply-accumulates, attention included')
+    print(
+        f'{osp.basename(args.config)} at {r["height"]}x{r["width"]} (H x W), '
+        'FLOPs = multiply-accumulates, attention included'
+    )
     for part in ('backbone', 'model'):
-        print(f'  {part + ":":9s} {r[part + "_params"] / 1e6:.2f} M params, '
-              f'{r[part + "_flops"] / 1e9:.1f} GFLOPs '
-              f'({r[part + "_flops_executed"] / 1e9:.1f} executed)')
+        print(
+            f'  {part + ":":9s} {r[part + "_params"] / 1e6:.2f} M params, '
+            f'{r[part + "_flops"] / 1e9:.1f} GFLOPs '
+            f'({r[part + "_flops_executed"] / 1e9:.1f} executed)'
+        )
     return r
 
 

@@ -7,6 +7,7 @@ One warm-up run, then one profiled run (forward, and backward in train mode,
 of the summed outputs). Prints the operators with the most self time and the
 share of the run that goes to attention, convolutions and interpolation.
 """
+
 import argparse
 
 import torch
@@ -15,16 +16,18 @@ from torch.profiler import ProfilerActivity, profile
 try:
     from mmdsnet.models import DSNet
 except ModuleNotFoundError as error:
-    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-                     'into an mmdet/mmseg environment (README, Install)') from error
+    raise SystemExit(
+        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+        'into an mmdet/mmseg environment (README, Install)'
+    ) from error
 
 # operator-name fragments -> the family they are reported under
 FAMILIES = {
     'attention': ('attention', 'sdpa', 'flash'),
     'convolution': ('conv', 'mkldnn_convolution'),
     'interpolation': ('upsample', 'interpolate'),
-    'GELU': ('gelu', ),
-    'batch norm': ('batch_norm', ),
+    'GELU': ('gelu',),
+    'batch norm': ('batch_norm',),
     'matmul (linear)': ('aten::mm', 'addmm', 'bmm', 'linear', 'matmul'),
     'copies': ('copy_', 'clone', 'contiguous'),
 }
@@ -56,7 +59,7 @@ def main(argv=None):
     parser.add_argument('--top', type=int, default=15)
     args = parser.parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    model = DSNet(args.arch, drop_path_rate=0.).to(device).train(args.mode == 'train')
+    model = DSNet(args.arch, drop_path_rate=0.0).to(device).train(args.mode == 'train')
     x = torch.randn(args.batch, 3, *args.shape, device=device)
     run(model, x, args.mode)  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
@@ -72,8 +75,10 @@ def main(argv=None):
     for event in events:
         shares[family_of(event.key)] = shares.get(family_of(event.key), 0) + getattr(event, attr)
     total = sum(shares.values()) or 1
-    print(f'DS-Net-{args.arch[0].upper()} {args.mode} at {args.batch}x{args.shape[0]}x'
-          f'{args.shape[1]} on {device.type}: self time by family')
+    print(
+        f'DS-Net-{args.arch[0].upper()} {args.mode} at {args.batch}x{args.shape[0]}x'
+        f'{args.shape[1]} on {device.type}: self time by family'
+    )
     for family, micros in sorted(shares.items(), key=lambda kv: -kv[1]):
         print(f'  {family:16s} {micros / 1e3:9.1f} ms  {100 * micros / total:5.1f}%')
     return shares

@@ -14,6 +14,7 @@ environment variables, so it is tested with faked machines; ``--machine FILE`` d
 machine described in a JSON file instead of probing this one. No mmdsnet imports: this runs
 before mmdsnet is installed.
 """
+
 import argparse
 import dataclasses
 import json
@@ -38,6 +39,7 @@ class BuildCheckError(RuntimeError):
 
 class Gpu(NamedTuple):
     """A visible GPU: its name and compute capability (major, minor)."""
+
     name: str
     capability: tuple
 
@@ -53,6 +55,7 @@ class Machine:
     ``nvcc_version`` and ``nvcc_arches`` are the raw outputs of ``nvcc --version`` and
     ``nvcc --list-gpu-arch`` (None when nvcc is absent or the command failed).
     """
+
     torch_version: str
     torch_cuda: str | None
     gpus: tuple = ()
@@ -76,6 +79,7 @@ class Machine:
 @dataclasses.dataclass(frozen=True)
 class BuildPlan:
     """The mode (``cpu`` or ``cuda``), the variables to export and notes for the user."""
+
     mode: str
     exports: dict
     notes: tuple = ()
@@ -112,8 +116,11 @@ def numeric_arches(arch_list: str) -> list:
     """The numeric entries of a TORCH_CUDA_ARCH_LIST ('8.0;9.0+PTX' -> ['8.0', '9.0']); named
     entries such as 'Hopper' are left to torch."""
     entries = [e for e in re.split(r'[;\s,]+', arch_list.strip()) if e]
-    return [e[:-4] if e.endswith('+PTX') else e for e in entries
-            if re.fullmatch(r'\d+\.\d+[a-z]?(\+PTX)?', e)]
+    return [
+        e[:-4] if e.endswith('+PTX') else e
+        for e in entries
+        if re.fullmatch(r'\d+\.\d+[a-z]?(\+PTX)?', e)
+    ]
 
 
 def max_jobs(cpus: int, mem_gib: float) -> int:
@@ -124,10 +131,12 @@ def max_jobs(cpus: int, mem_gib: float) -> int:
 def install_hint(torch_cuda: str) -> str:
     major = version_major_minor(torch_cuda)[0]
     dashed = torch_cuda.replace('.', '-')
-    return (f'Install the CUDA {torch_cuda} toolkit (any {major}.x nvcc passes torch\'s check; '
-            f'{torch_cuda} is safest), e.g. NVIDIA\'s `cuda-toolkit-{dashed}` package or conda\'s '
-            f'`cuda-toolkit={torch_cuda}`, then put its bin/ on PATH or set CUDA_HOME to it. '
-            'Or install a torch built for the CUDA you have.')
+    return (
+        f"Install the CUDA {torch_cuda} toolkit (any {major}.x nvcc passes torch's check; "
+        f"{torch_cuda} is safest), e.g. NVIDIA's `cuda-toolkit-{dashed}` package or conda's "
+        f'`cuda-toolkit={torch_cuda}`, then put its bin/ on PATH or set CUDA_HOME to it. '
+        'Or install a torch built for the CUDA you have.'
+    )
 
 
 def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
@@ -138,23 +147,32 @@ def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
     Otherwise CUDA ops, after checking nvcc; raises BuildCheckError when the build would fail.
     """
     if machine.torch_cuda is None:
-        return BuildPlan(CPU, {'MMDSNET_MMCV_BUILD': CPU},
-                         (f'torch {machine.torch_version} has no CUDA: mmcv gets its CPU ops',))
+        return BuildPlan(
+            CPU,
+            {'MMDSNET_MMCV_BUILD': CPU},
+            (f'torch {machine.torch_version} has no CUDA: mmcv gets its CPU ops',),
+        )
     force = env.get('FORCE_CUDA', '0') == '1'
     if not machine.gpus and not force:
-        return BuildPlan(CPU, {'MMDSNET_MMCV_BUILD': CPU}, (
-            f'torch {machine.torch_version} has CUDA {machine.torch_cuda} but sees no GPU: mmcv '
-            'gets its CPU ops (FORCE_CUDA=1 with TORCH_CUDA_ARCH_LIST builds the CUDA ops '
-            'anyway)',))
+        return BuildPlan(
+            CPU,
+            {'MMDSNET_MMCV_BUILD': CPU},
+            (
+                f'torch {machine.torch_version} has CUDA {machine.torch_cuda} but sees no GPU: '
+                'mmcv gets its CPU ops (FORCE_CUDA=1 with TORCH_CUDA_ARCH_LIST builds the CUDA '
+                'ops anyway)',
+            ),
+        )
 
     torch_cuda = machine.torch_cuda
     torch_mm = version_major_minor(torch_cuda)
     if machine.nvcc is None or machine.nvcc_version is None:
         where = f'at {machine.nvcc}' if machine.nvcc else 'on PATH, in CUDA_HOME or /usr/local/cuda'
         raise BuildCheckError(
-            f'torch {machine.torch_version} was built with CUDA {torch_cuda} and mmcv\'s CUDA ops '
+            f"torch {machine.torch_version} was built with CUDA {torch_cuda} and mmcv's CUDA ops "
             f'need nvcc of CUDA {torch_mm[0]}.x to build, but no working nvcc was found {where}. '
-            + install_hint(torch_cuda))
+            + install_hint(torch_cuda)
+        )
     nvcc_mm = parse_nvcc_version(machine.nvcc_version)
     nvcc_text = f'{nvcc_mm[0]}.{nvcc_mm[1]}'
     if nvcc_mm[0] != torch_mm[0]:
@@ -162,11 +180,14 @@ def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
             f'nvcc {machine.nvcc} is CUDA {nvcc_text} but torch {machine.torch_version} was built '
             f'with CUDA {torch_cuda}: the major versions must match ({torch_mm[0]} vs '
             f'{nvcc_mm[0]}), torch refuses to build extensions otherwise. '
-            + install_hint(torch_cuda))
+            + install_hint(torch_cuda)
+        )
     notes = []
     if nvcc_mm != torch_mm:
-        notes.append(f'nvcc is CUDA {nvcc_text}, torch was built with {torch_cuda}: same major '
-                     'version, which torch accepts')
+        notes.append(
+            f'nvcc is CUDA {nvcc_text}, torch was built with {torch_cuda}: same major '
+            'version, which torch accepts'
+        )
 
     user_arch = env.get('TORCH_CUDA_ARCH_LIST', '').strip()
     gpu_arches = sorted({g.arch for g in machine.gpus}, key=lambda a: tuple(map(int, a.split('.'))))
@@ -174,23 +195,28 @@ def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
         arch_list = user_arch
         missing = [a for a in gpu_arches if a not in numeric_arches(user_arch)]
         if missing and '+PTX' not in user_arch:
-            notes.append(f'TORCH_CUDA_ARCH_LIST={user_arch!r} (yours, kept) has no kernels for the '
-                         f'visible GPU capability {", ".join(missing)}: ops will not run on them')
+            notes.append(
+                f'TORCH_CUDA_ARCH_LIST={user_arch!r} (yours, kept) has no kernels for the '
+                f'visible GPU capability {", ".join(missing)}: ops will not run on them'
+            )
     elif gpu_arches:
         arch_list = ';'.join(gpu_arches)
     else:
         raise BuildCheckError(
             'FORCE_CUDA=1 but no GPU is visible to take the compute capabilities from: set '
-            'TORCH_CUDA_ARCH_LIST to those of the GPUs the build is for, e.g. "8.0;9.0"')
+            'TORCH_CUDA_ARCH_LIST to those of the GPUs the build is for, e.g. "8.0;9.0"'
+        )
     if machine.nvcc_arches:
         supported = parse_nvcc_arches(machine.nvcc_arches)
         unsupported = [a for a in numeric_arches(arch_list) if a not in supported]
         if supported and unsupported:
-            newest = max(supported, key=lambda a: tuple(int(x) for x in re.findall(r'\d+', a)))
+            # '9.0a' sorts after '9.0' (a set's order must not decide the tie).
+            newest = max(supported, key=lambda a: (tuple(int(x) for x in re.findall(r'\d+', a)), a))
             raise BuildCheckError(
                 f'nvcc {nvcc_text} ({machine.nvcc}) cannot compile for compute capability '
                 f'{", ".join(unsupported)} (its newest target is {newest}); install a newer CUDA '
-                f'{torch_mm[0]}.x toolkit, or set TORCH_CUDA_ARCH_LIST to targets it supports')
+                f'{torch_mm[0]}.x toolkit, or set TORCH_CUDA_ARCH_LIST to targets it supports'
+            )
 
     user_jobs = env.get('MAX_JOBS', '').strip()
     if user_jobs:
@@ -200,13 +226,24 @@ def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
         notes.append(f'MAX_JOBS={jobs} (yours, kept)')
     else:
         jobs = max_jobs(machine.cpus, machine.mem_gib)
-        notes.append(f'MAX_JOBS={jobs} from {machine.cpus} cores and {machine.mem_gib:.0f} GiB '
-                     f'available memory ({GIB_PER_JOB} GiB per job)')
+        notes.append(
+            f'MAX_JOBS={jobs} from {machine.cpus} cores and {machine.mem_gib:.0f} GiB '
+            f'available memory ({GIB_PER_JOB} GiB per job)'
+        )
     gpus = ', '.join(f'{g.name} ({g.arch})' for g in machine.gpus) or 'none visible'
-    notes.insert(0, f'CUDA build: torch {machine.torch_version} (CUDA {torch_cuda}), nvcc '
-                 f'{nvcc_text} at {machine.nvcc}, GPUs: {gpus}, TORCH_CUDA_ARCH_LIST={arch_list}')
-    exports = {'MMDSNET_MMCV_BUILD': CUDA, 'MMDSNET_NVCC': machine.nvcc, 'FORCE_CUDA': '1',
-               'MMCV_WITH_OPS': '1', 'TORCH_CUDA_ARCH_LIST': arch_list, 'MAX_JOBS': str(jobs)}
+    notes.insert(
+        0,
+        f'CUDA build: torch {machine.torch_version} (CUDA {torch_cuda}), nvcc '
+        f'{nvcc_text} at {machine.nvcc}, GPUs: {gpus}, TORCH_CUDA_ARCH_LIST={arch_list}',
+    )
+    exports = {
+        'MMDSNET_MMCV_BUILD': CUDA,
+        'MMDSNET_NVCC': machine.nvcc,
+        'FORCE_CUDA': '1',
+        'MMCV_WITH_OPS': '1',
+        'TORCH_CUDA_ARCH_LIST': arch_list,
+        'MAX_JOBS': str(jobs),
+    }
     return BuildPlan(CUDA, exports, tuple(notes))
 
 
@@ -231,8 +268,9 @@ def smoke_compile(nvcc: str, arch_list: str, cc: str | None = None, timeout: flo
         output = (proc.stdout + proc.stderr).strip()[-2000:]
         raise BuildCheckError(
             f'nvcc cannot compile a one-line CUDA kernel for TORCH_CUDA_ARCH_LIST={arch_list}, so '
-            f'mmcv\'s build would fail too. Command: {" ".join(cmd)}\n{output}\nA host compiler '
-            'newer than this nvcc supports is the usual cause: set CC to a supported gcc.')
+            f"mmcv's build would fail too. Command: {' '.join(cmd)}\n{output}\nA host compiler "
+            'newer than this nvcc supports is the usual cause: set CC to a supported gcc.'
+        )
 
 
 # ----------------------------------------------------------------------------- probing this machine
@@ -258,9 +296,13 @@ def probe_mem_gib() -> float:
     meminfo = _read('/proc/meminfo') or ''
     match = re.search(r'^MemAvailable:\s+(\d+) kB', meminfo, re.M)
     avail = int(match.group(1)) * 1024 if match else 0
-    for limit_path, used_path in (('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory.current'),
-                                  ('/sys/fs/cgroup/memory/memory.limit_in_bytes',
-                                   '/sys/fs/cgroup/memory/memory.usage_in_bytes')):
+    for limit_path, used_path in (
+        ('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory.current'),
+        (
+            '/sys/fs/cgroup/memory/memory.limit_in_bytes',
+            '/sys/fs/cgroup/memory/memory.usage_in_bytes',
+        ),
+    ):
         limit, used = _read(limit_path), _read(used_path)
         if limit and limit.isdigit() and used and used.isdigit() and int(limit) < 1 << 60:
             avail = min(avail, int(limit) - int(used)) if avail else int(limit) - int(used)
@@ -280,6 +322,7 @@ def find_nvcc() -> str | None:
     """The nvcc torch's extension builder will use: CUDA_HOME/bin/nvcc with torch's CUDA_HOME
     (CUDA_HOME or CUDA_PATH, else the nvcc on PATH, else /usr/local/cuda)."""
     from torch.utils.cpp_extension import CUDA_HOME
+
     if CUDA_HOME:
         nvcc = os.path.join(CUDA_HOME, 'bin', 'nvcc')
         return nvcc if os.path.isfile(nvcc) else None
@@ -292,19 +335,28 @@ def probe() -> Machine:
         import torch
     except ImportError as exc:
         raise BuildCheckError(f'torch is not importable in {sys.executable}: {exc}') from exc
-    machine = Machine(torch_version=torch.__version__, torch_cuda=torch.version.cuda,
-                      cpus=probe_cpus(), mem_gib=probe_mem_gib())
+    machine = Machine(
+        torch_version=torch.__version__,
+        torch_cuda=torch.version.cuda,
+        cpus=probe_cpus(),
+        mem_gib=probe_mem_gib(),
+    )
     if machine.torch_cuda is None:
         return machine
     gpus = ()
     if torch.cuda.is_available():
-        gpus = tuple(Gpu(torch.cuda.get_device_name(i), tuple(torch.cuda.get_device_capability(i)))
-                     for i in range(torch.cuda.device_count()))
+        gpus = tuple(
+            Gpu(torch.cuda.get_device_name(i), tuple(torch.cuda.get_device_capability(i)))
+            for i in range(torch.cuda.device_count())
+        )
     nvcc = find_nvcc()
     return dataclasses.replace(
-        machine, gpus=gpus, nvcc=nvcc,
+        machine,
+        gpus=gpus,
+        nvcc=nvcc,
         nvcc_version=run_nvcc(nvcc, '--version') if nvcc else None,
-        nvcc_arches=run_nvcc(nvcc, '--list-gpu-arch') if nvcc else None)
+        nvcc_arches=run_nvcc(nvcc, '--list-gpu-arch') if nvcc else None,
+    )
 
 
 # ----------------------------------------------------------------------------- after the build
@@ -326,10 +378,14 @@ def verify_ops(device: str, expect_mmcv: str | None = None) -> str:
         if compiled == 'not available':
             raise BuildCheckError(f'mmcv {mmcv.__version__} was built without its CUDA ops')
         if not torch.cuda.is_available():
-            return (f'mmcv {mmcv.__version__} has CUDA ops (compiled with CUDA {compiled}); no GPU '
-                    'is visible to run them')
-        where = f'{torch.device(device)} ({torch.cuda.get_device_name(torch.device(device))}), ' \
-                f'compiled with CUDA {compiled}'
+            return (
+                f'mmcv {mmcv.__version__} has CUDA ops (compiled with CUDA {compiled}); no GPU '
+                'is visible to run them'
+            )
+        where = (
+            f'{torch.device(device)} ({torch.cuda.get_device_name(torch.device(device))}), '
+            f'compiled with CUDA {compiled}'
+        )
 
     gen = torch.Generator().manual_seed(0)
     xy = torch.rand(200, 2, generator=gen) * 96
@@ -359,20 +415,29 @@ def verify_ops(device: str, expect_mmcv: str | None = None) -> str:
         raise BuildCheckError(f'nms on {device} kept other boxes than on the CPU')
     for name, a, b in (('RoIAlign forward', got[1], ref[1]), ('RoIAlign backward', got[2], ref[2])):
         if not torch.allclose(a, b, atol=1e-4, rtol=1e-4):
-            raise BuildCheckError(f'{name} on {device} differs from the CPU by '
-                                  f'{(a - b).abs().max().item():.3g}')
-    return (f'mmcv {mmcv.__version__} ops verified on {where}: nms ({len(got[0])} of 200 boxes '
-            'kept) and RoIAlign forward and backward match the CPU kernels')
+            raise BuildCheckError(
+                f'{name} on {device} differs from the CPU by {(a - b).abs().max().item():.3g}'
+            )
+    return (
+        f'mmcv {mmcv.__version__} ops verified on {where}: nms ({len(got[0])} of 200 boxes '
+        'kept) and RoIAlign forward and backward match the CPU kernels'
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--machine', metavar='FILE',
-                        help='decide for the machine described in this JSON file (the fields of '
-                        'Machine) instead of probing this one; environment variables still apply')
-    parser.add_argument('--verify-ops', metavar='DEVICE',
-                        help='run mmcv nms and RoIAlign on DEVICE (cpu, cuda, cuda:1) and '
-                        'compare them with the CPU kernels')
+    parser.add_argument(
+        '--machine',
+        metavar='FILE',
+        help='decide for the machine described in this JSON file (the fields of '
+        'Machine) instead of probing this one; environment variables still apply',
+    )
+    parser.add_argument(
+        '--verify-ops',
+        metavar='DEVICE',
+        help='run mmcv nms and RoIAlign on DEVICE (cpu, cuda, cuda:1) and '
+        'compare them with the CPU kernels',
+    )
     parser.add_argument('--expect-mmcv', metavar='VERSION', help='with --verify-ops: mmcv version')
     args = parser.parse_args(argv)
     try:
@@ -386,8 +451,11 @@ def main(argv=None) -> int:
             machine = probe()
         plan = plan_build(machine, os.environ)
         if plan.mode == CUDA:
-            smoke_compile(plan.exports['MMDSNET_NVCC'], plan.exports['TORCH_CUDA_ARCH_LIST'],
-                          os.environ.get('CC'))
+            smoke_compile(
+                plan.exports['MMDSNET_NVCC'],
+                plan.exports['TORCH_CUDA_ARCH_LIST'],
+                os.environ.get('CC'),
+            )
     except BuildCheckError as exc:
         print(f'[install] error: {exc}', file=sys.stderr)
         return 2

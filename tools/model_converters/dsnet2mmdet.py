@@ -8,6 +8,7 @@ state dict that ``DSNet(init_cfg=dict(type='Pretrained', checkpoint=DST))``
 loads for mmdet and mmseg alike. The backbone also converts on the fly, so
 this step is optional; it saves reading the original file at every run.
 """
+
 import argparse
 import os
 import os.path as osp
@@ -17,8 +18,10 @@ from mmengine.logging import MMLogger
 try:
     from mmdsnet.models.utils import convert_file
 except ModuleNotFoundError as error:
-    raise SystemExit(f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-                     'into an mmdet/mmseg environment (README, Install)') from error
+    raise SystemExit(
+        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+        'into an mmdet/mmseg environment (README, Install)'
+    ) from error
 
 
 def main(argv=None):
@@ -33,8 +36,11 @@ def main(argv=None):
         converted = convert_file(args.src, args.dst, logger=logger)
     except Exception as err:  # every refusal ends the run with its reason, no traceback
         raise SystemExit(f'dsnet2mmdet: nothing written: {type(err).__name__}: {err}') from err
-    params = sum(v.numel() for k, v in converted.items()
-                 if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))
+    params = sum(
+        v.numel()
+        for k, v in converted.items()
+        if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))
+    )
     logger.info(f'saved {len(converted)} tensors ({params:,} parameters) to {args.dst}')
 
 

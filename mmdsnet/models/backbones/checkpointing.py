@@ -4,6 +4,7 @@ Non-reentrant checkpointing re-runs a block's forward during backward; a BN
 in training mode would then update its running statistics a second time.
 The recompute context saves the BN buffers and restores them afterwards.
 """
+
 import contextlib
 from typing import Callable, Tuple
 
@@ -13,10 +14,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 @contextlib.contextmanager
 def _restore_norm_buffers(module: nn.Module):
-    norms = [m for m in module.modules()
-             if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
-    saved = [{name: buf.clone() for name, buf in m.named_buffers(recurse=False)}
-             for m in norms]
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats
+    ]
+    saved = [{name: buf.clone() for name, buf in m.named_buffers(recurse=False)} for m in norms]
     try:
         yield
     finally:

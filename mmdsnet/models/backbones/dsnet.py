@@ -6,6 +6,7 @@ conv (4x4 for the stem, 2x2 after) followed by DS-Blocks; the global stream of
 every block runs on a fixed grid (1/32 of the input in stages 1-3, 1/64 in
 stage 4 with the default ``global_resize``).
 """
+
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -20,8 +21,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
 from ..layers import DSBlock, linear_drop_path_rates
-from ..utils.validation import (check_heads, check_positive_float, check_positive_int,
-                                check_rate)
+from ..utils.validation import check_heads, check_positive_float, check_positive_int, check_rate
 from .checkpointing import frozen_norm_stats_on_recompute
 from .pretrained import load_pretrained_dsnet, other_init_cfgs, pretrained_checkpoint_of
 
@@ -69,52 +69,72 @@ class DSNet(BaseModule):
     """
 
     arch_settings: Dict[str, dict] = {
-        'tiny': dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 1),
-                     num_heads=(1, 2, 5, 8), mlp_ratio=4.),
-        'small': dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 8, 3),
-                      num_heads=(1, 2, 5, 8), mlp_ratio=4.),
-        'base': dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 28, 3),
-                     num_heads=(1, 2, 5, 8), mlp_ratio=4.),
+        'tiny': dict(
+            embed_dims=(64, 128, 320, 512),
+            depths=(2, 2, 4, 1),
+            num_heads=(1, 2, 5, 8),
+            mlp_ratio=4.0,
+        ),
+        'small': dict(
+            embed_dims=(64, 128, 320, 512),
+            depths=(3, 4, 8, 3),
+            num_heads=(1, 2, 5, 8),
+            mlp_ratio=4.0,
+        ),
+        'base': dict(
+            embed_dims=(64, 128, 320, 512),
+            depths=(3, 4, 28, 3),
+            num_heads=(1, 2, 5, 8),
+            mlp_ratio=4.0,
+        ),
     }
     arch_aliases = {'t': 'tiny', 's': 'small', 'b': 'base'}
     num_stages = 4
     strides = (4, 8, 16, 32)
     min_input_size = 32
 
-    def __init__(self,
-                 arch: Union[str, dict] = 'small',
-                 in_channels: int = 3,
-                 global_resize: Sequence[int] = (8, 4, 2, 2),
-                 with_alignment: bool = True,
-                 out_indices: Sequence[int] = (0, 1, 2, 3),
-                 frozen_stages: int = -1,
-                 norm_cfg: Optional[dict] = None,
-                 norm_eval: bool = False,
-                 with_cp: bool = False,
-                 drop_rate: float = 0.,
-                 attn_drop_rate: float = 0.,
-                 drop_path_rate: float = 0.1,
-                 channels_last: bool = True,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+    def __init__(
+        self,
+        arch: Union[str, dict] = 'small',
+        in_channels: int = 3,
+        global_resize: Sequence[int] = (8, 4, 2, 2),
+        with_alignment: bool = True,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        frozen_stages: int = -1,
+        norm_cfg: Optional[dict] = None,
+        norm_eval: bool = False,
+        with_cp: bool = False,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        channels_last: bool = True,
+        init_cfg: Optional[Union[dict, List[dict]]] = None,
+    ):
         super().__init__(init_cfg=init_cfg)
         self.pretrained_checkpoint = pretrained_checkpoint_of(init_cfg)
         settings = self.parse_arch(arch)
         self.embed_dims = tuple(settings['embed_dims'])
         self.depths = tuple(settings['depths'])
         self.num_heads = tuple(settings['num_heads'])
-        self.mlp_ratio = float(settings.get('mlp_ratio', 4.))
+        self.mlp_ratio = float(settings.get('mlp_ratio', 4.0))
         self.out_indices = self._check_out_indices(out_indices)
         if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= self.num_stages):
-            raise ValueError(f'frozen_stages must be an int in -1..{self.num_stages}, '
-                             f'got {frozen_stages!r}')
+            raise ValueError(
+                f'frozen_stages must be an int in -1..{self.num_stages}, got {frozen_stages!r}'
+            )
         if len(global_resize) != self.num_stages or any(
-                not isinstance(r, int) or r < 1 for r in global_resize):
-            raise ValueError('global_resize must be 4 positive ints (one per stage), '
-                             f'got {global_resize!r}')
+            not isinstance(r, int) or r < 1 for r in global_resize
+        ):
+            raise ValueError(
+                f'global_resize must be 4 positive ints (one per stage), got {global_resize!r}'
+            )
         if not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')
-        for name, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
-                           ('drop_path_rate', drop_path_rate)):
+        for name, rate in (
+            ('drop_rate', drop_rate),
+            ('attn_drop_rate', attn_drop_rate),
+            ('drop_path_rate', drop_path_rate),
+        ):
             check_rate(f'DSNet {name}', rate)
         self.in_channels = in_channels
         self.global_resize = tuple(global_resize)
@@ -134,15 +154,27 @@ class DSNet(BaseModule):
         for i in range(self.num_built_stages):
             kernel = 4 if i == 0 else 2
             self.patch_embeds.append(
-                nn.Conv2d(prev_channels, self.embed_dims[i], kernel, stride=kernel))
+                nn.Conv2d(prev_channels, self.embed_dims[i], kernel, stride=kernel)
+            )
             first = sum(self.depths[:i])
-            self.stages.append(nn.Sequential(*[
-                DSBlock(self.embed_dims[i], self.num_heads[i], self.global_resize[i],
-                        mlp_ratio=self.mlp_ratio, with_alignment=with_alignment,
-                        drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-                        drop_path_rate=rates[first + j], norm_cfg=self.norm_cfg)
-                for j in range(self.depths[i])
-            ]))
+            self.stages.append(
+                nn.Sequential(
+                    *[
+                        DSBlock(
+                            self.embed_dims[i],
+                            self.num_heads[i],
+                            self.global_resize[i],
+                            mlp_ratio=self.mlp_ratio,
+                            with_alignment=with_alignment,
+                            drop_rate=drop_rate,
+                            attn_drop_rate=attn_drop_rate,
+                            drop_path_rate=rates[first + j],
+                            norm_cfg=self.norm_cfg,
+                        )
+                        for j in range(self.depths[i])
+                    ]
+                )
+            )
             prev_channels = self.embed_dims[i]
         self._freeze_stages()
 
@@ -152,9 +184,11 @@ class DSNet(BaseModule):
         if isinstance(arch, str):
             name = cls.arch_aliases.get(arch.lower(), arch.lower())
             if name not in cls.arch_settings:
-                raise ValueError(f'Unknown DSNet arch {arch!r}; accepted: '
-                                 f"{sorted(cls.arch_settings)} (or 't', 's', 'b') "
-                                 'or a dict with embed_dims, depths, num_heads')
+                raise ValueError(
+                    f'Unknown DSNet arch {arch!r}; accepted: '
+                    f"{sorted(cls.arch_settings)} (or 't', 's', 'b') "
+                    'or a dict with embed_dims, depths, num_heads'
+                )
             return dict(cls.arch_settings[name])
         if not isinstance(arch, dict):
             raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
@@ -162,40 +196,52 @@ class DSNet(BaseModule):
         missing = required - set(arch)
         unknown = set(arch) - required - {'mlp_ratio'}
         if missing or unknown:
-            raise ValueError(f'DSNet arch dict needs keys {sorted(required)} '
-                             f"(optional 'mlp_ratio'); missing {sorted(missing)}, "
-                             f'unknown {sorted(unknown)}')
+            raise ValueError(
+                f'DSNet arch dict needs keys {sorted(required)} '
+                f"(optional 'mlp_ratio'); missing {sorted(missing)}, "
+                f'unknown {sorted(unknown)}'
+            )
         for key in required:
             if not isinstance(arch[key], (list, tuple)) or len(arch[key]) != cls.num_stages:
-                raise ValueError(f'arch[{key!r}] must be a list of {cls.num_stages} ints, '
-                                 f'got {arch[key]!r}')
+                raise ValueError(
+                    f'arch[{key!r}] must be a list of {cls.num_stages} ints, got {arch[key]!r}'
+                )
         for stage, (dims, depth, heads) in enumerate(
-                zip(arch['embed_dims'], arch['depths'], arch['num_heads'])):
+            zip(arch['embed_dims'], arch['depths'], arch['num_heads'])
+        ):
             check_positive_int(f'arch embed_dims[{stage}]', dims, minimum=2)
             if dims % 2:
-                raise ValueError(f'arch embed_dims[{stage}]={dims} must be even (half '
-                                 'local, half global channels)')
+                raise ValueError(
+                    f'arch embed_dims[{stage}]={dims} must be even (half '
+                    'local, half global channels)'
+                )
             check_positive_int(f'arch depths[{stage}]', depth)
             check_heads(f'arch num_heads[{stage}]', dims, heads)
-        check_positive_float('arch mlp_ratio', arch.get('mlp_ratio', 4.))
+        check_positive_float('arch mlp_ratio', arch.get('mlp_ratio', 4.0))
         return dict(arch)
 
     @classmethod
-    def out_channels_of(cls, arch: Union[str, dict] = 'small',
-                        out_indices: Sequence[int] = (0, 1, 2, 3)) -> List[int]:
+    def out_channels_of(
+        cls, arch: Union[str, dict] = 'small', out_indices: Sequence[int] = (0, 1, 2, 3)
+    ) -> List[int]:
         """Channels of each output, e.g. for a neck's ``in_channels``."""
         dims = cls.parse_arch(arch)['embed_dims']
         return [dims[i] for i in out_indices]
 
     def _check_out_indices(self, out_indices: Sequence[int]) -> Tuple[int, ...]:
         if isinstance(out_indices, int):
-            out_indices = (out_indices, )
+            out_indices = (out_indices,)
         out_indices = tuple(out_indices)
-        if (not out_indices or any(not isinstance(i, int) for i in out_indices)
-                or any(not 0 <= i < self.num_stages for i in out_indices)
-                or list(out_indices) != sorted(set(out_indices))):
-            raise ValueError('out_indices must be increasing, unique stage indices in '
-                             f'0..{self.num_stages - 1}, got {out_indices!r}')
+        if (
+            not out_indices
+            or any(not isinstance(i, int) for i in out_indices)
+            or any(not 0 <= i < self.num_stages for i in out_indices)
+            or list(out_indices) != sorted(set(out_indices))
+        ):
+            raise ValueError(
+                'out_indices must be increasing, unique stage indices in '
+                f'0..{self.num_stages - 1}, got {out_indices!r}'
+            )
         return out_indices
 
     @property
@@ -220,20 +266,23 @@ class DSNet(BaseModule):
         else:
             for module in self.modules():
                 if isinstance(module, nn.Linear):
-                    trunc_normal_init(module, std=.02, bias=0.)
+                    trunc_normal_init(module, std=0.02, bias=0.0)
                 elif isinstance(module, nn.LayerNorm):
-                    constant_init(module, val=1., bias=0.)
+                    constant_init(module, val=1.0, bias=0.0)
         if self.pretrained_checkpoint is not None:
-            load_pretrained_dsnet(self, self.pretrained_checkpoint['checkpoint'],
-                                  logger=MMLogger.get_current_instance(),
-                                  prefix=self.pretrained_checkpoint['prefix'])
+            load_pretrained_dsnet(
+                self,
+                self.pretrained_checkpoint['checkpoint'],
+                logger=MMLogger.get_current_instance(),
+                prefix=self.pretrained_checkpoint['prefix'],
+            )
         self._is_init = True
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:
             return
         num_frozen = min(self.frozen_stages, self.num_built_stages)
-        frozen = [*self.patch_embeds[:max(1, num_frozen)], *self.stages[:num_frozen]]
+        frozen = [*self.patch_embeds[: max(1, num_frozen)], *self.stages[:num_frozen]]
         for module in frozen:
             module.eval()
             for param in module.parameters():
@@ -253,52 +302,75 @@ class DSNet(BaseModule):
         if x.dim() != 4:
             raise ValueError(f'DSNet expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}')
         if x.shape[1] != self.in_channels:
-            raise ValueError(f'DSNet was built for {self.in_channels} input channels, '
-                             f'got {x.shape[1]} (shape {tuple(x.shape)})')
+            raise ValueError(
+                f'DSNet was built for {self.in_channels} input channels, '
+                f'got {x.shape[1]} (shape {tuple(x.shape)})'
+            )
         if min(x.shape[2:]) < self.min_input_size:
-            raise ValueError(f'DSNet needs H and W >= {self.min_input_size}, got '
-                             f'{tuple(x.shape[2:])}')
+            raise ValueError(
+                f'DSNet needs H and W >= {self.min_input_size}, got {tuple(x.shape[2:])}'
+            )
         batch = x.shape[0]
         if batch and self.training and self._has_training_batch_norm():
             # BatchNorm in training needs two values per channel; the last
             # built stage has the fewest: ceil(H / s) * ceil(W / s) per image.
             stride = self.strides[self.num_built_stages - 1]
-            values = batch * math.ceil(x.shape[2] / 32) * math.ceil(x.shape[3] / 32) * (
-                32 // stride)**2
+            values = (
+                batch
+                * math.ceil(x.shape[2] / 32)
+                * math.ceil(x.shape[3] / 32)
+                * (32 // stride) ** 2
+            )
             if values < 2:
                 raise ValueError(
                     f'DSNet in training mode with BatchNorm needs at least 2 values per channel '
                     f'in stage {self.num_built_stages} (stride {stride}); a batch of {batch} '
                     f'{tuple(x.shape[2:])} image(s) gives {values}. Use a larger batch or '
-                    'input, norm_eval=True, or eval mode (any H, W >= 32 works there).')
+                    'input, norm_eval=True, or eval mode (any H, W >= 32 works there).'
+                )
 
     def _has_training_batch_norm(self) -> bool:
-        return any(isinstance(m, _BatchNorm) and m.training
-                   for m in self.stages[self.num_built_stages - 1].modules())
+        return any(
+            isinstance(m, _BatchNorm) and m.training
+            for m in self.stages[self.num_built_stages - 1].modules()
+        )
 
-    def _attention_targets(self, stage: int, block: int,
-                           ratio_blocks: Optional[Union[str, int]]) -> Tuple[int, Dict[int, int]]:
+    def _attention_targets(
+        self, stage: int, block: int, ratio_blocks: Optional[Union[str, int]]
+    ) -> Tuple[int, Dict[int, int]]:
         """Validate ``forward_attention``'s choice; (block index, {stage: ratio block})."""
         built = self.num_built_stages
         if not isinstance(stage, int) or not 0 <= stage < built:
-            raise ValueError(f'stage must be an int in 0..{built - 1} (the stages this DSNet '
-                             f'builds, out_indices={self.out_indices}), got {stage!r}')
+            raise ValueError(
+                f'stage must be an int in 0..{built - 1} (the stages this DSNet '
+                f'builds, out_indices={self.out_indices}), got {stage!r}'
+            )
         depth = self.depths[stage]
         if not isinstance(block, int) or not -depth <= block < depth:
-            raise ValueError(f'stage {stage} has {depth} blocks: block must be an int in '
-                             f'0..{depth - 1} (or -{depth}..-1 from the end), got {block!r}')
+            raise ValueError(
+                f'stage {stage} has {depth} blocks: block must be an int in '
+                f'0..{depth - 1} (or -{depth}..-1 from the end), got {block!r}'
+            )
         if ratio_blocks is None:
             return block % depth, {}
         if ratio_blocks == 'last':
             return block % depth, {i: self.depths[i] - 1 for i in range(built)}
         if isinstance(ratio_blocks, int) and all(
-                -d <= ratio_blocks < d for d in self.depths[:built]):
+            -d <= ratio_blocks < d for d in self.depths[:built]
+        ):
             return block % depth, {i: ratio_blocks % self.depths[i] for i in range(built)}
-        raise ValueError(f"ratio_blocks must be None, 'last' or a block index valid in every "
-                         f'built stage (depths {self.depths[:built]}), got {ratio_blocks!r}')
+        raise ValueError(
+            f"ratio_blocks must be None, 'last' or a block index valid in every "
+            f'built stage (depths {self.depths[:built]}), got {ratio_blocks!r}'
+        )
 
-    def forward_attention(self, x: torch.Tensor, stage: int, block: int = -1,
-                          ratio_blocks: Optional[Union[str, int]] = None):
+    def forward_attention(
+        self,
+        x: torch.Tensor,
+        stage: int,
+        block: int = -1,
+        ratio_blocks: Optional[Union[str, int]] = None,
+    ):
         """Run the backbone up to one block and return its attention maps.
 
         Args:
@@ -317,6 +389,7 @@ class DSNet(BaseModule):
             The ordinary ``forward`` is untouched and records nothing.
         """
         from ...analysis.attention import BackboneAttention
+
         self._check_input(x)
         block, ratio_at = self._attention_targets(stage, block, ratio_blocks)
         height, width = x.shape[2:]
@@ -342,15 +415,22 @@ class DSNet(BaseModule):
                     x = ds_block(x)
                 if ratio_at.get(i) == j:
                     stage_ratios[i] = (j, recorded)
-        return BackboneAttention(stage=stage, block=block, stride=self.strides[stage],
-                                 input_size=(height, width), padded_size=padded,
-                                 maps=chosen, stage_ratios=stage_ratios)
+        return BackboneAttention(
+            stage=stage,
+            block=block,
+            stride=self.strides[stage],
+            input_size=(height, width),
+            padded_size=padded,
+            maps=chosen,
+            stage_ratios=stage_ratios,
+        )
 
     def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         for block in stage:
             if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(block, x, use_reentrant=False,
-                                  context_fn=frozen_norm_stats_on_recompute(block))
+                x = cp.checkpoint(
+                    block, x, use_reentrant=False, context_fn=frozen_norm_stats_on_recompute(block)
+                )
             else:
                 x = block(x)
         return x
@@ -375,6 +455,6 @@ class DSNet(BaseModule):
             x = self._run_stage(self.stages[i], self.patch_embeds[i](x))
             if i in self.out_indices:
                 stride = self.strides[i]
-                out = x[..., :math.ceil(height / stride), :math.ceil(width / stride)]
+                out = x[..., : math.ceil(height / stride), : math.ceil(width / stride)]
                 outs.append(out.contiguous())
         return tuple(outs)

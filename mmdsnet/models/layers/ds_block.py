@@ -5,6 +5,7 @@ Module names equal those of the public DS-Net checkpoints (``pos_embed``,
 ``norm1``, ``conv1``, ..., ``mlp.fc2``) so weights map one to one; the order
 of operations follows ``docs/architecture.md``, "The DS-Block", exactly.
 """
+
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -14,8 +15,7 @@ from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
-from ..utils.validation import (check_heads, check_positive_float, check_positive_int,
-                                check_rate)
+from ..utils.validation import check_heads, check_positive_float, check_positive_int, check_rate
 
 
 def to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
@@ -44,8 +44,9 @@ def merge_heads(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(batch, length, heads * head_dims)
 
 
-def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-              dropout_p: float) -> torch.Tensor:
+def attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float
+) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v through PyTorch's fused kernel.
 
     The fused kernel never materialises the (Lq, Lk) map, which at 800x1344
@@ -57,7 +58,7 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 class ConvMlp(nn.Module):
     """Pointwise FFN on NCHW maps: 1x1 conv, exact GELU, dropout, 1x1 conv."""
 
-    def __init__(self, channels: int, hidden_channels: int, drop: float = 0.):
+    def __init__(self, channels: int, hidden_channels: int, drop: float = 0.0):
         super().__init__()
         self.fc1 = nn.Conv2d(channels, hidden_channels, 1)
         self.act = nn.GELU()
@@ -88,23 +89,26 @@ class DSBlock(BaseModule):
             The global tokens always use LayerNorm, as in the checkpoints.
     """
 
-    def __init__(self,
-                 channels: int,
-                 num_heads: int,
-                 global_resize: int,
-                 mlp_ratio: float = 4.,
-                 with_alignment: bool = True,
-                 drop_rate: float = 0.,
-                 attn_drop_rate: float = 0.,
-                 drop_path_rate: float = 0.,
-                 norm_cfg: Optional[dict] = None,
-                 init_cfg=None):
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int,
+        global_resize: int,
+        mlp_ratio: float = 4.0,
+        with_alignment: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        norm_cfg: Optional[dict] = None,
+        init_cfg=None,
+    ):
         super().__init__(init_cfg=init_cfg)
         norm_cfg = norm_cfg or dict(type='BN', requires_grad=True)
         check_positive_int('DSBlock channels', channels, minimum=2)
         if channels % 2:
-            raise ValueError(f'DSBlock channels must be even (half local, half '
-                             f'global), got {channels}')
+            raise ValueError(
+                f'DSBlock channels must be even (half local, half global), got {channels}'
+            )
         half = channels // 2
         check_heads('DSBlock num_heads', channels, num_heads)
         check_positive_int('DSBlock global_resize', global_resize)
@@ -146,11 +150,10 @@ class DSBlock(BaseModule):
 
     def global_size(self, height: int, width: int) -> Tuple[int, int]:
         """Grid of the global stream for a (height, width) map."""
-        return (max(1, height // self.global_resize),
-                max(1, width // self.global_resize))
+        return (max(1, height // self.global_resize), max(1, width // self.global_resize))
 
     def _attn_dropout(self) -> float:
-        return self.attn_drop_rate if self.training else 0.
+        return self.attn_drop_rate if self.training else 0.0
 
     def forward_with_attention(self, x: torch.Tensor, with_maps: bool = True):
         """Run the block on ``x`` and also return what its attention did.
@@ -163,6 +166,7 @@ class DSBlock(BaseModule):
         only the cheap norm ratios. Maps are shown before attention dropout.
         """
         from ...analysis.attention import AttentionRecorder
+
         with AttentionRecorder(self, with_maps=with_maps) as recorder:
             out = self(x)
         return out, recorder.result()
@@ -172,8 +176,9 @@ class DSBlock(BaseModule):
         q, k, v = split_heads(self.channel_up(self.norm_sa1(tokens)), self.num_heads)
         return tokens + merge_heads(attention(q, k, v, self._attn_dropout()))
 
-    def _align(self, local: torch.Tensor,
-               tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _align(
+        self, local: torch.Tensor, tokens: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Bidirectional co-attention between the local map and global tokens.
 
         Both directions read the same inputs. Returns the updated local map
@@ -186,8 +191,7 @@ class DSBlock(BaseModule):
         # view it silently falls back to the math path, which materialises
         # the N x M attention maps.
         q_l, k_l, v_l = split_heads(to_tokens(local_qkv), self.num_heads)
-        q_g, k_g, v_g = split_heads(
-            self.cross_channel_up_sa(self.norm_sa2(tokens)), self.num_heads)
+        q_g, k_g, v_g = split_heads(self.cross_channel_up_sa(self.norm_sa2(tokens)), self.num_heads)
         dropout = self._attn_dropout()
         global_to_local = merge_heads(attention(q_l, k_g, v_g, dropout))
         local_to_global = merge_heads(attention(q_g, k_l, v_l, dropout))
@@ -216,8 +220,7 @@ class DSBlock(BaseModule):
 
         grid = self.global_size(height, width)
         small = F.interpolate(normed, size=grid, mode='bilinear', align_corners=False)
-        tokens = to_tokens(
-            F.conv2d(small, self.conv1.weight[:half], self.conv1.bias[:half]))
+        tokens = to_tokens(F.conv2d(small, self.conv1.weight[:half], self.conv1.bias[:half]))
         tokens = self._global_self_attention(tokens)
         if self.with_alignment:
             local, tokens = self._align(local, tokens)
@@ -225,7 +228,8 @@ class DSBlock(BaseModule):
         global_out = F.conv2d(to_map(tokens, *grid), self.conv2.weight[:, half:])
         fused = F.conv2d(local, self.conv2.weight[:, :half], self.conv2.bias)
         fused = fused + F.interpolate(
-            global_out, size=(height, width), mode='bilinear', align_corners=False)
+            global_out, size=(height, width), mode='bilinear', align_corners=False
+        )
         x = shortcut + self.drop_path(fused)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -235,5 +239,5 @@ def linear_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list
     check_rate('drop_path_rate', drop_path_rate)
     total = sum(depths)
     if total == 1:
-        return [0.]
+        return [0.0]
     return [drop_path_rate * i / (total - 1) for i in range(total)]

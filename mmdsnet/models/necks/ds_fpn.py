@@ -8,6 +8,7 @@ depthwise stream, global attention stream on a grid at 1/32 of the image,
 co-attention between them), after the top-down sum and before the 3x3 output
 conv. Extra levels (P6, P7) are left as in FPN.
 """
+
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -18,11 +19,12 @@ from mmengine.model import BaseModule
 
 from ...registry import register_model
 from ..layers import DSBlock
-from ..utils.validation import (check_heads, check_positive_float, check_positive_int,
-                                check_rate)
+from ..utils.validation import check_heads, check_positive_float, check_positive_int, check_rate
 
 POSITIONS = ('pre_fpn_conv', 'post_fpn_conv', 'replace_fpn_conv')
 EXTRA_SOURCES = ('on_input', 'on_lateral', 'on_output')
+# FPN's default init (BaseModule deep-copies init_cfg, so sharing it is safe).
+FPN_INIT = dict(type='Xavier', layer='Conv2d', distribution='uniform')
 
 
 @register_model
@@ -62,31 +64,32 @@ class DSFPN(BaseModule):
         ds_drop_path_rate (float): Stochastic depth inside the DS-Blocks.
     """
 
-    def __init__(self,
-                 in_channels: Sequence[int],
-                 out_channels: int,
-                 num_outs: int,
-                 start_level: int = 0,
-                 end_level: int = -1,
-                 add_extra_convs: Union[bool, str] = False,
-                 relu_before_extra_convs: bool = False,
-                 no_norm_on_lateral: bool = False,
-                 conv_cfg: Optional[dict] = None,
-                 norm_cfg: Optional[dict] = None,
-                 act_cfg: Optional[dict] = None,
-                 upsample_cfg: Optional[dict] = None,
-                 strides: Optional[Sequence[int]] = None,
-                 ds_levels: Optional[Sequence[int]] = None,
-                 num_ds_blocks: int = 1,
-                 ds_position: str = 'pre_fpn_conv',
-                 ds_global_resize: Optional[Sequence[int]] = None,
-                 ds_num_heads: Optional[int] = None,
-                 ds_mlp_ratio: float = 4.,
-                 ds_with_alignment: bool = True,
-                 ds_norm_cfg: Optional[dict] = None,
-                 ds_drop_path_rate: float = 0.,
-                 init_cfg: Optional[Union[dict, List[dict]]] = dict(
-                     type='Xavier', layer='Conv2d', distribution='uniform')):
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        out_channels: int,
+        num_outs: int,
+        start_level: int = 0,
+        end_level: int = -1,
+        add_extra_convs: Union[bool, str] = False,
+        relu_before_extra_convs: bool = False,
+        no_norm_on_lateral: bool = False,
+        conv_cfg: Optional[dict] = None,
+        norm_cfg: Optional[dict] = None,
+        act_cfg: Optional[dict] = None,
+        upsample_cfg: Optional[dict] = None,
+        strides: Optional[Sequence[int]] = None,
+        ds_levels: Optional[Sequence[int]] = None,
+        num_ds_blocks: int = 1,
+        ds_position: str = 'pre_fpn_conv',
+        ds_global_resize: Optional[Sequence[int]] = None,
+        ds_num_heads: Optional[int] = None,
+        ds_mlp_ratio: float = 4.0,
+        ds_with_alignment: bool = True,
+        ds_norm_cfg: Optional[dict] = None,
+        ds_drop_path_rate: float = 0.0,
+        init_cfg: Optional[Union[dict, List[dict]]] = FPN_INIT,
+    ):
         super().__init__(init_cfg=init_cfg)
         if not isinstance(in_channels, (list, tuple)) or not in_channels:
             raise TypeError(f'in_channels must be a non-empty list of ints, got {in_channels!r}')
@@ -108,34 +111,42 @@ class DSFPN(BaseModule):
         else:
             raise ValueError(f'end_level must be -1 or in 0..{self.num_ins - 1}, got {end_level}')
         if not 0 <= start_level < self.backbone_end_level:
-            raise ValueError(f'start_level must be in 0..{self.backbone_end_level - 1}, '
-                             f'got {start_level}')
+            raise ValueError(
+                f'start_level must be in 0..{self.backbone_end_level - 1}, got {start_level}'
+            )
         self.start_level = start_level
         self.end_level = end_level
         num_levels = self.backbone_end_level - start_level
         if num_outs < num_levels:
-            raise ValueError(f'num_outs={num_outs} is smaller than the {num_levels} '
-                             'backbone levels used')
+            raise ValueError(
+                f'num_outs={num_outs} is smaller than the {num_levels} backbone levels used'
+            )
         if add_extra_convs is True:
             add_extra_convs = 'on_input'
         if add_extra_convs not in (False, *EXTRA_SOURCES):
-            raise ValueError(f'add_extra_convs must be a bool or one of {EXTRA_SOURCES}, '
-                             f'got {add_extra_convs!r}')
+            raise ValueError(
+                f'add_extra_convs must be a bool or one of {EXTRA_SOURCES}, got {add_extra_convs!r}'
+            )
         self.add_extra_convs = add_extra_convs
 
         if ds_position not in POSITIONS:
             raise ValueError(f'ds_position must be one of {POSITIONS}, got {ds_position!r}')
         self.ds_levels = tuple(range(num_levels)) if ds_levels is None else tuple(ds_levels)
         if any(not 0 <= lvl < num_levels for lvl in self.ds_levels):
-            raise ValueError(f'ds_levels must index the {num_levels} backbone levels used '
-                             f'(0..{num_levels - 1}), got {self.ds_levels}')
+            raise ValueError(
+                f'ds_levels must index the {num_levels} backbone levels used '
+                f'(0..{num_levels - 1}), got {self.ds_levels}'
+            )
         self.strides = self._check_strides(strides)
         if ds_global_resize is None:
-            ds_global_resize = [max(1, 32 // self.strides[start_level + lvl])
-                                for lvl in self.ds_levels]
+            ds_global_resize = [
+                max(1, 32 // self.strides[start_level + lvl]) for lvl in self.ds_levels
+            ]
         if len(ds_global_resize) != len(self.ds_levels):
-            raise ValueError(f'ds_global_resize needs one factor per ds_level '
-                             f'{self.ds_levels}, got {ds_global_resize}')
+            raise ValueError(
+                f'ds_global_resize needs one factor per ds_level '
+                f'{self.ds_levels}, got {ds_global_resize}'
+            )
         for factor in ds_global_resize:
             check_positive_int('ds_global_resize entries', factor)
         check_positive_int('num_ds_blocks', num_ds_blocks, minimum=0)
@@ -153,40 +164,83 @@ class DSFPN(BaseModule):
         self.ds_blocks = nn.ModuleDict()
         for level in range(num_levels):
             self.lateral_convs.append(
-                ConvModule(self.in_channels[start_level + level], out_channels, 1,
-                           conv_cfg=conv_cfg, norm_cfg=None if no_norm_on_lateral else norm_cfg,
-                           act_cfg=act_cfg, inplace=False))
+                ConvModule(
+                    self.in_channels[start_level + level],
+                    out_channels,
+                    1,
+                    conv_cfg=conv_cfg,
+                    norm_cfg=None if no_norm_on_lateral else norm_cfg,
+                    act_cfg=act_cfg,
+                    inplace=False,
+                )
+            )
             replaced = ds_position == 'replace_fpn_conv' and level in self.ds_levels
-            self.fpn_convs.append(nn.Identity() if replaced else ConvModule(
-                out_channels, out_channels, 3, padding=1, conv_cfg=conv_cfg,
-                norm_cfg=norm_cfg, act_cfg=act_cfg, inplace=False))
+            self.fpn_convs.append(
+                nn.Identity()
+                if replaced
+                else ConvModule(
+                    out_channels,
+                    out_channels,
+                    3,
+                    padding=1,
+                    conv_cfg=conv_cfg,
+                    norm_cfg=norm_cfg,
+                    act_cfg=act_cfg,
+                    inplace=False,
+                )
+            )
         for level, resize in zip(self.ds_levels, self.ds_global_resize):
             if num_ds_blocks > 0:
-                self.ds_blocks[str(level)] = nn.Sequential(*[
-                    DSBlock(out_channels, heads, resize, mlp_ratio=ds_mlp_ratio,
+                self.ds_blocks[str(level)] = nn.Sequential(
+                    *[
+                        DSBlock(
+                            out_channels,
+                            heads,
+                            resize,
+                            mlp_ratio=ds_mlp_ratio,
                             with_alignment=ds_with_alignment,
-                            drop_path_rate=ds_drop_path_rate, norm_cfg=ds_norm_cfg)
-                    for _ in range(num_ds_blocks)])
+                            drop_path_rate=ds_drop_path_rate,
+                            norm_cfg=ds_norm_cfg,
+                        )
+                        for _ in range(num_ds_blocks)
+                    ]
+                )
 
         self.extra_convs = nn.ModuleList()
         if add_extra_convs:
             for i in range(num_outs - num_levels):
-                channels = (self.in_channels[self.backbone_end_level - 1]
-                            if i == 0 and add_extra_convs == 'on_input' else out_channels)
+                channels = (
+                    self.in_channels[self.backbone_end_level - 1]
+                    if i == 0 and add_extra_convs == 'on_input'
+                    else out_channels
+                )
                 self.extra_convs.append(
-                    ConvModule(channels, out_channels, 3, stride=2, padding=1,
-                               conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg,
-                               inplace=False))
+                    ConvModule(
+                        channels,
+                        out_channels,
+                        3,
+                        stride=2,
+                        padding=1,
+                        conv_cfg=conv_cfg,
+                        norm_cfg=norm_cfg,
+                        act_cfg=act_cfg,
+                        inplace=False,
+                    )
+                )
 
     def _check_strides(self, strides: Optional[Sequence[int]]) -> Tuple[int, ...]:
         if strides is None:
-            return tuple(32 // 2**(self.num_ins - 1 - i) for i in range(self.num_ins))
+            return tuple(32 // 2 ** (self.num_ins - 1 - i) for i in range(self.num_ins))
         strides = tuple(strides)
-        if (len(strides) != self.num_ins
-                or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides)
-                or any(a >= b for a, b in zip(strides, strides[1:]))):
-            raise ValueError(f'strides must give one increasing positive int per input '
-                             f'({self.num_ins} inputs), got {strides!r}')
+        if (
+            len(strides) != self.num_ins
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides)
+            or any(a >= b for a, b in zip(strides, strides[1:]))
+        ):
+            raise ValueError(
+                f'strides must give one increasing positive int per input '
+                f'({self.num_ins} inputs), got {strides!r}'
+            )
         return strides
 
     def _enhance(self, level: int, x: torch.Tensor) -> torch.Tensor:
@@ -204,14 +258,16 @@ class DSFPN(BaseModule):
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         if len(inputs) != self.num_ins:
-            raise ValueError(f'DSFPN was built for {self.num_ins} inputs '
-                             f'(in_channels={self.in_channels}), got {len(inputs)}')
+            raise ValueError(
+                f'DSFPN was built for {self.num_ins} inputs '
+                f'(in_channels={self.in_channels}), got {len(inputs)}'
+            )
         for i, (x, channels) in enumerate(zip(inputs, self.in_channels)):
             if x.shape[1] != channels:
-                raise ValueError(f'DSFPN input {i} has {x.shape[1]} channels, '
-                                 f'in_channels says {channels}')
-        laterals = [conv(inputs[self.start_level + i])
-                    for i, conv in enumerate(self.lateral_convs)]
+                raise ValueError(
+                    f'DSFPN input {i} has {x.shape[1]} channels, in_channels says {channels}'
+                )
+        laterals = [conv(inputs[self.start_level + i]) for i, conv in enumerate(self.lateral_convs)]
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + self._upsample_to(laterals[i], laterals[i - 1])
 
@@ -229,8 +285,11 @@ class DSFPN(BaseModule):
                 while len(outs) < self.num_outs:
                     outs.append(F.max_pool2d(outs[-1], 1, stride=2))
             else:
-                source = {'on_input': inputs[self.backbone_end_level - 1],
-                          'on_lateral': laterals[-1], 'on_output': outs[-1]}
+                source = {
+                    'on_input': inputs[self.backbone_end_level - 1],
+                    'on_lateral': laterals[-1],
+                    'on_output': outs[-1],
+                }
                 x = source[self.add_extra_convs]
                 for i, conv in enumerate(self.extra_convs):
                     if i > 0 and self.relu_before_extra_convs:

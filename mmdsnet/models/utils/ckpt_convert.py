@@ -10,6 +10,7 @@ Public layouts (``docs/architecture.md``, "Checkpoint layout"):
 Ours: ``patch_embeds.{k-1}.*`` and ``stages.{k-1}.{i}.*`` with the per-block
 names unchanged. The classification ``norm`` and ``head`` are dropped.
 """
+
 import os
 import os.path as osp
 import pickle
@@ -24,8 +25,13 @@ import torch
 WRAPPER_KEYS = ('state_dict', 'model', 'model_ema')
 STRIP_PREFIXES = ('module.', 'backbone.')
 # Names of the per-block nn.Linear layers (Paddle stores their weight transposed).
-LINEAR_LAYERS = ('channel_up', 'cross_channel_up_sa', 'fuse_channel_conv',
-                 'fuse_channel_sa', 'head')
+LINEAR_LAYERS = (
+    'channel_up',
+    'cross_channel_up_sa',
+    'fuse_channel_conv',
+    'fuse_channel_sa',
+    'head',
+)
 CLASSIFIER_PREFIXES = ('head.', 'norm.', 'pre_logits.')
 
 _PUBLIC_KEY = re.compile(r'^(patch_embed|blocks)([1-4])\.')
@@ -55,7 +61,8 @@ def _latin1_bytes(text, encoding):
     if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
         raise pickle.UnpicklingError(
             f'refusing _codecs.encode({type(text).__name__}, {encoding!r}) in a .pdparams '
-            "file: only the protocol-2 form _codecs.encode(str, 'latin1') is accepted")
+            "file: only the protocol-2 form _codecs.encode(str, 'latin1') is accepted"
+        )
     return text.encode('latin1')
 
 
@@ -69,20 +76,24 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in _PDPARAMS_GLOBALS:
             raise pickle.UnpicklingError(
                 f'refusing to load {module}.{name} from a .pdparams file: only '
-                'numpy arrays are accepted (no arbitrary code is unpickled)')
+                'numpy arrays are accepted (no arbitrary code is unpickled)'
+            )
         return super().find_class(module, name)
 
 
 def check_checkpoint_file(path: str) -> None:
     """Refuse a path that is not a readable, non-empty file, saying which."""
     if osp.isdir(path):
-        raise IsADirectoryError(f'{path} is a directory; a checkpoint file (.pth or '
-                                '.pdparams) is expected')
+        raise IsADirectoryError(
+            f'{path} is a directory; a checkpoint file (.pth or .pdparams) is expected'
+        )
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
     if osp.getsize(path) == 0:
-        raise RuntimeError(f'checkpoint {path} is empty (0 bytes): an interrupted '
-                           'download or save? Fetch or convert it again.')
+        raise RuntimeError(
+            f'checkpoint {path} is empty (0 bytes): an interrupted '
+            'download or save? Fetch or convert it again.'
+        )
 
 
 def read_checkpoint(path: str) -> dict:
@@ -94,6 +105,7 @@ def read_checkpoint(path: str) -> dict:
     detector trained here can seed a backbone).
     """
     from ...utils.compat import runner_checkpoint_globals
+
     check_checkpoint_file(path)
     if str(path).endswith('.pdparams'):
         with open(path, 'rb') as f:
@@ -113,12 +125,16 @@ def check_tensors(state_dict: Mapping[str, object], source: str) -> None:
     """
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f'{source}: value of {key!r} is a {type(value).__name__}, not a '
-                             'tensor; this is not a weights file (or not only one)')
+            raise ValueError(
+                f'{source}: value of {key!r} is a {type(value).__name__}, not a '
+                'tensor; this is not a weights file (or not only one)'
+            )
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = 'NaN' if bool(torch.isnan(value).any()) else 'Inf'
-            raise ValueError(f'{source}: tensor {key!r} {tuple(value.shape)} holds {bad} '
-                             'values; refusing a corrupt (or diverged) checkpoint')
+            raise ValueError(
+                f'{source}: tensor {key!r} {tuple(value.shape)} holds {bad} '
+                'values; refusing a corrupt (or diverged) checkpoint'
+            )
 
 
 def unwrap_state_dict(checkpoint: Mapping) -> Tuple[Dict[str, object], str]:
@@ -134,13 +150,16 @@ def unwrap_state_dict(checkpoint: Mapping) -> Tuple[Dict[str, object], str]:
 def _strip_prefixes(state_dict: Dict[str, object]) -> Dict[str, object]:
     if any(k.startswith('backbone.') or k.startswith('module.backbone.') for k in state_dict):
         # A detector/segmentor checkpoint: keep the backbone only.
-        state_dict = {k: v for k, v in state_dict.items()
-                      if k.startswith('backbone.') or k.startswith('module.backbone.')}
+        state_dict = {
+            k: v
+            for k, v in state_dict.items()
+            if k.startswith('backbone.') or k.startswith('module.backbone.')
+        }
     out = {}
     for key, value in state_dict.items():
         for prefix in STRIP_PREFIXES:
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -179,7 +198,7 @@ def _paddle_to_torch(state_dict: Dict[str, object]) -> Dict[str, object]:
 def _rename_public(key: str) -> str:
     match = _PUBLIC_KEY.match(key)
     stage = int(match.group(2)) - 1
-    rest = key[match.end():]
+    rest = key[match.end() :]
     if match.group(1) == 'patch_embed':
         return f'patch_embeds.{stage}.{rest.removeprefix("proj.")}'
     return f'stages.{stage}.{rest}'
@@ -212,9 +231,11 @@ def dsnet_convert(checkpoint: Mapping, logger=None) -> 'OrderedDict[str, torch.T
         converted[key] = torch.as_tensor(value) if isinstance(value, np.ndarray) else value
     if logger is not None:
         where = f" (under '{container}')" if container else ''
-        logger.info(f'DS-Net checkpoint layout: {layout}{where}; {len(converted)} tensors '
-                    f'kept, {len(dropped)} classification-only tensors dropped'
-                    + (f': {", ".join(dropped)}' if dropped else ''))
+        logger.info(
+            f'DS-Net checkpoint layout: {layout}{where}; {len(converted)} tensors '
+            f'kept, {len(dropped)} classification-only tensors dropped'
+            + (f': {", ".join(dropped)}' if dropped else '')
+        )
     return converted
 
 
@@ -231,7 +252,8 @@ def convert_file(src: str, dst: str, logger=None) -> Dict[str, torch.Tensor]:
         raise ValueError(
             f'{src} is not a DS-Net checkpoint: none of its {len(state_dict)} keys has '
             "the public layout ('patch_embed1.', 'blocks1.', ...) or mmdsnet's "
-            f"('patch_embeds.', 'stages.'); keys: {', '.join(sorted(state_dict)[:5])}")
+            f"('patch_embeds.', 'stages.'); keys: {', '.join(sorted(state_dict)[:5])}"
+        )
     converted = dsnet_convert(state_dict, logger=logger)
     check_tensors(converted, src)
     tmp = f'{dst}.tmp'
@@ -240,5 +262,12 @@ def convert_file(src: str, dst: str, logger=None) -> Dict[str, torch.Tensor]:
     return converted
 
 
-__all__ = ['dsnet_convert', 'read_checkpoint', 'unwrap_state_dict', 'detect_layout',
-           'convert_file', 'check_checkpoint_file', 'check_tensors']
+__all__ = [
+    'dsnet_convert',
+    'read_checkpoint',
+    'unwrap_state_dict',
+    'detect_layout',
+    'convert_file',
+    'check_checkpoint_file',
+    'check_tensors',
+]
