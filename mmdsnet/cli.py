@@ -55,14 +55,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def destroy_process_group_at_exit() -> None:
-    """Destroy the default process group, if one is left, while Python is alive.
+    """Free the finished Runner's DDP model, then destroy the default process
+    group, while Python is still alive.
 
-    The Runner never destroys it. Left to interpreter shutdown, gloo's worker
-    threads can abort a finished process ('terminate called without an active
-    exception', SIGABRT), which fails a complete multi-process CPU run.
+    The Runner never destroys the group, and it and its DDP-wrapped model sit
+    in reference cycles until interpreter shutdown. Torn down there, the DDP
+    reducer and gloo's worker threads can abort a finished process ('terminate
+    called without an active exception', SIGABRT), failing a complete
+    multi-process CPU run. Destroying the group alone does not prevent it; the
+    model has to go first (``gc.collect()``).
     """
+    import gc
+
     import torch.distributed as dist
 
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
