@@ -20,7 +20,12 @@ returns freed blocks to the OS. Train cases also report the activations
 autograd keeps for the backward ("saved MB"), which ``with_cp`` cuts. The
 DS-Net-S rows include the NCHW layout (``channels_last=False``) and
 ``with_cp=True`` to show what each costs or saves. On a GPU the
-``throughput`` suite adds images/s at 224 batch 64 in fp32 and under AMP.
+``throughput`` suite adds inference images/s at 224 batch 64 in fp32 and
+under bf16 and fp16 autocast; ``--det-precisions fp32,amp`` times the
+detectors in fp32 and under AMP as ``--amp`` trains (fp16 autocast, dynamic
+loss scaling); a detector training iteration is forward, backward and an
+AdamW step. ``--settings``, ``--det-size`` and ``--throughput-setting`` take
+any input size (``make gpu-check``'s CPU mode uses small ones).
 """
 
 import argparse
@@ -105,12 +110,29 @@ BACKBONES: Dict[str, Callable[[], torch.nn.Module]] = {
     ),
 }
 BACKBONE_SHAPES = {'224 b8': (8, 224, 224), '800x1344 b1': (1, 800, 1344)}
+PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def parse_setting(setting: str) -> tuple:
+    """'800x1344 b2' or '224 b64' -> (batch, height, width)."""
+    try:
+        size, batch = setting.split()
+        height, _, width = size.partition('x')
+        if not batch.startswith('b'):
+            raise ValueError
+        return int(batch[1:]), int(height), int(width or height)
+    except ValueError:
+        raise ValueError(
+            f"input setting {setting!r} is not 'HxW bN' or 'S bN' (e.g. '800x1344 b2', '224 b64')"
+        ) from None
+
 
 # name -> (config, backbone overrides); R-50 first, so the ratios read against it
 DETECTORS = {
     'MaskRCNN R-50+FPN': ('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', {}),
     'MaskRCNN DS-Net-S+FPN': ('configs/mask_rcnn_dsnet_s_fpn_1x_coco.py', {}),
     'MaskRCNN DS-Net-S+DS-FPN': ('configs/mask_rcnn_dsnet_s_dsfpn_1x_coco.py', {}),
+    'MaskRCNN Swin-T+FPN': ('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', {}),
     'MaskRCNN DS-Net-S+FPN with_cp': (
         'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py',
         dict(with_cp=True),
@@ -135,12 +157,12 @@ def build_detector(config: str, backbone_overrides: dict):
     return MODELS.build(cfg.model)
 
 
-def detector_batch(model, device):
+def detector_batch(model, device, height=800, width=1333):
     from mmdet.testing import demo_mm_inputs
 
     packed = demo_mm_inputs(
         2,
-        [[3, 800, 1333], [3, 800, 1333]],
+        [[3, height, width], [3, height, width]],
         num_items=[8, 8],
         num_classes=80,
         with_mask=True,
@@ -206,8 +228,8 @@ class Case:
         return time.perf_counter() - start
 
 
-def backbone_case(name, setting, mode, amp_dtype=None):
-    batch, height, width = BACKBONE_SHAPES[setting]
+def backbone_case(name, setting, mode):
+    batch, height, width = parse_setting(setting)
 
     def build(device):
         model = BACKBONES[name]().to(device)
@@ -234,36 +256,58 @@ def backbone_case(name, setting, mode, amp_dtype=None):
     return case
 
 
-def detector_case(name, mode):
+def detector_case(name, mode, precision='fp32', size='800x1333'):
+    """One Mask R-CNN step on 2 images of ``size``: a training iteration
+    (forward, backward, AdamW step) or inference. ``precision='amp'`` runs
+    forward and loss under fp16 autocast with a dynamic loss scaler, as
+    ``--amp`` (mmengine's AmpOptimWrapper) does."""
+    height, width = (int(v) for v in size.split('x'))
+    amp = precision == 'amp'
+
     def build(device):
         model = build_detector(*DETECTORS[name]).to(device)
         model.train(mode == 'train')
-        return model, detector_batch(model, device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == 'train' else None
+        scaler = torch.amp.GradScaler(device.type, enabled=amp) if mode == 'train' else None
+        return model, detector_batch(model, device, height, width), optimizer, scaler, device
 
     def step(state):
-        model, data = state
+        model, data, optimizer, scaler, device = state
+        autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp)
         if mode == 'train':
-            model.zero_grad(set_to_none=True)
-            loss, _ = model.parse_losses(model(**data, mode='loss'))
-            loss.backward()
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss, _ = model.parse_losses(model(**data, mode='loss'))
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 model(**data, mode='predict')
 
-    return Case(f'Mask R-CNN 2x800x1333 {mode}', name, '800x1333 b2', build, step)
+    case = Case(f'Mask R-CNN 2x{size} {mode} {precision}', name, f'{size} b2', build, step)
+    case.batch = 2
+    return case
 
 
-def throughput_case(name, amp):
+def throughput_case(name, precision, setting='224 b64'):
+    """Inference images/s of a backbone, fp32 or under bf16/fp16 autocast."""
+    batch, height, width = parse_setting(setting)
+    dtype = PRECISIONS[precision]
+
     def build(device):
-        model = BACKBONES[name]().to(device).eval()
-        return model, torch.randn(64, 3, 224, 224, device=device)
+        model = BACKBONES[name]().to(device)
+        model.eval()  # not chained: mmdet's ResNet.train() returns None
+        return model, torch.randn(batch, 3, height, width, device=device), device
 
     def step(state):
-        model, x = state
-        with torch.no_grad(), torch.autocast('cuda', enabled=amp, dtype=torch.float16):
+        model, x, device = state
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             model(x)
 
-    return Case(f'throughput 224 b64 {"amp" if amp else "fp32"}', name, '224 b64', build, step)
+    case = Case(f'throughput {setting} {precision}', name, setting, build, step)
+    case.batch = batch
+    return case
 
 
 def peak_memory_mb(case, device, index, selection_args):
@@ -325,7 +369,23 @@ def measure_rss_growth_mb(case, device):
     return _status_mb('VmHWM') - base
 
 
-def make_cases(suites, device, names, settings, modes=('eval', 'train'), detectors=DETECTORS):
+def make_cases(
+    suites,
+    device,
+    names,
+    settings,
+    modes=('eval', 'train'),
+    detectors=DETECTORS,
+    precisions=('fp32', 'bf16', 'fp16'),
+    det_precisions=('fp32',),
+    det_size='800x1333',
+    throughput_setting='224 b64',
+):
+    """The cases of the chosen suites, in the order they are grouped and run.
+
+    ``main`` leaves ``throughput`` out on a CPU unless ``--throughput-setting``
+    is given (the gpu-check's CPU mode gives a small one).
+    """
     cases = []
     if 'backbone' in suites:
         for setting in settings:
@@ -333,10 +393,16 @@ def make_cases(suites, device, names, settings, modes=('eval', 'train'), detecto
                 cases += [backbone_case(n, setting, mode) for n in names]
     if 'detector' in suites:
         for mode in sorted(modes, reverse=True):  # train first
-            cases += [detector_case(n, mode) for n in detectors]
-    if 'throughput' in suites and device.type == 'cuda':
-        for amp in (False, True):
-            cases += [throughput_case(n, amp) for n in names if n != 'DS-Net-S unfused']
+            # inference in fp32 only, as tools/test.py runs it
+            for precision in det_precisions if mode == 'train' else ['fp32']:
+                cases += [detector_case(n, mode, precision, det_size) for n in detectors]
+    if 'throughput' in suites:
+        for precision in precisions:
+            cases += [
+                throughput_case(n, precision, throughput_setting)
+                for n in names
+                if n != 'DS-Net-S unfused'
+            ]
     return cases
 
 
@@ -351,8 +417,25 @@ def main(argv=None):
     parser.add_argument(
         '--settings',
         default=','.join(BACKBONE_SHAPES),
-        help='backbone input settings: ' + ', '.join(BACKBONE_SHAPES),
+        help="backbone input settings, 'HxW bN' or 'S bN' (default: "
+        + ', '.join(BACKBONE_SHAPES)
+        + ')',
     )
+    parser.add_argument(
+        '--precisions',
+        default='fp32,bf16,fp16',
+        help='throughput suite: fp32 and/or bf16, fp16 autocast',
+    )
+    parser.add_argument(
+        '--throughput-setting',
+        help="throughput suite input (default '224 b64'; on a CPU the suite runs only when given)",
+    )
+    parser.add_argument(
+        '--det-precisions',
+        default='fp32',
+        help='detector training: fp32 and/or amp (fp16 autocast); inference runs in fp32'
+    )
+    parser.add_argument('--det-size', default='800x1333', help='detector suite image size, HxW')
     parser.add_argument(
         '--detectors',
         default=','.join(DETECTORS),
@@ -384,15 +467,47 @@ def main(argv=None):
     if not modes or set(modes) - {'eval', 'train'}:
         parser.error(f'unknown modes {modes}; choose from eval, train')
     settings = [s for s in args.settings.split(',') if s]
-    if set(settings) - set(BACKBONE_SHAPES):
-        parser.error(f'unknown settings {settings}; choose from {list(BACKBONE_SHAPES)}')
-    cases = make_cases(set(args.suites.split(',')), device, names, settings, modes, detectors)
+    for setting in settings + [args.throughput_setting or '224 b64']:
+        try:
+            parse_setting(setting)
+        except ValueError as error:
+            parser.error(str(error))
+    precisions = [p for p in args.precisions.split(',') if p]
+    if not precisions or set(precisions) - set(PRECISIONS):
+        parser.error(f'unknown precisions {precisions}; choose from {list(PRECISIONS)}')
+    det_precisions = [p for p in args.det_precisions.split(',') if p]
+    if not det_precisions or set(det_precisions) - {'fp32', 'amp'}:
+        parser.error(f'unknown detector precisions {det_precisions}; choose from fp32, amp')
+    if len(args.det_size.split('x')) != 2 or not args.det_size.replace('x', '').isdigit():
+        parser.error(f"--det-size {args.det_size!r} is not 'HxW' (e.g. 800x1333)")
+    suites = set(args.suites.split(','))
+    if device.type == 'cpu' and args.throughput_setting is None:
+        suites.discard('throughput')
+    cases = make_cases(
+        suites,
+        device,
+        names,
+        settings,
+        modes,
+        detectors,
+        precisions,
+        det_precisions,
+        args.det_size,
+        args.throughput_setting or '224 b64',
+    )
     if args.measure_memory is not None:  # child process of peak_memory_mb
         print(measure_rss_growth_mb(cases[args.measure_memory], device))
         return None
     selection = [
         '--suites',
-        args.suites,
+        ','.join(sorted(suites)),
+        '--precisions',
+        args.precisions,
+        '--det-precisions',
+        args.det_precisions,
+        '--det-size',
+        args.det_size,
+        *(['--throughput-setting', args.throughput_setting] if args.throughput_setting else []),
         '--backbones',
         args.backbones,
         '--detectors',
@@ -405,7 +520,8 @@ def main(argv=None):
 
     if not cases:
         parser.error(
-            f'nothing to run for suites {args.suites!r} on {device.type} (throughput needs a GPU)'
+            f'nothing to run for suites {args.suites!r} on {device.type} '
+            '(throughput on a CPU needs --throughput-setting)'
         )
     groups = {}
     for case in cases:
@@ -456,6 +572,11 @@ def write_report(args, device, done):
                 times_s=c.times,
                 peak_memory_mb=c.memory_mb,
                 saved_activations_mb=c.saved_mb,
+                **(
+                    dict(images_per_s=c.batch / statistics.median(c.times))
+                    if hasattr(c, 'batch')
+                    else {}
+                ),
             )
             for c in done
         ],
@@ -470,27 +591,32 @@ def print_group(group, members):
     first = members[0]
     base_time = statistics.median(first.times)
     with_saved = first.saved_mb is not None
+    with_rate = hasattr(first, 'batch')
     print(f'\n{group} (ratios to {first.name})')
     print(
-        f'| {"model":26s} | median ms | x time | peak MB | x mem |'
+        f'| {"model":30s} | median ms | x time | peak MB | x mem |'
         + (' saved MB | x saved |' if with_saved else '')
+        + (' img/s |' if with_rate else '')
     )
     print(
         '|'
-        + '-' * 28
+        + '-' * 32
         + '|-----------|--------|---------|-------|'
         + ('----------|---------|' if with_saved else '')
+        + ('-------|' if with_rate else '')
     )
     for case in members:
         median = statistics.median(case.times)
         memory = case.memory_mb if case.memory_mb is not None else float('nan')
         ratio_mem = memory / first.memory_mb if first.memory_mb else float('nan')
         line = (
-            f'| {case.name:26s} | {median * 1e3:9.1f} | {median / base_time:6.2f} | '
+            f'| {case.name:30s} | {median * 1e3:9.1f} | {median / base_time:6.2f} | '
             f'{memory:7.0f} | {ratio_mem:5.2f} |'
         )
         if with_saved:
             line += f' {case.saved_mb:8.0f} | {case.saved_mb / first.saved_mb:7.2f} |'
+        if with_rate:
+            line += f' {case.batch / median:5.0f} |'
         print(line)
     sys.stdout.flush()
 

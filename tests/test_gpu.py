@@ -1,0 +1,173 @@
+"""GPU tests: run wherever CUDA is available, skipped with the reason elsewhere.
+
+DS-Net on CUDA against the CPU, every DS-Block attention on a fused SDPA
+kernel in fp32/fp16/bf16, an AMP Mask R-CNN training step through mmengine's
+AmpOptimWrapper, mmcv's CUDA ops against its CPU kernels, and a one-process
+NCCL ``tools/dist_train.sh --amp`` run. ``make gpu-check`` runs them with
+``-m gpu``.
+"""
+
+import os
+import os.path as osp
+import re
+import runpy
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT, free_port
+from torch.nn.attention import sdpa_kernel
+
+from mmdsnet.analysis.sdpa import FUSED_BACKENDS, attention_backends
+from mmdsnet.models import DSNet
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU'),
+]
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+@pytest.fixture
+def exact_fp32():
+    """fp32 matmuls and convolutions without TF32, so CUDA can be held to the CPU."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize('arch', ['tiny', 'small'])
+def test_dsnet_on_cuda_matches_the_cpu(arch, exact_fp32):
+    """Forward outputs and backward gradients agree to 1e-4 of their scale (fp32, no TF32)."""
+    torch.manual_seed(0)
+    model = DSNet(arch, drop_path_rate=0.0)
+    model.eval()
+    x = torch.randn(2, 3, 224, 288)
+
+    def run(device):
+        net = model.to(device)
+        net.zero_grad(set_to_none=True)
+        outs = net(x.to(device))
+        sum((o * o).mean() for o in outs).backward()
+        grads = {n: p.grad.detach().cpu() for n, p in net.named_parameters()}
+        return [o.detach().cpu() for o in outs], grads
+
+    cpu_outs, cpu_grads = run('cpu')
+    cuda_outs, cuda_grads = run('cuda')
+    for level, (a, b) in enumerate(zip(cuda_outs, cpu_outs)):
+        scale = b.abs().max().item()
+        assert (a - b).abs().max().item() <= 1e-4 * scale, f'stage {level + 1} output'
+    for name, grad in cpu_grads.items():
+        scale = grad.abs().max().item() or 1.0
+        diff = (cuda_grads[name] - grad).abs().max().item()
+        assert diff <= 1e-3 * scale, f'{name}: {diff:.3g} vs scale {scale:.3g}'
+
+
+@pytest.mark.parametrize('precision', list(DTYPES))
+@pytest.mark.parametrize('setting', [(2, 224, 224), (1, 800, 1344)], ids=['224', '800x1344'])
+@pytest.mark.parametrize('arch', ['tiny', 'small', 'base'])
+def test_every_attention_runs_on_a_fused_kernel(arch, setting, precision):
+    """With the math backend switched off, forward and backward still run."""
+    batch, height, width = setting
+    model = DSNet(arch, drop_path_rate=0.0).cuda()
+    x = torch.randn(batch, 3, height, width, device='cuda')
+    dtype = DTYPES[precision]
+    autocast = torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32)
+    with sdpa_kernel(list(FUSED_BACKENDS)), autocast:
+        outs = model(x)
+        sum(o.float().mean() for o in outs).backward()
+    model.eval()
+    calls = attention_backends(model, x, None if precision == 'fp32' else dtype)
+    assert calls and all(c['backend'] != 'math' for c in calls), {c['backend'] for c in calls}
+
+
+def test_amp_mask_rcnn_training_step_is_finite(mmdet_scope):
+    """Two steps through mmengine's AmpOptimWrapper (fp16, dynamic scale): losses,
+    gradients and weights stay finite and the weights move."""
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+    from mmengine.optim import AmpOptimWrapper
+
+    from mmdsnet.utils import load_config_file
+
+    cfg = load_config_file(osp.join(REPO_ROOT, 'configs/mask_rcnn_dsnet_s_dsfpn_1x_coco.py'))
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model).cuda()
+    model.train()
+    wrapper = AmpOptimWrapper(
+        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4), loss_scale='dynamic'
+    )
+    packed = demo_mm_inputs(2, [[3, 512, 672]] * 2, num_items=[6, 6], with_mask=True)
+    data = model.data_preprocessor(packed, training=True)
+    before = model.backbone.stages[0][0].conv1.weight.detach().clone()
+    for _ in range(2):
+        with wrapper.optim_context(model):
+            losses = model(data['inputs'].cuda(), [s.cuda() for s in data['data_samples']], 'loss')
+        loss, _ = model.parse_losses(losses)
+        assert torch.isfinite(loss), losses
+        wrapper.update_params(loss)
+    for name, param in model.named_parameters():
+        assert torch.isfinite(param).all(), name
+    assert not torch.equal(before, model.backbone.stages[0][0].conv1.weight)
+
+
+def test_mmcv_cuda_ops_match_the_cpu():
+    """nms, RoIAlign (forward, backward), batched_nms and sigmoid focal loss."""
+    from mmcv.ops import batched_nms, sigmoid_focal_loss
+    from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss
+
+    build_env = runpy.run_path(osp.join(REPO_ROOT, 'tools/misc/cuda_build_env.py'))
+    assert 'verified' in build_env['verify_ops']('cuda')
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(3000, 2, generator=gen) * 500
+    boxes = torch.cat([xy, xy + 10 + torch.rand(3000, 2, generator=gen) * 80], 1)
+    scores = torch.rand(3000, generator=gen)
+    labels = torch.randint(0, 5, (3000,), generator=gen)
+    cfg = dict(type='nms', iou_threshold=0.5)
+    _, keep_cpu = batched_nms(boxes, scores, labels, cfg)
+    _, keep_gpu = batched_nms(boxes.cuda(), scores.cuda(), labels.cuda(), cfg)
+    assert torch.equal(keep_gpu.cpu(), keep_cpu)
+    logits = torch.randn(500, 80, generator=gen)
+    targets = torch.randint(0, 81, (500,), generator=gen)
+    one_hot = torch.nn.functional.one_hot(targets, 81)[:, :80].float()
+    expected = py_sigmoid_focal_loss(logits, one_hot, gamma=2.0, alpha=0.25, reduction='sum')
+    got = sigmoid_focal_loss(logits.cuda(), targets.cuda(), 2.0, 0.25, None, 'sum')
+    assert torch.allclose(got.cpu(), expected, rtol=1e-4)
+
+
+def test_dist_train_nccl_amp_two_epochs(tmp_path):
+    """tools/dist_train.sh with one process: NCCL, --amp, two epochs, finite losses."""
+    data = tmp_path / 'data'
+    subprocess.run(
+        [sys.executable, 'tools/misc/make_demo_data.py', '--out', str(data)],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+    )
+    root = f'{data}/coco/'
+    work_dir = tmp_path / 'work'
+    options = [
+        f'train_dataloader.dataset.data_root={root}',
+        f'val_dataloader.dataset.data_root={root}',
+        f'test_dataloader.dataset.data_root={root}',
+        f'val_evaluator.ann_file={root}annotations/instances_val.json',
+        f'test_evaluator.ann_file={root}annotations/instances_val.json',
+        'train_cfg.max_epochs=2',
+        'train_cfg.val_interval=2',
+        'default_hooks.checkpoint.interval=1',
+    ]
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()))
+    result = subprocess.run(
+        ['bash', 'tools/dist_train.sh', 'configs/demo/mask_rcnn_dsnet_t_dsfpn_demo.py', '1',
+         '--amp', '--work-dir', str(work_dir), '--cfg-options', *options],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert (work_dir / 'epoch_2.pth').is_file()
+    assert "backend='nccl'" in output, 'the run was not configured for NCCL'
+    assert 'AmpOptimWrapper' in output
+    losses = [float(v) for v in re.findall(r' loss: ([-\d.naif]+)', output)]
+    assert losses and all(v == v and abs(v) != float('inf') for v in losses), losses

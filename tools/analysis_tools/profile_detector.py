@@ -1,0 +1,144 @@
+"""Where one training iteration of a detector spends its time: torch.profiler.
+
+    python tools/analysis_tools/profile_detector.py [CONFIG] [--size 800x1333]
+        [--amp] [--top 25] [--out work_dirs/profile_detector.txt]
+
+Builds the config's model (backbone weights not loaded), makes 2 images of
+``--size`` with 8 boxes and masks each, runs two warm-up iterations (forward,
+backward, AdamW step; ``--amp``: fp16 autocast with a dynamic loss scaler, as
+``tools/train.py --amp``) and profiles the third. Writes the operator table
+(sorted by device self time on a GPU, CPU self time otherwise) and the share
+per operator family to ``--out`` and prints them.
+"""
+
+import argparse
+import os
+import os.path as osp
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from mmdsnet.utils import load_config_file
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+FAMILIES = {
+    'attention (SDPA)': ('attention', 'flash', 'fmha', 'sdpa'),
+    'convolution': ('conv', 'cudnn', 'implicit_gemm', 'xmma', 'winograd'),
+    'matmul': ('aten::mm', 'addmm', 'bmm', 'gemm', 'matmul', 'linear'),
+    'roi ops / nms (mmcv)': ('roi', 'nms'),
+    'norm': ('batch_norm', 'layer_norm', 'group_norm', 'native_norm'),
+    'interpolation': ('upsample', 'interpolate', 'grid_sampler'),
+    'optimizer': ('adam', 'foreach', 'multi_tensor'),
+    'copies / layout': ('copy', 'clone', 'contiguous', 'cat', 'index'),
+    'elementwise': ('add', 'mul', 'gelu', 'relu', 'sigmoid', 'exp', 'elementwise'),
+}
+
+
+def family_of(name: str) -> str:
+    lowered = name.lower()
+    for family, fragments in FAMILIES.items():
+        if any(f in lowered for f in fragments):
+            return family
+    return 'other'
+
+
+def build(config, device, height, width):
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+    from mmengine.registry import init_default_scope
+
+    init_default_scope('mmdet')
+    cfg = load_config_file(config)
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model).to(device)
+    model.train()
+    packed = demo_mm_inputs(
+        2, [[3, height, width]] * 2, num_items=[8, 8], num_classes=80, with_mask=True
+    )
+    data = model.data_preprocessor(packed, training=True)
+    data = {
+        'inputs': data['inputs'].to(device),
+        'data_samples': [s.to(device) for s in data['data_samples']],
+    }
+    return model, data
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument(
+        'config', nargs='?', default=osp.join(ROOT, 'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py')
+    )
+    parser.add_argument('--size', default='800x1333', help='image size HxW')
+    parser.add_argument('--amp', action='store_true')
+    parser.add_argument('--top', type=int, default=25)
+    parser.add_argument('--out', default='work_dirs/profile_detector.txt')
+    args = parser.parse_args(argv)
+    height, width = (int(v) for v in args.size.split('x'))
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if args.amp and device.type != 'cuda':
+        parser.error('--amp needs a GPU (mmcv has no fp16 CPU kernels)')
+    model, data = build(args.config, device, height, width)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp)
+
+    def iteration():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=args.amp):
+            with record_function('forward + loss'):
+                loss, _ = model.parse_losses(model(**data, mode='loss'))
+        with record_function('backward'):
+            scaler.scale(loss).backward()
+        with record_function('optimizer step'):
+            scaler.step(optimizer)
+            scaler.update()
+
+    for _ in range(2):
+        iteration()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    with profile(activities=activities) as prof:
+        iteration()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    on_gpu = device.type == 'cuda'
+    sort_key = 'self_cuda_time_total' if on_gpu else 'self_cpu_time_total'
+    attr = 'self_device_time_total' if on_gpu else 'self_cpu_time_total'
+    table = events.table(sort_by=sort_key, row_limit=args.top)
+    shares = {}
+    for event in events:
+        if event.key in ('forward + loss', 'backward', 'optimizer step'):
+            continue
+        family = family_of(event.key)
+        shares[family] = shares.get(family, 0) + getattr(event, attr)
+    total = sum(shares.values()) or 1
+    # Host-side spans: on a GPU they end when the last kernel is queued.
+    phases = {
+        e.key: e.cpu_time_total / 1e3
+        for e in events
+        if e.key in ('forward + loss', 'backward', 'optimizer step')
+    }
+    lines = [
+        f'{osp.basename(args.config)}: one training iteration, 2x{args.size}, '
+        f'{"AMP fp16" if args.amp else "fp32"}, {device.type} '
+        f'({torch.cuda.get_device_name() if on_gpu else "CPU"}), torch {torch.__version__}',
+        'phases (host ms): ' + ', '.join(f'{k} {v:.1f}' for k, v in phases.items()),
+        'self time by operator family:',
+        *(
+            f'  {family:22s} {micros / 1e3:9.1f} ms  {100 * micros / total:5.1f}%'
+            for family, micros in sorted(shares.items(), key=lambda kv: -kv[1])
+        ),
+        '',
+        table,
+    ]
+    text = '\n'.join(lines)
+    print(text)
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        f.write(text + '\n')
+    return shares
+
+
+if __name__ == '__main__':
+    main()
