@@ -433,7 +433,7 @@ def main(argv=None):
     parser.add_argument(
         '--det-precisions',
         default='fp32',
-        help='detector training: fp32 and/or amp (fp16 autocast); inference runs in fp32'
+        help='detector training: fp32 and/or amp (fp16 autocast); inference runs in fp32',
     )
     parser.add_argument('--det-size', default='800x1333', help='detector suite image size, HxW')
     parser.add_argument(

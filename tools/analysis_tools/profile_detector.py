@@ -4,7 +4,7 @@
         [--amp] [--top 25] [--out work_dirs/profile_detector.txt]
 
 Builds the config's model (backbone weights not loaded), makes 2 images of
-``--size`` with 8 boxes and masks each, runs two warm-up iterations (forward,
+``--size`` with 8 boxes and masks each, runs ``--warmup`` (2) iterations (forward,
 backward, AdamW step; ``--amp``: fp16 autocast with a dynamic loss scaler, as
 ``tools/train.py --amp``) and profiles the third. Writes the operator table
 (sorted by device self time on a GPU, CPU self time otherwise) and the share
@@ -71,6 +71,7 @@ def main(argv=None):
     parser.add_argument('--size', default='800x1333', help='image size HxW')
     parser.add_argument('--amp', action='store_true')
     parser.add_argument('--top', type=int, default=25)
+    parser.add_argument('--warmup', type=int, default=2, help='iterations before the profiled one')
     parser.add_argument('--out', default='work_dirs/profile_detector.txt')
     args = parser.parse_args(argv)
     height, width = (int(v) for v in args.size.split('x'))
@@ -92,7 +93,7 @@ def main(argv=None):
             scaler.step(optimizer)
             scaler.update()
 
-    for _ in range(2):
+    for _ in range(args.warmup):
         iteration()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     if device.type == 'cuda':
@@ -103,9 +104,8 @@ def main(argv=None):
             torch.cuda.synchronize()
     events = prof.key_averages()
     on_gpu = device.type == 'cuda'
-    sort_key = 'self_cuda_time_total' if on_gpu else 'self_cpu_time_total'
     attr = 'self_device_time_total' if on_gpu else 'self_cpu_time_total'
-    table = events.table(sort_by=sort_key, row_limit=args.top)
+    table = events.table(sort_by=attr, row_limit=args.top)
     shares = {}
     for event in events:
         if event.key in ('forward + loss', 'backward', 'optimizer step'):

@@ -81,6 +81,7 @@ GPU_SETTINGS = dict(
     attention_settings='224 b1,800x1344 b1',
     attention_precisions='fp32,fp16,bf16',
     profile_size='800x1333',
+    profile_warmup='2',
     profile_amp=True,
     demo_options=[],
     demo_amp=True,
@@ -91,22 +92,26 @@ CPU_SETTINGS = dict(
     throughput_setting='64 b2',
     precisions='fp32,bf16',
     detectors='MaskRCNN R-50+FPN,MaskRCNN DS-Net-S+FPN',
-    det_size='128x160',
+    det_size='64x96',
     det_precisions='fp32',
     trials='1',
-    warmup='1',
+    warmup='0',
     attention_archs='tiny',
     attention_settings='64 b1',
     attention_precisions='fp32,bf16',
-    profile_size='128x160',
+    profile_size='64x96',
+    profile_warmup='1',
     profile_amp=False,
-    # one epoch on 8 training and 4 validation images
+    # one epoch on 8 training and 4 validation images of 96 px
     demo_options=[
         'train_cfg.max_epochs=1',
         'train_cfg.val_interval=1',
         'train_dataloader.dataset.indices=8',
         'val_dataloader.dataset.indices=4',
         'test_dataloader.dataset.indices=4',
+        'train_dataloader.dataset.pipeline.2.scale=(96,96)',
+        'val_dataloader.dataset.pipeline.1.scale=(96,96)',
+        'test_dataloader.dataset.pipeline.1.scale=(96,96)',
         'param_scheduler.0.end=1',
         'param_scheduler.1.end=1',
     ],
@@ -372,7 +377,11 @@ class Check:
 
     def step_profile(self):
         s = self.settings
-        base = self.py('tools/analysis_tools/profile_detector.py', '--size', s['profile_size'])
+        base = self.py(
+            'tools/analysis_tools/profile_detector.py',
+            '--size', s['profile_size'],
+            '--warmup', s['profile_warmup'],
+        )  # fmt: skip
         commands = [base + ['--out', osp.join(self.out, 'profile_dsnet-s_maskrcnn_fp32.txt')]]
         if s['profile_amp']:
             commands.append(
@@ -512,8 +521,9 @@ def describe_env(path):
                 capability='%d.%d' % torch.cuda.get_device_capability(),
                 gpu_count=torch.cuda.device_count(),
                 cudnn=torch.backends.cudnn.version(),
-                nccl='.'.join(map(str, torch.cuda.nccl.version())),
             )
+            version = torch.cuda.nccl.version()  # a tuple in torch 2.x
+            info['nccl'] = '.'.join(map(str, version)) if isinstance(version, tuple) else version
     except ImportError as error:
         info['torch'] = f'not importable: {error}'
     for name in ('mmengine', 'mmcv', 'mmdet', 'mmseg', 'mmdsnet', 'numpy'):
