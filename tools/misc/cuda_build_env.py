@@ -396,7 +396,9 @@ def verify_ops(device: str, expect_mmcv: str | None = None) -> str:
     roi_align = RoIAlign(output_size=7, spatial_scale=0.25, sampling_ratio=2, aligned=True)
 
     def run(dev):
-        f = feats.to(dev).requires_grad_()
+        # A copy on every device: on the CPU .to() would return ``feats`` itself, which
+        # would then require grad, and the CUDA copy made from it would be no leaf.
+        f = feats.to(dev, copy=True).requires_grad_()
         out = roi_align(f, rois.to(dev))
         out.backward(torch.ones_like(out))
         keep = nms(boxes.to(dev), scores.to(dev), 0.5)[1]

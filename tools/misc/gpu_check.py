@@ -12,7 +12,6 @@ docs/performance.md, and the targets checked). A failed or timed-out step is
 recorded and the next one runs.
 
 Steps:
-  env        versions of the machine and the stack.
   install    skipped when mmcv (with ops), mmdet, mmseg and mmengine import and,
              on a GPU, mmcv's CUDA ops agree with its CPU kernels. Otherwise,
              from ``--wheels`` (a folder of wheels, no package index needed):
@@ -22,6 +21,7 @@ Steps:
              in ``--wheels`` with CUDA ops for this GPU; then the CUDA ops are
              checked against the CPU kernels. Later steps put that folder and
              the repository on PYTHONPATH: the preinstalled torch is used as it is.
+  env        versions of the machine and the stack as installed.
   tests      the ``gpu`` tests (tests/test_gpu.py); skipped with their reason
              without CUDA.
   attention  the SDPA backend of every DS-Block attention of DS-Net-T/S/B in
@@ -60,7 +60,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from gpu_check_summary import write_summary  # noqa: E402 - the module beside this one
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-STEPS = ('env', 'install', 'tests', 'attention', 'benchmark', 'profile', 'demo')
+STEPS = ('install', 'env', 'tests', 'attention', 'benchmark', 'profile', 'demo')
 DEMO_CONFIG = 'configs/demo/mask_rcnn_dsnet_t_dsfpn_demo.py'
 DEMO_MAP_TARGET = 0.3
 MMCV_VERSION = '2.1.0'
@@ -123,7 +123,7 @@ LIMITS = dict(
     env=60,
     install=120,
     install_build=900,
-    tests=150,
+    tests=240,
     attention=90,
     benchmark=220,
     profile=90,
@@ -134,7 +134,8 @@ LIMITS = dict(
 class Check:
     """Runs the steps, keeps their records and writes OUT."""
 
-    def __init__(self, out, python, cpu, wheels=None, mmcv_wheel=None, budget=None):
+    def __init__(self, out, python, cpu, wheels=None, mmcv_wheel=None, budget=None, tests_k=None):
+        self.tests_k = tests_k
         self.out = osp.abspath(out)
         self.deadline = None if budget is None else time.monotonic() + budget
         self.python = python
@@ -159,7 +160,7 @@ class Check:
             env['CUDA_VISIBLE_DEVICES'] = ''
         return env
 
-    def run(self, step, commands, limit):
+    def run(self, step, commands, limit, keep_going=False):
         """Run shell-free commands in turn into logs/<step>.log; record the step.
 
         The step gets ``limit`` seconds, or what is left of the whole run's
@@ -198,7 +199,8 @@ class Check:
                     break
                 if code != 0:
                     status = 'failed'
-                    break
+                    if not keep_going:
+                        break
         seconds = round(time.monotonic() - start, 1)
         self.record(step, status, seconds, exit_code=code, log=f'logs/{step}.log')
         return status == 'passed'
@@ -317,22 +319,25 @@ class Check:
         self.write_json('steps.json', self.records)
 
     def step_tests(self):
-        xml = osp.join(self.out, 'results', 'gpu_tests.xml')
-        command = self.py(
-            '-m',
-            'pytest',
-            'tests/test_gpu.py',
-            '-m',
-            'gpu',
-            '-rs',
-            '-v',
-            '-p',
-            'no:cacheprovider',
-            f'--junitxml={xml}',
-        )
-        self.run('tests', [command], LIMITS['tests'])
-        if osp.isfile(xml):
-            self.records[-1]['tests'] = junit_counts(xml)
+        """The gpu tests in two runs, the training one last: a run stopped at the
+        step's limit keeps the report of the first."""
+        commands = []
+        for part, select in (('fast', 'not dist_train'), ('train', 'dist_train')):
+            if self.tests_k:
+                select = f'({select}) and ({self.tests_k})'
+            xml = osp.join(self.out, 'results', f'gpu_tests_{part}.xml')
+            commands.append(
+                self.py('-m', 'pytest', 'tests/test_gpu.py', '-m', 'gpu', '-k', select, '-rs',
+                        '-v', '--tb=short', '-p', 'no:cacheprovider', f'--junitxml={xml}')
+            )  # fmt: skip
+        self.run('tests', commands, LIMITS['tests'], keep_going=True)
+        counts = None
+        for part in ('fast', 'train'):
+            xml = osp.join(self.out, 'results', f'gpu_tests_{part}.xml')
+            if osp.isfile(xml):
+                counts = merge_counts(counts, junit_counts(xml))
+        if counts:
+            self.records[-1]['tests'] = counts
             self.write_json('steps.json', self.records)
 
     def step_attention(self):
@@ -417,6 +422,15 @@ class Check:
             record['target'] = f'bbox mAP >= {DEMO_MAP_TARGET}: {"met" if reached else "missed"}'
         self.write_json('steps.json', self.records)
         self.write_json(osp.join('results', 'demo.json'), record)
+
+
+def merge_counts(a, b):
+    """Two junit_counts results as one."""
+    if a is None:
+        return b
+    merged = {k: a[k] + b[k] for k in ('passed', 'failed', 'skipped')}
+    merged['cases'] = a['cases'] + b['cases']
+    return merged
 
 
 def junit_counts(path):
@@ -570,6 +584,7 @@ def main(argv=None):
     parser.add_argument('--mmcv-wheel', help='prebuilt mmcv 2.1.0 wheel with CUDA ops')
     parser.add_argument('--cpu', action='store_true', help='tiny settings on the CPU')
     parser.add_argument('--steps', default=','.join(STEPS))
+    parser.add_argument('--tests-k', help='only the gpu tests matching this pytest -k expression')
     parser.add_argument(
         '--budget',
         type=float,
@@ -601,7 +616,9 @@ def main(argv=None):
         if path and not osp.exists(path):
             parser.error(f'{name} {path} does not exist')
     cpu = args.cpu or not has_cuda(sys.executable)
-    check = Check(args.out, sys.executable, cpu, args.wheels, args.mmcv_wheel, args.budget)
+    check = Check(
+        args.out, sys.executable, cpu, args.wheels, args.mmcv_wheel, args.budget, args.tests_k
+    )
     start = time.monotonic()
     print(f'[gpu-check] {"CPU mode (tiny settings)" if cpu else "GPU"}; writing {check.out}')
     for step in STEPS:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..utils.validation import check_heads, check_positive_float, check_positive_int, check_rate
 
@@ -44,14 +45,26 @@ def merge_heads(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(batch, length, heads * head_dims)
 
 
+# On CUDA: flash (fp16/bf16), else memory-efficient (fp32), math only if both
+# refuse. cuDNN's kernel is left out: it builds a graph for every new input
+# shape (detection batches change shape all the time) and costs more host time
+# per call; docs/performance.md, "SDPA backends".
+_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float
 ) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v through PyTorch's fused kernel.
+    """softmax(q k^T / sqrt(d)) v through PyTorch's fused kernels.
 
-    The fused kernel never materialises the (Lq, Lk) map, which at 800x1344
-    is 67,200 x 1,050 per head for the stage-1 co-attention.
+    The fused kernels never materialise the (Lq, Lk) map, which at 800x1344
+    is 67,200 x 1,050 per head for the stage-1 co-attention. Every DS-Net
+    attention qualifies (head size 32, unit stride on the head dimension);
+    tests/test_gpu.py checks it in fp32, fp16 and bf16.
     """
+    if query.is_cuda:
+        with sdpa_kernel(_CUDA_BACKENDS):
+            return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
 
 
