@@ -1,0 +1,93 @@
+"""`make gpu-check` in its CPU mode: the same steps and files as on a GPU, with
+tiny settings, so that the one command run on a lent GPU machine cannot rot."""
+
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+STEPS = ['install', 'env', 'tests', 'attention', 'benchmark', 'profile', 'demo']
+
+
+@pytest.fixture(scope='module')
+def cpu_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('gpu_check') / 'out'
+    result = subprocess.run(
+        ['make', 'gpu-check', 'CPU=1', f'OUT={out}', f'GPU_PYTHON={sys.executable}'],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=''),
+    )
+    return result, out
+
+
+@pytest.mark.slow
+def test_cpu_mode_runs_every_step_and_writes_the_files(cpu_run):
+    result, out = cpu_run
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    with open(out / 'steps.json') as f:
+        steps = json.load(f)
+    assert [s['step'] for s in steps] == STEPS
+    assert {s['status'] for s in steps} == {'passed'}, steps
+    # the gpu tests were collected and skipped with their reason, not silently absent
+    tests = next(s for s in steps if s['step'] == 'tests')['tests']
+    assert tests['skipped'] >= 20 and tests['passed'] == tests['failed'] == 0
+    assert {c['reason'] for c in tests['cases']} == {'needs a CUDA GPU'}
+    for name in ('env.json', 'summary.md', 'profile_dsnet-s_maskrcnn_fp32.txt'):
+        assert (out / name).is_file(), name
+    for step in STEPS:
+        assert (out / 'logs' / f'{step}.log').is_file(), step
+
+
+@pytest.mark.slow
+def test_cpu_mode_figures_reach_the_summary(cpu_run):
+    result, out = cpu_run
+    assert result.returncode == 0
+    with open(out / 'results' / 'benchmark_backbones.json') as f:
+        backbones = json.load(f)['results']
+    groups = {r['group'] for r in backbones}
+    assert groups == {
+        'backbone 64x96 b1 train',
+        'throughput 64 b2 fp32',
+        'throughput 64 b2 bf16',
+    }
+    assert all(r['images_per_s'] > 0 for r in backbones if r['group'].startswith('throughput'))
+    with open(out / 'results' / 'benchmark_detectors.json') as f:
+        detectors = json.load(f)['results']
+    assert {(r['group'], r['name']) for r in detectors} >= {
+        ('Mask R-CNN 2x64x96 train fp32', 'MaskRCNN DS-Net-S+FPN'),
+        ('Mask R-CNN 2x64x96 eval fp32', 'MaskRCNN R-50+FPN'),
+    }
+    with open(out / 'results' / 'attention_backends.json') as f:
+        attention = json.load(f)['results']
+    # DS-Net-T has 9 blocks of 3 attentions; on the CPU the fused kernel takes them all
+    assert [r['chosen'] for r in attention] == [{'flash': 27}, {'flash': 27}]
+    with open(out / 'results' / 'demo.json') as f:
+        demo = json.load(f)
+    assert demo['processes'] == 1 and demo['train_seconds'] > 0 and demo['test_seconds'] > 0
+    summary = (out / 'summary.md').read_text()
+    for heading in ('## Machine', '## Steps', '## Targets', '## Backbones', '## Mask R-CNN',
+                    '## SDPA backend', '## GPU tests', '## Demo', '## Profile'):  # fmt: skip
+        assert heading in summary, heading
+    assert 'not run' not in summary
+    assert '| DS-Net-T | 64 b1 | fp32 | flash 27 |' in summary
+
+
+def test_bad_arguments_are_refused_before_anything_runs(tmp_path):
+    script = osp.join(REPO_ROOT, 'tools', 'misc', 'gpu_check.py')
+    for args, message in (
+        (['--steps', 'env,bogus'], "unknown steps ['bogus']"),
+        (['--wheels', str(tmp_path / 'missing')], 'does not exist'),
+    ):
+        result = subprocess.run(
+            [sys.executable, script, '--out', str(tmp_path / 'out'), *args],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 2 and message in result.stderr, result.stderr
