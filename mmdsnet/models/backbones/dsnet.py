@@ -21,7 +21,16 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
 from ..layers import DSBlock, linear_drop_path_rates
-from ..utils.validation import check_heads, check_positive_float, check_positive_int, check_rate
+from ..utils.validation import (
+    check_bool,
+    check_heads,
+    check_int_in,
+    check_mlp_ratio,
+    check_nchw_norm_cfg,
+    check_positive_float,
+    check_positive_int,
+    check_rate,
+)
 from .checkpointing import frozen_norm_stats_on_recompute
 from .pretrained import load_pretrained_dsnet, other_init_cfgs, pretrained_checkpoint_of
 
@@ -118,18 +127,26 @@ class DSNet(BaseModule):
         self.num_heads = tuple(settings['num_heads'])
         self.mlp_ratio = float(settings.get('mlp_ratio', 4.0))
         self.out_indices = self._check_out_indices(out_indices)
-        if not (isinstance(frozen_stages, int) and -1 <= frozen_stages <= self.num_stages):
-            raise ValueError(
-                f'frozen_stages must be an int in -1..{self.num_stages}, got {frozen_stages!r}'
-            )
-        if len(global_resize) != self.num_stages or any(
-            not isinstance(r, int) or r < 1 for r in global_resize
+        check_int_in('DSNet frozen_stages', frozen_stages, -1, self.num_stages)
+        if (
+            not isinstance(global_resize, (list, tuple))
+            or len(global_resize) != self.num_stages
+            or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in global_resize)
         ):
             raise ValueError(
                 f'global_resize must be 4 positive ints (one per stage), got {global_resize!r}'
             )
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')
+        check_positive_int('DSNet in_channels', in_channels)
+        for name, switch in (
+            ('with_alignment', with_alignment),
+            ('norm_eval', norm_eval),
+            ('with_cp', with_cp),
+            ('channels_last', channels_last),
+        ):
+            check_bool(f'DSNet {name}', switch)
+        check_mlp_ratio('DSNet arch mlp_ratio', self.mlp_ratio, min(self.embed_dims))
+        if norm_cfg is not None:
+            check_nchw_norm_cfg('DSNet norm_cfg', norm_cfg)
         for name, rate in (
             ('drop_rate', drop_rate),
             ('attn_drop_rate', attn_drop_rate),
@@ -234,7 +251,7 @@ class DSNet(BaseModule):
         out_indices = tuple(out_indices)
         if (
             not out_indices
-            or any(not isinstance(i, int) for i in out_indices)
+            or any(isinstance(i, bool) or not isinstance(i, int) for i in out_indices)
             or any(not 0 <= i < self.num_stages for i in out_indices)
             or list(out_indices) != sorted(set(out_indices))
         ):

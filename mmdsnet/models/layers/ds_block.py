@@ -16,7 +16,15 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..utils.validation import check_heads, check_positive_float, check_positive_int, check_rate
+from ..utils.norm import allow_one_value_groups
+from ..utils.validation import (
+    check_bool,
+    check_heads,
+    check_mlp_ratio,
+    check_nchw_norm_cfg,
+    check_positive_int,
+    check_rate,
+)
 
 
 def to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
@@ -125,7 +133,9 @@ class DSBlock(BaseModule):
         half = channels // 2
         check_heads('DSBlock num_heads', channels, num_heads)
         check_positive_int('DSBlock global_resize', global_resize)
-        check_positive_float('DSBlock mlp_ratio', mlp_ratio)
+        check_mlp_ratio('DSBlock mlp_ratio', mlp_ratio, channels)
+        check_bool('DSBlock with_alignment', with_alignment)
+        check_nchw_norm_cfg('DSBlock norm_cfg', norm_cfg)
         check_rate('DSBlock drop_rate', drop_rate)
         check_rate('DSBlock attn_drop_rate', attn_drop_rate)
         check_rate('DSBlock drop_path_rate', drop_path_rate)
@@ -136,7 +146,7 @@ class DSBlock(BaseModule):
         self.attn_drop_rate = attn_drop_rate
 
         def norm(num_features):
-            return build_norm_layer(norm_cfg, num_features)[1]
+            return allow_one_value_groups(build_norm_layer(norm_cfg, num_features)[1])
 
         # Conditional position encoding, pre-norm and 1x1 mixing before the split.
         self.pos_embed = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)

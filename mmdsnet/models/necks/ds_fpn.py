@@ -19,7 +19,14 @@ from mmengine.model import BaseModule
 
 from ...registry import register_model
 from ..layers import DSBlock
-from ..utils.validation import check_heads, check_positive_float, check_positive_int, check_rate
+from ..utils.validation import (
+    check_bool,
+    check_heads,
+    check_mlp_ratio,
+    check_nchw_norm_cfg,
+    check_positive_int,
+    check_rate,
+)
 
 POSITIONS = ('pre_fpn_conv', 'post_fpn_conv', 'replace_fpn_conv')
 EXTRA_SOURCES = ('on_input', 'on_lateral', 'on_output')
@@ -96,6 +103,20 @@ class DSFPN(BaseModule):
         for channels in in_channels:
             check_positive_int('in_channels entries', channels)
         check_positive_int('out_channels', out_channels)
+        check_bool('relu_before_extra_convs', relu_before_extra_convs)
+        check_bool('no_norm_on_lateral', no_norm_on_lateral)
+        check_bool('ds_with_alignment', ds_with_alignment)
+        if norm_cfg is not None:
+            check_nchw_norm_cfg('norm_cfg', norm_cfg)
+        if ds_norm_cfg is not None:
+            check_nchw_norm_cfg('ds_norm_cfg', ds_norm_cfg)
+        for name, value in (
+            ('num_outs', num_outs),
+            ('start_level', start_level),
+            ('end_level', end_level),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f'{name} must be an int, got {value!r}')
         self.in_channels = list(in_channels)
         self.out_channels = out_channels
         self.num_ins = len(in_channels)
@@ -131,12 +152,7 @@ class DSFPN(BaseModule):
 
         if ds_position not in POSITIONS:
             raise ValueError(f'ds_position must be one of {POSITIONS}, got {ds_position!r}')
-        self.ds_levels = tuple(range(num_levels)) if ds_levels is None else tuple(ds_levels)
-        if any(not 0 <= lvl < num_levels for lvl in self.ds_levels):
-            raise ValueError(
-                f'ds_levels must index the {num_levels} backbone levels used '
-                f'(0..{num_levels - 1}), got {self.ds_levels}'
-            )
+        self.ds_levels = self._check_ds_levels(ds_levels, num_levels)
         self.strides = self._check_strides(strides)
         if ds_global_resize is None:
             ds_global_resize = [
@@ -150,7 +166,7 @@ class DSFPN(BaseModule):
         for factor in ds_global_resize:
             check_positive_int('ds_global_resize entries', factor)
         check_positive_int('num_ds_blocks', num_ds_blocks, minimum=0)
-        check_positive_float('ds_mlp_ratio', ds_mlp_ratio)
+        check_mlp_ratio('ds_mlp_ratio', ds_mlp_ratio, out_channels)
         check_rate('ds_drop_path_rate', ds_drop_path_rate)
         self.ds_position = ds_position
         self.ds_global_resize = tuple(ds_global_resize)
@@ -227,6 +243,24 @@ class DSFPN(BaseModule):
                         inplace=False,
                     )
                 )
+
+    @staticmethod
+    def _check_ds_levels(ds_levels: Optional[Sequence[int]], num_levels: int) -> Tuple[int, ...]:
+        """All levels when None, else increasing, unique level indices (ints, not bools)."""
+        if ds_levels is None:
+            return tuple(range(num_levels))
+        if isinstance(ds_levels, (list, tuple)):
+            levels = tuple(ds_levels)
+            if all(
+                not isinstance(lvl, bool) and isinstance(lvl, int) and 0 <= lvl < num_levels
+                for lvl in levels
+            ) and list(levels) == sorted(set(levels)):
+                return levels
+        raise ValueError(
+            f'ds_levels must index the {num_levels} backbone levels used '
+            f'(0..{num_levels - 1}) as a list of increasing, unique ints, or be None '
+            f'(all levels); got {ds_levels!r}'
+        )
 
     def _check_strides(self, strides: Optional[Sequence[int]]) -> Tuple[int, ...]:
         if strides is None:

@@ -51,3 +51,72 @@ def check_heads(name: str, channels: int, num_heads) -> int:
             f'stream (half of {channels})'
         )
     return num_heads
+
+
+def check_bool(name: str, value) -> bool:
+    """A switch: exactly ``True`` or ``False``.
+
+    Anything else is refused rather than read for its truth value: a
+    non-empty string such as ``'no'`` (what ``--cfg-options`` passes for any
+    value but true/false) would otherwise turn the feature on.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(
+            f'{name} must be True or False, got {value!r} ({type(value).__name__}); with '
+            '--cfg-options write key=True or key=False'
+        )
+    return value
+
+
+def check_int_in(name: str, value, low: int, high: int) -> int:
+    """An int in ``low..high`` inclusive (bools refused: ``True`` is not a stage)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or not (low <= value <= high)
+    ):
+        raise ValueError(f'{name} must be an int in {low}..{high}, got {value!r}')
+    return int(value)
+
+
+def check_mlp_ratio(name: str, ratio, channels: int) -> float:
+    """An FFN expansion ratio whose hidden width ``int(channels * ratio)`` is >= 1.
+
+    A smaller ratio builds a 1x1 conv with zero output channels, which fails
+    only in the forward pass.
+    """
+    ratio = check_positive_float(name, ratio)
+    if int(channels * ratio) < 1:
+        raise ValueError(
+            f'{name}={ratio!r} gives a hidden width of int({channels} * {ratio!r}) = 0 '
+            f'channels; it must be >= {1 / channels:.6g} for {channels} channels'
+        )
+    return ratio
+
+
+# Norm layers that normalise an NCHW map over its channel dimension. 'LN'
+# (nn.LayerNorm over the last dimension), 'BN1d'/'BN3d' and 'IN1d'/'IN3d'
+# build but fail (or misread the batch as channels) on a 4-D map.
+NCHW_NORM_TYPES = ('BN', 'BN2d', 'SyncBN', 'GN', 'IN', 'IN2d')
+
+
+def check_nchw_norm_cfg(name: str, norm_cfg) -> dict:
+    """A ``norm_cfg`` dict whose ``type`` works on NCHW feature maps."""
+    import torch.nn as nn
+
+    if not isinstance(norm_cfg, dict) or 'type' not in norm_cfg:
+        raise TypeError(f"{name} must be a dict with a 'type' key, got {norm_cfg!r}")
+    norm_type = norm_cfg['type']
+    nchw_classes = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm2d)
+    if isinstance(norm_type, type):
+        accepted = issubclass(norm_type, nchw_classes)
+    else:
+        accepted = norm_type in NCHW_NORM_TYPES
+    if not accepted:
+        raise ValueError(
+            f'{name} type {norm_type!r} does not normalise NCHW feature maps; accepted: '
+            f'{", ".join(NCHW_NORM_TYPES)} (or a subclass of BatchNorm2d, SyncBatchNorm, '
+            'GroupNorm or InstanceNorm2d). LayerNorm (LN) normalises the last dimension '
+            'and fails on these maps.'
+        )
+    return norm_cfg
