@@ -54,6 +54,37 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def launch_rank(cfg: Config) -> int:
+    """This process's global rank as its launcher reports it, before any
+    process group exists (0 for a single-process run)."""
+    if cfg.get('launcher', 'none') == 'none':
+        return 0
+    for name in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK'):
+        if os.environ.get(name, '').isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def claim_work_dir(cfg: Config) -> None:
+    """Before a training Runner is built: take the work dir's run lock, then
+    delete what interrupted saves left there.
+
+    The lock refuses a second live run in the same work dir
+    (:class:`~mmdsnet.engine.WorkDirBusyError`), so the clean-up never
+    removes a live run's save in progress; a killed run's lock goes with its
+    process. Cleaning before the Runner exists frees the space of a partial
+    checkpoint before the Runner writes its config and logs (a full disk
+    otherwise stops ``--resume`` there). Rank 0 alone does both in a
+    multi-process launch.
+    """
+    from .engine import lock_work_dir, remove_interrupted_saves
+
+    if launch_rank(cfg) != 0:
+        return
+    lock_work_dir(cfg.work_dir)
+    remove_interrupted_saves(cfg.work_dir, logger=None)
+
+
 def destroy_process_group_at_exit() -> None:
     """Free the finished Runner's DDP model, then destroy the default process
     group, while Python is still alive.

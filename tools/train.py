@@ -11,8 +11,13 @@ The command line follows mmdet 3.3's ``tools/train.py``. The config's
 import argparse
 
 try:  # importing mmdsnet registers the models
-    from mmdsnet.cli import add_common_args, build_runner, config_from_args
-    from mmdsnet.engine import CheckpointMismatchError
+    from mmdsnet.cli import add_common_args, build_runner, claim_work_dir, config_from_args
+    from mmdsnet.engine import (
+        CheckpointMismatchError,
+        CheckpointSaveError,
+        WorkDirBusyError,
+        release_work_dir,
+    )
 except ModuleNotFoundError as error:
     raise SystemExit(
         f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
@@ -84,9 +89,13 @@ def main(argv=None):
     cfg = config_from_args(args)
     apply_train_options(cfg, args)
     try:
+        # One live run per work dir (a lock), interrupted saves removed first.
+        claim_work_dir(cfg)
         build_runner(cfg).train()
-    except CheckpointMismatchError as error:
+    except (CheckpointMismatchError, CheckpointSaveError, WorkDirBusyError) as error:
         raise SystemExit(f'tools/train.py: {error}') from error
+    finally:
+        release_work_dir(cfg.work_dir)
 
 
 if __name__ == '__main__':

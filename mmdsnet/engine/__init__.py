@@ -2,11 +2,22 @@
 silently: checkpoints that do not fit the model, and saves cut by a kill."""
 
 from .checkpoint_fit_hook import CheckpointFitHook, CheckpointMismatchError
-from .checkpoint_hook import AtomicCheckpointHook, use_atomic_checkpoint_hook
+from .checkpoint_hook import (
+    AtomicCheckpointHook,
+    CheckpointSaveError,
+    remove_interrupted_saves,
+    use_atomic_checkpoint_hook,
+)
+from .work_dir_lock import WorkDirBusyError, lock_work_dir, release_work_dir
 
 __all__ = [
     'AtomicCheckpointHook',
     'CheckpointFitHook',
     'CheckpointMismatchError',
+    'CheckpointSaveError',
+    'WorkDirBusyError',
+    'lock_work_dir',
+    'release_work_dir',
+    'remove_interrupted_saves',
     'use_atomic_checkpoint_hook',
 ]

@@ -7,28 +7,68 @@ or an empty ``last_checkpoint``, and nothing to ``--resume`` from. Here the
 new checkpoint is written under a temporary name and renamed into place,
 ``last_checkpoint`` is replaced the same way, and only then are old
 checkpoints deleted. Non-local backends keep mmengine's behaviour.
+
+So a save needs free space for one checkpoint more than ``max_keep_ckpts``
+while it is written. When the disk is full the save fails cleanly: its
+partial file is removed, the previous checkpoint and ``last_checkpoint``
+stay as they were, and the error says how many bytes a save needs.
 """
 
 import glob
 import os
 import os.path as osp
+import shutil
 
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
+from .work_dir_lock import lock_work_dir
+
 PARTIAL_SUFFIX = '.partial'
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (e.g. a full disk); nothing of it was kept."""
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def remove_interrupted_saves(directory: str, logger=None) -> list:
+    """Delete the ``*.partial`` files of saves cut short in ``directory``.
+
+    Only safe while this process holds the work dir's run lock
+    (:func:`~mmdsnet.engine.work_dir_lock.lock_work_dir`): a live run's save in
+    progress has the same name. Returns the removed paths.
+    """
+    removed = []
+    for leftover in sorted(glob.glob(osp.join(directory, f'*{PARTIAL_SUFFIX}'))):
+        if logger is not None:
+            logger.info(f'removing {leftover}, left by an interrupted save')
+        _remove_quietly(leftover)
+        removed.append(leftover)
+    return removed
+
+
 def replace_text_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader sees the old or the new file."""
+    """Write ``text`` to ``path`` so a reader sees the old or the new file
+    (on failure the temporary file is removed and ``path`` is untouched)."""
     tmp = path + PARTIAL_SUFFIX
-    with open(tmp, 'w') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
 
 
 @HOOKS.register_module()
@@ -39,9 +79,10 @@ class AtomicCheckpointHook(CheckpointHook):
     def before_train(self, runner) -> None:
         super().before_train(runner)
         if is_main_process() and self._is_local():
-            for leftover in glob.glob(osp.join(self.out_dir, f'*{PARTIAL_SUFFIX}')):
-                runner.logger.info(f'removing {leftover}, left by an interrupted save')
-                os.remove(leftover)
+            # A no-op when tools/train.py already holds the lock; otherwise it
+            # keeps a Runner built directly from deleting a live run's save.
+            lock_work_dir(runner.work_dir)
+            remove_interrupted_saves(self.out_dir, runner.logger)
 
     def _is_local(self) -> bool:
         return isinstance(self.file_backend, LocalBackend)
@@ -50,6 +91,8 @@ class AtomicCheckpointHook(CheckpointHook):
         if not self._is_local():
             return super()._save_checkpoint_with_step(runner, step, meta)
         stale = []
+        previous_ids = list(self.keep_ckpt_ids) if self.max_keep_ckpts > 0 else None
+        previous_ckpt = getattr(self, 'last_ckpt', None)
         # keep_ckpt_ids exists only with max_keep_ckpts > 0; a step saved twice
         # (latest and best in one epoch) is counted once.
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
@@ -61,25 +104,59 @@ class AtomicCheckpointHook(CheckpointHook):
         filename = self.filename_tmpl.format(step)
         self.last_ckpt = osp.join(self.out_dir, filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-        runner.save_checkpoint(
-            self.out_dir,
-            filename + PARTIAL_SUFFIX,
-            self.file_client_args,
-            save_optimizer=self.save_optimizer,
-            save_param_scheduler=self.save_param_scheduler,
-            meta=meta,
-            by_epoch=self.by_epoch,
-            backend_args=self.backend_args,
-            **self.args,
-        )
-        if not is_main_process():
-            return
-        os.replace(self.last_ckpt + PARTIAL_SUFFIX, self.last_ckpt)
-        replace_text_atomically(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
+        partial = self.last_ckpt + PARTIAL_SUFFIX
+        try:
+            runner.save_checkpoint(
+                self.out_dir,
+                filename + PARTIAL_SUFFIX,
+                self.file_client_args,
+                save_optimizer=self.save_optimizer,
+                save_param_scheduler=self.save_param_scheduler,
+                meta=meta,
+                by_epoch=self.by_epoch,
+                backend_args=self.backend_args,
+                **self.args,
+            )
+            if not is_main_process():
+                return
+            os.replace(partial, self.last_ckpt)
+            replace_text_atomically(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
+        except OSError as error:
+            written = osp.getsize(partial) if osp.isfile(partial) else 0
+            _remove_quietly(partial)
+            new_ckpt, self.last_ckpt = self.last_ckpt, previous_ckpt
+            if previous_ids is not None:
+                self.keep_ckpt_ids.clear()
+                self.keep_ckpt_ids.extend(previous_ids)
+                runner.message_hub.update_info('keep_ckpt_ids', previous_ids)
+            if previous_ckpt is not None:
+                runner.message_hub.update_info('last_ckpt', previous_ckpt)
+            raise CheckpointSaveError(
+                error.errno, self._save_failure(new_ckpt, previous_ckpt, written, error)
+            ) from error
         for old_step in stale:
             old = osp.join(self.out_dir, self.filename_tmpl.format(old_step))
             if osp.isfile(old):
                 os.remove(old)
+
+    def _save_failure(self, new_ckpt, previous_ckpt, written, error) -> str:
+        """What failed, what was kept, and how much free space a save needs."""
+        if previous_ckpt is not None and osp.isfile(previous_ckpt):
+            size = osp.getsize(previous_ckpt)
+            need = f'about {size} bytes free (the size of {osp.basename(previous_ckpt)})'
+            kept = f'{previous_ckpt} is still the latest complete checkpoint'
+        else:
+            need = f'more than the {written} bytes written before it failed'
+            kept = 'no complete checkpoint exists yet'
+        free = shutil.disk_usage(self.out_dir).free
+        keep = self.max_keep_ckpts if self.max_keep_ckpts > 0 else 'all'
+        return (
+            f'saving checkpoint {new_ckpt} failed ({error.strerror or error}); its partial '
+            f'file was removed and {kept}. A save writes the new checkpoint before deleting '
+            f'the oldest, so it needs room for one checkpoint more than max_keep_ckpts '
+            f'({keep}): {need}, and {free} bytes are free in {self.out_dir}. Free space, '
+            'then resume with --resume.'
+        )
 
 
 def use_atomic_checkpoint_hook(cfg) -> None:
