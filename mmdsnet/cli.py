@@ -6,8 +6,11 @@ options applied, and building the Runner with the CPU-distributed fix.
 
 import argparse
 import atexit
+import difflib
 import os
 import os.path as osp
+import warnings
+from typing import Optional
 
 from mmengine.config import Config, DictAction
 
@@ -51,7 +54,127 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    warn_near_miss_keys(cfg)
     return cfg
+
+
+# Top-level config keys that mmdet/mmseg configs and their tools read, besides
+# the Runner's own arguments (read from its signature).
+COMMON_CONFIG_KEYS = (
+    '_base_',
+    'custom_imports',
+    'runner_type',
+    'backend_args',
+    'file_client_args',
+    'dataset_type',
+    'data_root',
+    'metainfo',
+    'train_pipeline',
+    'test_pipeline',
+    'tta_model',
+    'tta_pipeline',
+    'vis_backends',
+    'img_scale',
+    'img_scales',
+    'image_scale',
+    'img_ratios',
+    'crop_size',
+    'classes',
+    'palette',
+    'optimizer',
+    'pretrained',
+    'checkpoint',
+    'dsnet_backbone',
+    'model_wrapper_cfg',
+    'train_dataset',
+    'val_dataset',
+    'test_dataset',
+    'norm_cfg',
+    'num_classes',
+    'max_epochs',
+    'max_iters',
+    'base_lr',
+    'work_dir',
+)
+
+
+def known_config_keys() -> set:
+    """The Runner's config keys plus :data:`COMMON_CONFIG_KEYS`."""
+    import inspect
+
+    from mmengine.runner import Runner
+
+    runner_keys = set(inspect.signature(Runner.__init__).parameters) - {'self', 'cfg'}
+    return runner_keys | set(COMMON_CONFIG_KEYS)
+
+
+def warn_near_miss_keys(cfg: Config) -> list:
+    """Warn about top-level keys that look like a misspelt known key.
+
+    The Runner ignores unknown keys, so ``load_frm=...`` silently trains from
+    scratch. Only near misses are reported (a config may define its own
+    variables); returns the ``(key, suggestion)`` pairs warned about.
+    """
+    known = known_config_keys()
+    pairs = []
+    for key in cfg.keys():
+        if key in known or key.startswith('_'):
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+        if close:
+            pairs.append((key, close[0]))
+            warnings.warn(
+                f'config key {key!r} is not one the Runner or mmdet/mmseg read and is ignored; '
+                f'did you mean {close[0]!r}?',
+                UserWarning,
+                stacklevel=2,
+            )
+    return pairs
+
+
+def check_output_writable(path: str, option: str = '--out') -> None:
+    """Fail now, not after a whole evaluation, when ``path`` cannot be written.
+
+    Opens the file for appending (which creates it, and is removed again if it
+    did not exist), so a missing or read-only directory, a directory at that
+    path, or a missing permission are all reported before the run.
+    """
+    existed = osp.exists(path)
+    try:
+        with open(path, 'ab'):
+            pass
+    except OSError as error:
+        raise SystemExit(
+            f'{option} {path}: cannot be written ({error.strerror or error}); give a '
+            'path in an existing, writable directory'
+        ) from error
+    if not existed:
+        os.remove(path)
+
+
+def explain_upstream_error(error: BaseException) -> Optional[str]:
+    """A clear message for an upstream error whose own text says nothing
+    useful, or None. Known: an empty dataset, which mmengine's ``BaseDataset``
+    reports as numpy's 'need at least one array to concatenate'."""
+    if not isinstance(error, ValueError) or 'need at least one array to concatenate' not in str(
+        error
+    ):
+        return None
+    traceback = error.__traceback__
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code.co_name == '_serialize_data' and 'self' in frame.f_locals:
+            dataset = frame.f_locals['self']
+            return (
+                f'the dataset {type(dataset).__name__} has no samples (ann_file='
+                f"{getattr(dataset, 'ann_file', None)!r}, data_root="
+                f"{getattr(dataset, 'data_root', None)!r}, data_prefix="
+                f"{getattr(dataset, 'data_prefix', None)!r}); mmengine reports this as "
+                f'"{error}". Check those paths, and filter_cfg (filter_empty_gt drops '
+                'images without annotations).'
+            )
+        traceback = traceback.tb_next
+    return None
 
 
 def launch_rank(cfg: Config) -> int:

@@ -10,7 +10,13 @@ config's ``test_evaluator`` (CocoMetric for mmdet, IoUMetric for mmseg).
 import argparse
 
 try:  # importing mmdsnet registers the models
-    from mmdsnet.cli import add_common_args, build_runner, config_from_args
+    from mmdsnet.cli import (
+        add_common_args,
+        build_runner,
+        check_output_writable,
+        config_from_args,
+        explain_upstream_error,
+    )
     from mmdsnet.engine import CheckpointMismatchError
 except ModuleNotFoundError as error:
     raise SystemExit(
@@ -94,6 +100,8 @@ def dump_metric(cfg, out_file):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.out is not None:
+        check_output_writable(args.out)  # the dump comes after the whole evaluation
     cfg = config_from_args(args)
     cfg.load_from = args.checkpoint
     # Refuse (or, with --allow-partial-load, report) a checkpoint that leaves
@@ -106,13 +114,18 @@ def main(argv=None):
         enable_visualization(cfg, args)
     if args.tta:
         enable_tta(cfg)
-    runner = build_runner(cfg)
-    if args.out is not None:
-        runner.test_evaluator.metrics.append(dump_metric(cfg, args.out))
     try:
+        runner = build_runner(cfg)
+        if args.out is not None:
+            runner.test_evaluator.metrics.append(dump_metric(cfg, args.out))
         runner.test()
     except CheckpointMismatchError as error:
         raise SystemExit(f'tools/test.py: {error}') from error
+    except ValueError as error:
+        explained = explain_upstream_error(error)
+        if explained is None:
+            raise
+        raise SystemExit(f'tools/test.py: {explained}') from error
 
 
 if __name__ == '__main__':

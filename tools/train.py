@@ -11,7 +11,13 @@ The command line follows mmdet 3.3's ``tools/train.py``. The config's
 import argparse
 
 try:  # importing mmdsnet registers the models
-    from mmdsnet.cli import add_common_args, build_runner, claim_work_dir, config_from_args
+    from mmdsnet.cli import (
+        add_common_args,
+        build_runner,
+        claim_work_dir,
+        config_from_args,
+        explain_upstream_error,
+    )
     from mmdsnet.engine import (
         CheckpointMismatchError,
         CheckpointSaveError,
@@ -94,6 +100,11 @@ def main(argv=None):
         build_runner(cfg).train()
     except (CheckpointMismatchError, CheckpointSaveError, WorkDirBusyError) as error:
         raise SystemExit(f'tools/train.py: {error}') from error
+    except ValueError as error:
+        explained = explain_upstream_error(error)
+        if explained is None:
+            raise
+        raise SystemExit(f'tools/train.py: {explained}') from error
     finally:
         release_work_dir(cfg.work_dir)
 

@@ -1,0 +1,94 @@
+"""Issue 20, item 11: upstream traps the tools name before or instead of a
+confusing failure (empty dataset, unwritable --out, misspelt config keys)."""
+
+import argparse
+import importlib.util
+import json
+import os.path as osp
+import warnings
+
+import pytest
+from conftest import REPO_ROOT
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(
+        f'{name}_tool', osp.join(REPO_ROOT, f'tools/{name}.py')
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_misspelt_top_level_key_warns_with_the_known_one(tmp_path):
+    from mmdsnet.cli import config_from_args
+
+    config = tmp_path / 'cfg.py'
+    config.write_text("load_frm = 'epoch_1.pth'\nmy_setting = 3\nmodel = dict(type='X')\n")
+    args = argparse.Namespace(
+        config=str(config), launcher='none', cfg_options=None, work_dir=None, local_rank=0
+    )
+    with pytest.warns(UserWarning) as record:
+        config_from_args(args)
+    messages = [str(w.message) for w in record if 'config key' in str(w.message)]
+    assert messages == [
+        "config key 'load_frm' is not one the Runner or mmdet/mmseg read and is ignored; "
+        "did you mean 'load_from'?"
+    ]
+
+
+def test_shipped_demo_configs_give_no_key_warning():
+    from mmdsnet.cli import config_from_args
+
+    for name in ('fpn_dsnet-t_demo-seg.py', 'mask_rcnn_dsnet_t_dsfpn_demo.py'):
+        args = argparse.Namespace(
+            config=osp.join(REPO_ROOT, 'configs/demo', name),
+            launcher='none',
+            cfg_options=None,
+            work_dir=None,
+            local_rank=0,
+        )
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter('always')
+            config_from_args(args)
+        assert not [w for w in record if 'config key' in str(w.message)], name
+
+
+def test_test_tool_checks_out_before_the_evaluation(tmp_path, monkeypatch):
+    tool = load_tool('test')
+    built = []
+    monkeypatch.setattr(tool, 'build_runner', lambda cfg: built.append(cfg) or 1 / 0)
+    config = tmp_path / 'cfg.py'
+    config.write_text('work_dir = None\n')
+    not_a_dir = tmp_path / 'file.txt'
+    not_a_dir.write_text('x')
+    out = not_a_dir / 'results.pkl'
+    with pytest.raises(SystemExit, match=f'--out {out}: cannot be written'):
+        tool.main([str(config), 'ckpt.pth', '--out', str(out), '--work-dir', str(tmp_path / 'w')])
+    assert built == []
+    # A writable path passes the check and leaves nothing behind.
+    ok = tmp_path / 'results.pkl'
+    with pytest.raises(ZeroDivisionError):
+        tool.main([str(config), 'ckpt.pth', '--out', str(ok), '--work-dir', str(tmp_path / 'w')])
+    assert len(built) == 1 and not ok.exists()
+
+
+def test_train_tool_names_an_empty_dataset(tmp_path, monkeypatch):
+    from mmengine.dataset import BaseDataset
+
+    ann_file = tmp_path / 'empty.json'
+    ann_file.write_text(json.dumps(dict(metainfo={}, data_list=[])))
+
+    class Runner:
+        def train(self):
+            BaseDataset(ann_file=str(ann_file))  # what the Runner's dataloader build does
+
+    tool = load_tool('train')
+    monkeypatch.setattr(tool, 'build_runner', lambda cfg: Runner())
+    config = tmp_path / 'cfg.py'
+    config.write_text('work_dir = None\n')
+    with pytest.raises(SystemExit) as raised:
+        tool.main([str(config), '--work-dir', str(tmp_path / 'w')])
+    message = str(raised.value)
+    assert message.startswith('tools/train.py: the dataset BaseDataset has no samples')
+    assert f"ann_file='{ann_file}'" in message and 'filter_empty_gt' in message
