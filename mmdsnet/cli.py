@@ -167,9 +167,9 @@ def explain_upstream_error(error: BaseException) -> Optional[str]:
             dataset = frame.f_locals['self']
             return (
                 f'the dataset {type(dataset).__name__} has no samples (ann_file='
-                f"{getattr(dataset, 'ann_file', None)!r}, data_root="
-                f"{getattr(dataset, 'data_root', None)!r}, data_prefix="
-                f"{getattr(dataset, 'data_prefix', None)!r}); mmengine reports this as "
+                f'{getattr(dataset, "ann_file", None)!r}, data_root='
+                f'{getattr(dataset, "data_root", None)!r}, data_prefix='
+                f'{getattr(dataset, "data_prefix", None)!r}); mmengine reports this as '
                 f'"{error}". Check those paths, and filter_cfg (filter_empty_gt drops '
                 'images without annotations).'
             )
