@@ -182,3 +182,54 @@ def test_second_run_in_a_live_work_dir_is_refused_and_a_killed_one_frees_it(tmp_
     # It trained from scratch (the killed run had saved later epochs).
     assert (work / 'last_checkpoint').read_text() == str(work / 'epoch_1.pth')
     assert not marker.exists()  # and it cleaned the dead run's partial file
+
+
+NOISY_DATA = """
+import random
+
+import numpy as np
+import torch
+from mmengine.registry import DATASETS
+from toy_task import ToyRegressionDataset
+
+
+@DATASETS.register_module()
+class NoisyToyDataset(ToyRegressionDataset):
+    '''Random augmentation from the three global generators, as mmcv's
+    transforms (numpy), some mmdet ones (random) and the model (torch) draw.'''
+
+    def __getitem__(self, idx):
+        item = super().__getitem__(idx)
+        noise = np.random.randn(4) * 0.1 + random.random() * 0.1
+        item['inputs'] = item['inputs'] + torch.from_numpy(noise).float() + torch.rand(4) * 0.1
+        return item
+"""
+
+
+@pytest.mark.slow
+def test_resumed_run_with_random_augmentation_ends_like_the_uninterrupted_one(tmp_path):
+    """Issue 20, item 12: train 3 epochs; separately resume from the epoch-1
+    checkpoint (as after a kill in epoch 2); the final weights must be equal."""
+    env = toy_env(tmp_path)
+    (tmp_path / 'noisy_data.py').write_text(NOISY_DATA)
+    config = tmp_path / 'noisy.py'
+    config.write_text(
+        TOY_CONFIG.format(epochs=3, seconds=0)
+        .replace("'slow_hook'", "'slow_hook', 'noisy_data'")
+        .replace("type='ToyRegressionDataset'", "type='NoisyToyDataset'")
+        .replace('shuffle=False', 'shuffle=True')
+        .replace('max_keep_ckpts=1', 'max_keep_ckpts=3')
+    )
+    full, resumed = tmp_path / 'full', tmp_path / 'resumed'
+    done = train(config, full, env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    resumed.mkdir()
+    first = torch.load(full / 'epoch_1.pth', weights_only=False)
+    torch.save(first, resumed / 'epoch_1.pth')
+    (resumed / 'last_checkpoint').write_text(str(resumed / 'epoch_1.pth'))
+    again = train(config, resumed, env, '--resume')
+    assert again.returncode == 0, (again.stdout + again.stderr)[-2000:]
+    assert 'resumed epoch: 1' in again.stdout + again.stderr
+    a = torch.load(full / 'epoch_3.pth', weights_only=False)['state_dict']
+    b = torch.load(resumed / 'epoch_3.pth', weights_only=False)['state_dict']
+    assert all(torch.equal(a[k], b[k]) for k in a), {k: (a[k] - b[k]).abs().max() for k in a}

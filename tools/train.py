@@ -23,6 +23,7 @@ try:  # importing mmdsnet registers the models
         CheckpointSaveError,
         WorkDirBusyError,
         release_work_dir,
+        use_epoch_seed_hook,
     )
 except ModuleNotFoundError as error:
     raise SystemExit(
@@ -94,6 +95,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_args(args)
     apply_train_options(cfg, args)
+    # Random state from (seed, epoch): a resumed run repeats the uninterrupted one.
+    use_epoch_seed_hook(cfg)
     try:
         # One live run per work dir (a lock), interrupted saves removed first.
         claim_work_dir(cfg)

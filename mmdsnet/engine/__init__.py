@@ -8,6 +8,7 @@ from .checkpoint_hook import (
     remove_interrupted_saves,
     use_atomic_checkpoint_hook,
 )
+from .epoch_seed_hook import EpochSeedHook, use_epoch_seed_hook
 from .work_dir_lock import WorkDirBusyError, lock_work_dir, release_work_dir
 
 __all__ = [
@@ -15,9 +16,11 @@ __all__ = [
     'CheckpointFitHook',
     'CheckpointMismatchError',
     'CheckpointSaveError',
+    'EpochSeedHook',
     'WorkDirBusyError',
     'lock_work_dir',
     'release_work_dir',
     'remove_interrupted_saves',
     'use_atomic_checkpoint_hook',
+    'use_epoch_seed_hook',
 ]
