@@ -100,6 +100,20 @@ def test_dsfpn_runs_in_eval_on_a_32x32_image():
     assert norm.bias.grad is not None and torch.isfinite(norm.bias.grad).all()
 
 
+def test_dsfpn_with_groupnorm_fpn_convs_runs_in_eval_on_a_32x32_image():
+    """The FPN convs' own GroupNorm (norm_cfg, one channel per group here) on
+    the 1x1 stride-32 level and the extra levels."""
+    neck = DSFPN(
+        **{**FPN_ARGS, 'add_extra_convs': 'on_output'},
+        norm_cfg=dict(type='GN', num_groups=64),
+        num_ds_blocks=0,
+    ).eval()
+    feats = [torch.randn(1, c, 32 // s, 32 // s) for c, s in zip([8, 16, 32, 64], [4, 8, 16, 32])]
+    with torch.no_grad():
+        outs = neck(feats)
+    assert [tuple(o.shape[2:]) for o in outs][3:] == [(1, 1), (1, 1)]
+
+
 def test_dsnet_and_dsfpn_accept_valid_switches():
     DSNet(arch=ARCH, with_alignment=False, norm_eval=True, with_cp=True, channels_last=False)
     DSFPN(**FPN_ARGS, relu_before_extra_convs=True, no_norm_on_lateral=True, ds_levels=[0, 2])

@@ -19,6 +19,7 @@ from mmengine.model import BaseModule
 
 from ...registry import register_model
 from ..layers import DSBlock
+from ..utils.norm import allow_one_value_groups
 from ..utils.validation import (
     check_bool,
     check_heads,
@@ -243,6 +244,10 @@ class DSFPN(BaseModule):
                         inplace=False,
                     )
                 )
+        # The FPN convs' GroupNorm (norm_cfg) meets the same one-value groups
+        # on the stride-32 and extra levels as the DS-Blocks'.
+        for module in self.modules():
+            allow_one_value_groups(module)
 
     @staticmethod
     def _check_ds_levels(ds_levels: Optional[Sequence[int]], num_levels: int) -> Tuple[int, ...]:
