@@ -8,6 +8,8 @@ equals ``num_groups``. The normalised value of a one-value group is 0, so the
 output there is the affine bias; :class:`OneValueGroupNorm` returns it.
 """
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -16,7 +18,7 @@ class OneValueGroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` (same parameters and state dict) defined for groups of one value."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        values_per_group = x.shape[0] * (x.shape[1] // self.num_groups) * x[0, 0].numel()
+        values_per_group = x.shape[0] * (x.shape[1] // self.num_groups) * math.prod(x.shape[2:])
         if values_per_group != 1:
             return super().forward(x)
         # x - mean is exactly zero (and so is its gradient): the output is the
