@@ -166,6 +166,10 @@ def test_resume_after_kill_mid_epoch(tmp_path, data_dir):
     reference_lrs, resumed_lrs = lrs_by_iteration(reference), lrs_by_iteration(resumed)
     later = {k: v for k, v in reference_lrs.items() if k[0] >= 2}
     assert later and all(resumed_lrs[k] == pytest.approx(v, rel=1e-6) for k, v in later.items())
+    # And the same weights, bit for bit: every epoch starts from the same random
+    # state (EpochSeedHook), however the run got there (issue 20, item 12).
+    assert final['state_dict'].keys() == expected['state_dict'].keys()
+    assert all((final['state_dict'][k] == v).all() for k, v in expected['state_dict'].items())
 
 
 @pytest.mark.slow
