@@ -7,7 +7,7 @@ of operations follows ``docs/architecture.md``, "The DS-Block", exactly.
 """
 
 import weakref
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -46,11 +46,22 @@ def merge_heads(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(batch, length, heads * head_dims)
 
 
-# On CUDA: flash (fp16/bf16), else memory-efficient (fp32), math only if both
-# refuse. cuDNN's kernel is left out: it builds a graph for every new input
-# shape (detection batches change shape all the time) and costs more host time
-# per call; docs/performance.md, "SDPA backends".
-_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+def cuda_sdpa_backends() -> List[SDPBackend]:
+    """The SDPA backends enabled now, less cuDNN's.
+
+    On CUDA DS-Net's attention runs on flash (fp16/bf16) or memory-efficient
+    attention (fp32). cuDNN's kernel builds a graph for every new input shape
+    (detection batches change shape all the time) and costs more host time per
+    call (docs/performance.md, "SDPA backends"). A restriction the caller set
+    with ``torch.nn.attention.sdpa_kernel`` is kept; if it allows cuDNN alone,
+    cuDNN is used.
+    """
+    flags = (
+        (SDPBackend.FLASH_ATTENTION, torch.backends.cuda.flash_sdp_enabled()),
+        (SDPBackend.EFFICIENT_ATTENTION, torch.backends.cuda.mem_efficient_sdp_enabled()),
+        (SDPBackend.MATH, torch.backends.cuda.math_sdp_enabled()),
+    )
+    return [backend for backend, enabled in flags if enabled]
 
 
 def attention(
@@ -63,9 +74,11 @@ def attention(
     attention qualifies (head size 32, unit stride on the head dimension);
     tests/test_gpu.py checks it in fp32, fp16 and bf16.
     """
-    if query.is_cuda:
-        with sdpa_kernel(_CUDA_BACKENDS):
-            return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
+    if query.is_cuda and torch.backends.cuda.cudnn_sdp_enabled():
+        backends = cuda_sdpa_backends()
+        if backends:
+            with sdpa_kernel(backends):
+                return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
 
 
