@@ -113,6 +113,7 @@ class _LoadedHistoryBuffer(HistoryBuffer):
                 f"{{'min': HistoryBuffer.min, ...}} as mmengine saves them is accepted"
             )
         self.__class__ = cls
+        self._set_default_statistics()  # the standard entries, as mmengine's own does
         self.__dict__.update({k: v for k, v in state.items() if k != 'statistics_methods'})
 
 
