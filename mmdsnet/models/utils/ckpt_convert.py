@@ -166,8 +166,8 @@ def check_weight_value(
         bad = 'NaN' if bool(torch.isnan(cast).any()) else 'Inf'
         after = f' after conversion to {target_dtype}' if value.dtype != target_dtype else ''
         raise ValueError(
-            f'{source}: weight {key!r} {tuple(value.shape)} holds {bad} values{after} '
-            '(NaN or Inf); refusing a corrupt (or diverged) checkpoint'
+            f'{source}: weight {key!r} {tuple(value.shape)} holds {bad} values{after}; '
+            'refusing a corrupt (or diverged) checkpoint: finite weights are accepted'
         )
 
 
