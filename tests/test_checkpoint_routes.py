@@ -130,6 +130,34 @@ def test_url_routes_of_runner_inferencer_and_necks(served, drop_runner_globals, 
     with pytest.raises(pickle.UnpicklingError):
         neck.init_weights()
     assert not served.marker.exists()
+    # A benign neck checkpoint loads through the same route.
+    torch.save(neck.state_dict(), served.root / 'neck.pth')
+    neck2 = DSFPN(
+        [64, 128, 320, 512],
+        64,
+        num_outs=5,
+        ds_num_heads=1,
+        init_cfg=dict(type='Pretrained', checkpoint=served.url + 'neck.pth'),
+    )
+    neck2.init_weights()
+    for key, value in neck.state_dict().items():
+        assert torch.equal(neck2.state_dict()[key], value), key
+    with pytest.raises(
+        OSError, match=r'could not download checkpoint .*missing\.pth: HTTP Error 404'
+    ):
+        _load_checkpoint(served.url + 'missing.pth')
+
+
+def test_named_model_zoo_schemes_load_weights_only(served, monkeypatch):
+    """torchvision:// (and open-mmlab://, mmcls://) resolve to a URL inside mmengine."""
+    import mmengine.runner.checkpoint as mmengine_checkpoint
+
+    monkeypatch.setattr(
+        mmengine_checkpoint, 'get_torchvision_models', lambda: {'evil': served.url + 'evil.pth'}
+    )
+    with pytest.raises(pickle.UnpicklingError):
+        _load_checkpoint('torchvision://evil')
+    assert not served.marker.exists()
 
 
 def test_backbone_pretrained_url(served):

@@ -286,7 +286,10 @@ def download_checkpoint(url: str) -> str:
     for turn in (0, 1):
         if (rank == 0) == (turn == 0) and not osp.exists(cached):
             os.makedirs(model_dir, exist_ok=True)
-            torch.hub.download_url_to_file(url, cached, progress=False)
+            try:
+                torch.hub.download_url_to_file(url, cached, progress=False)
+            except OSError as err:  # URLError, HTTPError: say which URL
+                raise OSError(f'could not download checkpoint {url}: {err}') from err
         if world_size > 1 and turn == 0:
             barrier()
     return cached
@@ -309,7 +312,8 @@ def allow_runner_checkpoint_globals() -> bool:
     ``MessageHub`` that mmengine pickles into every Runner checkpoint (resume,
     ``load_from``, ``tools/test.py``, inferencers) is refused. This registers
     :func:`load_from_local_weights_only` as mmengine's loader for local paths
-    and :func:`load_from_http_weights_only` for http(s) URLs, which allow
+    and :func:`load_from_http_weights_only` for http(s) URLs (also behind
+    ``torchvision://``, ``open-mmlab://`` and ``mmcls://``), which allow
     exactly those types for the duration of each load. Safe to call
     repeatedly.
 
@@ -319,12 +323,16 @@ def allow_runner_checkpoint_globals() -> bool:
     global _checkpoint_globals_allowed
     if _checkpoint_globals_allowed:
         return True
-    from mmengine.runner.checkpoint import CheckpointLoader
+    import mmengine.runner.checkpoint as mmengine_checkpoint
 
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
-    CheckpointLoader.register_scheme(
+    loader = mmengine_checkpoint.CheckpointLoader
+    loader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
+    loader.register_scheme(
         prefixes=('http://', 'https://'), loader=load_from_http_weights_only, force=True
     )
+    # torchvision://, open-mmlab:// and mmcls:// resolve to a URL and call the
+    # module's load_from_http by name: they get the weights-only one too.
+    mmengine_checkpoint.load_from_http = load_from_http_weights_only
     _checkpoint_globals_allowed = True
     return True
 
