@@ -2,7 +2,8 @@
 
 ``import mmdsnet`` registers ``DSNet`` and ``DSFPN`` in mmdet's and mmseg's
 ``MODELS`` (whichever are installed), the checkpoint hooks in mmengine's
-``HOOKS``, and mmengine's weights-only loader for Runner checkpoints.
+``HOOKS``, mmengine's weights-only loaders for Runner checkpoints (local files
+and http(s) URLs), and the guards of :func:`mmdsnet.utils.compat.guard_checkpoint_routes`.
 """
 
 from . import engine, models  # noqa: F401  (registers the hooks and models)

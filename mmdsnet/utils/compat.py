@@ -1,6 +1,6 @@
 """Compatibility shims for running mmengine 0.10.x on current PyTorch.
 
-Two problems are handled here, each by one idempotent function:
+Three problems are handled here, each by one idempotent function:
 
 * :func:`allow_runner_checkpoint_globals` - since torch 2.6, ``torch.load``
   defaults to ``weights_only=True``. Checkpoints written by mmengine's
@@ -8,8 +8,12 @@ Two problems are handled here, each by one idempotent function:
   numpy arrays, numpy scalars such as ``eta``/``best_score``), so resume,
   ``load_from`` and ``tools/test.py`` fail with ``Unsupported global``. We
   allow exactly the types such checkpoints contain, inside mmengine's local
-  checkpoint loader only, instead of turning ``weights_only`` off or
-  widening ``torch.load`` for the whole process.
+  and http(s) checkpoint loaders only, instead of turning ``weights_only``
+  off or widening ``torch.load`` for the whole process.
+* :func:`guard_checkpoint_routes` - the routes around those loaders that run
+  code or load the wrong file: an inferencer building its model from the
+  config stored in a checkpoint, and auto-resume following a
+  ``last_checkpoint`` that points outside the work dir.
 * :func:`patch_cpu_distributed` - mmengine 0.10.7's ``--launcher pytorch``
   path assumes CUDA. On CPU-only machines we make it use gloo and plain CPU
   DDP so that ``tools/dist_train.sh`` works unchanged.
