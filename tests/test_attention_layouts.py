@@ -11,9 +11,11 @@ over. tests/test_gpu.py checks the CUDA choice itself where a GPU is present.
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mmdsnet.analysis.sdpa import attention_backends, backend_of_call
 from mmdsnet.models import DSNet
+from mmdsnet.models.layers.ds_block import cuda_sdpa_backends
 
 CASES = [('tiny', 224, 224), ('small', 224, 224), ('base', 224, 224), ('tiny', 800, 1344)]
 
@@ -50,3 +52,19 @@ def test_the_recorder_sees_a_layout_that_falls_back_to_math():
         ('0', 'math', False)
     ]
     assert calls[0]['eligible'] == {'flash': False, 'math': True}
+
+
+def test_cuda_backend_choice_leaves_out_cudnn_and_keeps_a_callers_restriction():
+    """What DSBlock's attention enables on CUDA (the flags are readable without a GPU)."""
+    flash, efficient, math = (
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    )
+    assert cuda_sdpa_backends() == [flash, efficient, math]
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, flash]):
+        assert cuda_sdpa_backends() == [flash]
+    with sdpa_kernel([math]):
+        assert cuda_sdpa_backends() == [math]
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        assert cuda_sdpa_backends() == []  # cuDNN alone: the caller's choice is used

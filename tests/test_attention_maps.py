@@ -287,6 +287,8 @@ def test_tool_refuses_a_checkpoint_of_another_model(tmp_path):
     cfg = Config.fromfile(config)
     with pytest.raises(SystemExit, match='checkpoint not found: .*missing.pth'):
         tool.build_backbone(cfg, config, str(tmp_path / 'missing.pth'))
+    with pytest.raises(SystemExit, match='/dev/zero is not a regular file'):
+        tool.build_backbone(cfg, config, '/dev/zero')
     other = tmp_path / 'other.pth'
     torch.save({'state_dict': {'backbone.conv1.weight': torch.zeros(64, 3, 7, 7)}}, other)
     with pytest.raises(SystemExit, match='other.pth does not load into the DSNet'):

@@ -144,7 +144,7 @@ def test_tools_test_refuses_a_checkpoint_that_does_not_fit(tmp_path, trained_toy
     for name, content, message in [
         ('partial', partial, '1 of 2 model weights are missing from it (e.g. fc.bias)'),
         ('misshapen', misshapen, 'fc.bias: checkpoint (3,) vs model (2,)'),
-        ('diverged', diverged, "weight 'fc.bias' holds NaN or Inf"),
+        ('diverged', diverged, "weight 'fc.bias' (2,) holds NaN values"),
     ]:
         path = tmp_path / f'{name}.pth'
         torch.save(content, path)

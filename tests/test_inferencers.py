@@ -88,12 +88,16 @@ def test_det_inferencer_with_config_and_checkpoint(image, det_checkpoint, tmp_pa
     assert len(prediction['bboxes']) == len(prediction['labels']) == len(prediction['masks'])
 
 
-def test_det_inferencer_from_the_checkpoint_alone(image, det_checkpoint, tmp_path):
+def test_det_inferencer_from_the_checkpoint_alone(image, det_checkpoint, tmp_path, monkeypatch):
     """weights= only: the config comes from the checkpoint's meta; needs mmdsnet imported
-    (model registry, and the Runner's types allowed by torch.load on torch >= 2.6)."""
+    (model registry, and the Runner's types allowed by torch.load on torch >= 2.6) and,
+    as the stored config runs as Python, the file declared trusted."""
     from mmdet.apis import DetInferencer
 
+    from mmdsnet.utils.compat import TRUST_CONFIG_ENV
+
     checkpoint, _ = det_checkpoint
+    monkeypatch.setenv(TRUST_CONFIG_ENV, '1')
     alone = run_det_inferencer(
         DetInferencer(weights=checkpoint, device='cpu'), image, tmp_path / 'alone'
     )

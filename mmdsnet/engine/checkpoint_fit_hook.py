@@ -8,12 +8,14 @@ loads it (``after_load_checkpoint`` runs between reading and loading).
 """
 
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+
+from ..models.utils.ckpt_convert import check_tensors, check_weight_value
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -57,21 +59,35 @@ class CheckpointFitHook(Hook):
     def __init__(self, allow_partial: bool = False):
         self.allow_partial = allow_partial
 
+    @staticmethod
+    def _source(runner) -> str:
+        """The path being loaded: ``load_from``, or what auto-resume found."""
+        if getattr(runner, '_load_from', None):
+            return str(runner._load_from)
+        if getattr(runner, '_resume', False):
+            from mmengine.runner.checkpoint import find_latest_checkpoint
+
+            found = find_latest_checkpoint(runner.work_dir)
+            if found:
+                return found
+        return 'the checkpoint'
+
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        source = self._source(runner)
         state = checkpoint.get('state_dict', checkpoint)
+        if not isinstance(state, Mapping):
+            raise CheckpointMismatchError(
+                f"{source}: 'state_dict' is a {type(state).__name__}, not a dict of tensors; "
+                "a Runner checkpoint ({'state_dict': {name: tensor}, ...}) is expected"
+            )
         state = {re.sub(r'^module\.', '', key): value for key, value in state.items()}
-        source = getattr(runner, '_load_from', None) or 'the checkpoint'
-        for key, value in state.items():
-            if (
-                isinstance(value, torch.Tensor)
-                and value.is_floating_point()
-                and not bool(torch.isfinite(value).all())
-            ):
-                raise CheckpointMismatchError(
-                    f'{source}: weight {key!r} holds NaN or Inf values (a diverged run?); '
-                    'refusing to evaluate or resume from it'
-                )
+        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+        try:
+            # Layouts and storage sizes first: nothing is materialised yet.
+            check_tensors(tensors, source)
+        except ValueError as err:
+            raise CheckpointMismatchError(str(err)) from err
         model_state = model.state_dict()
         missing, mismatched, unexpected = compare_state_dicts(model_state, state)
         if unexpected:
@@ -79,10 +95,20 @@ class CheckpointFitHook(Hook):
                 f'{len(unexpected)} checkpoint weights have no place in the '
                 f'model and are ignored: {_sample(unexpected)}'
             )
-        if not missing and not mismatched:
-            return
+        if missing or mismatched:
+            self._report_misfit(runner, source, len(model_state), missing, mismatched)
+        try:
+            # Values of what will be loaded, cast to the model's dtypes.
+            for key, value in tensors.items():
+                target = model_state.get(key)
+                if target is not None and value.shape == target.shape:
+                    check_weight_value(key, value, source, target.dtype)
+        except ValueError as err:
+            raise CheckpointMismatchError(str(err)) from err
+
+    def _report_misfit(self, runner, source, total, missing, mismatched) -> None:
         summary = (
-            f'{source} does not fit the model: {len(missing)} of {len(model_state)} '
+            f'{source} does not fit the model: {len(missing)} of {total} '
             f'model weights are missing from it'
             + (f' (e.g. {_sample(missing)})' if missing else '')
             + f'; {len(mismatched)} have another shape'
@@ -95,7 +121,15 @@ class CheckpointFitHook(Hook):
                 'keep their initial values.'
             )
             return
+        if getattr(runner, '_resume', False):
+            advice = (
+                'Resuming needs a checkpoint saved with this config. To start from its '
+                'weights anyway, train without --resume and with --cfg-options '
+                'load_from=PATH (missing weights are then only logged).'
+            )
+        else:
+            advice = 'Pass --allow-partial-load to evaluate anyway.'
         raise CheckpointMismatchError(
             f'{summary} Those weights would keep random values and every metric would be '
-            'meaningless. Pass --allow-partial-load to evaluate anyway.'
+            f'meaningless. {advice}'
         )

@@ -14,31 +14,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 try:
+    from mmdsnet.analysis.profiling import family_shares
     from mmdsnet.models import DSNet
 except ModuleNotFoundError as error:
     raise SystemExit(
         f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
         'into an mmdet/mmseg environment (README, Install)'
     ) from error
-
-# operator-name fragments -> the family they are reported under
-FAMILIES = {
-    'attention': ('attention', 'sdpa', 'flash'),
-    'convolution': ('conv', 'mkldnn_convolution'),
-    'interpolation': ('upsample', 'interpolate'),
-    'GELU': ('gelu',),
-    'batch norm': ('batch_norm',),
-    'matmul (linear)': ('aten::mm', 'addmm', 'bmm', 'linear', 'matmul'),
-    'copies': ('copy_', 'clone', 'contiguous'),
-}
-
-
-def family_of(name: str) -> str:
-    lowered = name.lower()
-    for family, fragments in FAMILIES.items():
-        if any(f in lowered for f in fragments):
-            return family
-    return 'other'
 
 
 def run(model, x, mode):
@@ -68,12 +50,9 @@ def main(argv=None):
         if device.type == 'cuda':
             torch.cuda.synchronize()
     events = prof.key_averages()
-    sort_key = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    sort_key = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
     print(events.table(sort_by=sort_key, row_limit=args.top))
-    attr = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
-    shares = {}
-    for event in events:
-        shares[family_of(event.key)] = shares.get(family_of(event.key), 0) + getattr(event, attr)
+    shares = family_shares(events, device.type == 'cuda')
     total = sum(shares.values()) or 1
     print(
         f'DS-Net-{args.arch[0].upper()} {args.mode} at {args.batch}x{args.shape[0]}x'

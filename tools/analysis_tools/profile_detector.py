@@ -16,32 +16,12 @@ import os
 import os.path as osp
 
 import torch
-from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from mmdsnet.analysis.profiling import family_shares
 from mmdsnet.utils import load_config_file
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-# first match wins: norm before convolution (cuDNN's BN kernels say 'cudnn')
-FAMILIES = {
-    'attention (SDPA)': ('attention', 'flash', 'fmha', 'sdpa'),
-    'roi ops / nms (mmcv)': ('roi', 'nms'),
-    'norm': ('batch_norm', 'layer_norm', 'group_norm', 'native_norm', 'bn_fw', 'bn_bw'),
-    'convolution': ('conv', 'cudnn', 'implicit_gemm', 'xmma', 'winograd'),
-    'matmul': ('aten::mm', 'addmm', 'bmm', 'gemm', 'matmul', 'linear'),
-    'interpolation': ('upsample', 'interpolate', 'grid_sampler'),
-    'optimizer': ('adam', 'foreach', 'multi_tensor'),
-    'copies / layout': ('copy', 'clone', 'contiguous', 'cat', 'index'),
-    'elementwise': ('add', 'mul', 'gelu', 'relu', 'sigmoid', 'exp', 'elementwise'),
-}
-
-
-def family_of(name: str) -> str:
-    lowered = name.lower()
-    for family, fragments in FAMILIES.items():
-        if any(f in lowered for f in fragments):
-            return family
-    return 'other'
 
 
 def build(config, device, height, width):
@@ -135,15 +115,7 @@ def main(argv=None):
     on_gpu = device.type == 'cuda'
     attr = 'self_device_time_total' if on_gpu else 'self_cpu_time_total'
     table = events.table(sort_by=attr, row_limit=args.top)
-    # On a GPU an operator's self device time is its kernels' time, which the
-    # kernels' own rows repeat: count the kernel rows only.
-    counted = [e for e in events if on_gpu and getattr(e, 'device_type', None) == DeviceType.CUDA]
-    shares = {}
-    for event in counted or events:
-        if event.key in ('forward + loss', 'backward', 'optimizer step'):
-            continue
-        family = family_of(event.key)
-        shares[family] = shares.get(family, 0) + getattr(event, attr)
+    shares = family_shares(events, on_gpu, skip=('forward + loss', 'backward', 'optimizer step'))
     total = sum(shares.values()) or 1
     lines = [
         f'{osp.basename(args.config)}: one training iteration, 2x{args.size}, '

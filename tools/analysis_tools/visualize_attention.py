@@ -32,6 +32,7 @@ from mmengine.config import Config, DictAction
 try:  # importing mmdsnet registers the models
     from mmdsnet.models import DSNet
     from mmdsnet.models.backbones.pretrained import load_pretrained_dsnet
+    from mmdsnet.utils.compat import is_url
     from mmdsnet.utils.config import resolve_config_path
 except ModuleNotFoundError as error:
     raise SystemExit(
@@ -92,14 +93,15 @@ def build_backbone(cfg, config_name: str, checkpoint: str) -> DSNet:
     model = DSNet(**kwargs)
     model.init_weights()
     if checkpoint.lower() != 'none':
-        if not osp.isfile(checkpoint):
+        # lexists: a directory, FIFO or device is named as such by the loader.
+        if not is_url(checkpoint) and not osp.lexists(checkpoint):
             raise SystemExit(
                 f'checkpoint not found: {checkpoint} (give a checkpoint file, or '
                 "'none' for random weights)"
             )
         try:
             load_pretrained_dsnet(model, checkpoint, logger=MMLogger.get_current_instance())
-        except (RuntimeError, ValueError, TypeError) as error:
+        except (OSError, RuntimeError, ValueError, TypeError) as error:
             raise SystemExit(
                 f'{checkpoint} does not load into the DSNet of {config_name}: {error}'
             ) from None

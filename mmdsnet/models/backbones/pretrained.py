@@ -11,11 +11,13 @@ key.
 import os.path as osp
 from typing import List, Optional, Union
 
+import torch
 import torch.nn as nn
 
+from ...utils.compat import download_checkpoint, is_url
 from ..utils.ckpt_convert import (
-    check_checkpoint_file,
     check_tensors,
+    check_weight_value,
     detect_layout,
     dsnet_convert,
     read_checkpoint,
@@ -102,24 +104,31 @@ def load_pretrained_dsnet(
     """Convert and load ``checkpoint_path`` into ``model`` (a DSNet).
 
     ``prefix`` keeps only the keys that start with it (stripped), as
-    mmengine's ``Pretrained`` init does.
+    mmengine's ``Pretrained`` init does. An http(s) URL is downloaded once
+    into torch hub's cache and then read like a local file (weights-only).
     """
     path = str(checkpoint_path)
-    if not osp.exists(path):
+    if is_url(path):
+        path = download_checkpoint(path)
+    if not osp.lexists(path):
         raise FileNotFoundError(
             f'DSNet pretrained checkpoint not found: {path}. Convert the public '
             'weights with tools/model_converters/dsnet2mmdet.py (README, "Pretrained '
             'weights") or set init_cfg=None to train from scratch.'
         )
-    check_checkpoint_file(path)
     try:
         raw = read_checkpoint(path)
+    except OSError:  # not found, a directory: already say so
+        raise
     except Exception as err:  # corrupt file, refused unpickling, ...
         raise RuntimeError(
             f'Could not read DS-Net checkpoint {path}: {type(err).__name__}: {err}'
         ) from err
     if prefix is not None:
         raw = _select_prefix(raw, prefix, path)
+    # Layouts first, before any conversion copies a value (memory stays bounded).
+    tensors = unwrap_state_dict(raw)[0]
+    check_tensors({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}, path)
     state_dict = dsnet_convert(raw, logger=logger)
     check_tensors(state_dict, path)
     expected = model.state_dict()
@@ -166,6 +175,9 @@ def load_pretrained_dsnet(
             f'(depths {model.depths}, with_alignment={model.with_alignment}): '
             f'{_sample(surplus)}; the checkpoint is another arch or variant.'
         )
+    # Values last: only those that will be loaded, cast to the model's dtypes.
+    for key, value in loadable.items():
+        check_weight_value(key, value, path, expected[key].dtype)
     model.load_state_dict(loadable, strict=False)
     logger.info(f'DSNet: loaded {len(loadable)}/{len(expected)} tensors from {path}')
     if unbuilt:

@@ -6,7 +6,8 @@ Module names equal those of the public DS-Net checkpoints (``pos_embed``,
 of operations follows ``docs/architecture.md``, "The DS-Block", exactly.
 """
 
-from typing import Optional, Sequence, Tuple
+import weakref
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -53,11 +54,22 @@ def merge_heads(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(batch, length, heads * head_dims)
 
 
-# On CUDA: flash (fp16/bf16), else memory-efficient (fp32), math only if both
-# refuse. cuDNN's kernel is left out: it builds a graph for every new input
-# shape (detection batches change shape all the time) and costs more host time
-# per call; docs/performance.md, "SDPA backends".
-_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+def cuda_sdpa_backends() -> List[SDPBackend]:
+    """The SDPA backends enabled now, less cuDNN's.
+
+    On CUDA DS-Net's attention runs on flash (fp16/bf16) or memory-efficient
+    attention (fp32). cuDNN's kernel builds a graph for every new input shape
+    (detection batches change shape all the time) and costs more host time per
+    call (docs/performance.md, "SDPA backends"). A restriction the caller set
+    with ``torch.nn.attention.sdpa_kernel`` is kept; if it allows cuDNN alone,
+    cuDNN is used.
+    """
+    flags = (
+        (SDPBackend.FLASH_ATTENTION, torch.backends.cuda.flash_sdp_enabled()),
+        (SDPBackend.EFFICIENT_ATTENTION, torch.backends.cuda.mem_efficient_sdp_enabled()),
+        (SDPBackend.MATH, torch.backends.cuda.math_sdp_enabled()),
+    )
+    return [backend for backend, enabled in flags if enabled]
 
 
 def attention(
@@ -70,10 +82,60 @@ def attention(
     attention qualifies (head size 32, unit stride on the head dimension);
     tests/test_gpu.py checks it in fp32, fp16 and bf16.
     """
-    if query.is_cuda:
-        with sdpa_kernel(_CUDA_BACKENDS):
-            return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
+    if query.is_cuda and torch.backends.cuda.cudnn_sdp_enabled():
+        backends = cuda_sdpa_backends()
+        if backends:
+            with sdpa_kernel(backends):
+                return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
     return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
+
+
+class _GradStridesOfParam:
+    """Tensor hook: hand a gradient on with its parameter's exact strides when
+    the two differ only along size-1 dimensions.
+
+    Convolutions on channels-last maps return weight gradients in
+    channels-last strides. For 1x1 and depthwise weights, (O, I, 1, 1) and
+    (C, 1, k, k), those differ from the parameter's only along the size-1
+    dimension, so autograd's layout contract accepts the gradient as it is,
+    while DDP's reducer compares strides literally and warns "Grad strides do
+    not match bucket view strides". The memory order is the same, so the
+    restrided gradient is a view (no copy, same values). Whether a backend
+    returns such strides varies (oneDNN, single-thread CPU kernels and cuDNN
+    differ), hence a hook rather than restrided parameters.
+    """
+
+    def __init__(self, param: torch.Tensor):
+        self.param = weakref.ref(param)
+
+    def __call__(self, grad: torch.Tensor) -> Optional[torch.Tensor]:
+        param = self.param()
+        if (
+            param is None
+            or grad.layout != torch.strided
+            or grad.shape != param.shape
+            or grad.stride() == param.stride()
+        ):
+            return None
+        for size, grad_stride, param_stride in zip(grad.shape, grad.stride(), param.stride()):
+            if size != 1 and grad_stride != param_stride:
+                return None  # another memory order: autograd copies it as usual
+        return grad.as_strided(grad.shape, param.stride(), grad.storage_offset())
+
+
+def match_grad_strides(module: nn.Module) -> None:
+    """Give the gradients of ``module``'s parameters that have a size-1
+    dimension the parameter's strides (see ``_GradStridesOfParam``).
+
+    Idempotent. Tensor hooks are not copied by ``copy.deepcopy`` or pickled,
+    so ``DSBlock.train()`` calls this again.
+    """
+    for param in module.parameters():
+        if not param.requires_grad or 1 not in param.shape:
+            continue
+        hooks = param._backward_hooks or {}
+        if not any(isinstance(hook, _GradStridesOfParam) for hook in hooks.values()):
+            param.register_hook(_GradStridesOfParam(param))
 
 
 class ConvMlp(nn.Module):
@@ -170,6 +232,15 @@ class DSBlock(BaseModule):
         self.norm2 = norm(channels)
         self.mlp = ConvMlp(channels, int(channels * mlp_ratio), drop_rate)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        match_grad_strides(self)
+
+    def train(self, mode: bool = True) -> 'DSBlock':
+        """Switch mode; re-register the gradient-stride hooks that a deep
+        copy of the block drops."""
+        super().train(mode)
+        if mode:
+            match_grad_strides(self)
+        return self
 
     def global_size(self, height: int, width: int) -> Tuple[int, int]:
         """Grid of the global stream for a (height, width) map."""

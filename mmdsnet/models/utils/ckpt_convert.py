@@ -12,7 +12,6 @@ names unchanged. The classification ``norm`` and ``head`` are dropped.
 """
 
 import os
-import os.path as osp
 import pickle
 import re
 from collections import OrderedDict
@@ -20,6 +19,8 @@ from typing import Dict, Mapping, Tuple
 
 import numpy as np
 import torch
+
+from ...utils.compat import check_checkpoint_file, check_is_mapping, torch_load_weights_only
 
 # Containers in which checkpoints keep their weights, in order of preference.
 WRAPPER_KEYS = ('state_dict', 'model', 'model_ema')
@@ -81,21 +82,6 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def check_checkpoint_file(path: str) -> None:
-    """Refuse a path that is not a readable, non-empty file, saying which."""
-    if osp.isdir(path):
-        raise IsADirectoryError(
-            f'{path} is a directory; a checkpoint file (.pth or .pdparams) is expected'
-        )
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path}')
-    if osp.getsize(path) == 0:
-        raise RuntimeError(
-            f'checkpoint {path} is empty (0 bytes): an interrupted '
-            'download or save? Fetch or convert it again.'
-        )
-
-
 def read_checkpoint(path: str) -> dict:
     """Load a checkpoint file without arbitrary unpickling.
 
@@ -104,24 +90,92 @@ def read_checkpoint(path: str) -> dict:
     the types of mmengine Runner checkpoints allowed for this load (a
     detector trained here can seed a backbone).
     """
-    from ...utils.compat import runner_checkpoint_globals
-
     check_checkpoint_file(path)
     if str(path).endswith('.pdparams'):
         with open(path, 'rb') as f:
-            return _NumpyOnlyUnpickler(f).load()
-    allowed = runner_checkpoint_globals()
-    if not allowed:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location='cpu', weights_only=True)
+            checkpoint = _NumpyOnlyUnpickler(f).load()
+        check_is_mapping(checkpoint, path)
+        return checkpoint
+    return torch_load_weights_only(path, map_location='cpu')
+
+
+def check_tensor_layout(key: str, value: torch.Tensor, source: str) -> None:
+    """A checkpoint tensor must be dense, strided, hold values and fit its storage.
+
+    Runs before any value is read: a few bytes of file can declare an
+    expanded (stride-0) tensor of billions of elements, which every
+    elementwise check or copy would materialise.
+    """
+    accepted = 'only dense (strided) tensors with their values stored are accepted'
+    if value.layout != torch.strided or value.is_nested:
+        raise ValueError(f'{source}: tensor {key!r} has layout {value.layout}; {accepted}')
+    if value.is_meta:
+        raise ValueError(f'{source}: tensor {key!r} is a meta tensor (no values); {accepted}')
+    if value.is_quantized:
+        raise ValueError(
+            f'{source}: tensor {key!r} is quantized ({value.dtype}); {accepted} '
+            '(float weights; dequantize it first)'
+        )
+    needed = value.numel() * value.element_size()
+    stored = value.untyped_storage().nbytes()
+    if needed > stored:
+        raise ValueError(
+            f'{source}: tensor {key!r} declares {value.numel()} elements of shape '
+            f'{tuple(value.shape)} but its storage holds {stored // max(1, value.element_size())} '
+            f'(stride {value.stride()}): an expanded or overlapping tensor; {accepted}'
+        )
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return 'bool'
+    if dtype.is_complex:
+        return 'complex'
+    return 'floating' if dtype.is_floating_point else 'integer'
+
+
+def check_weight_value(
+    key: str, value: torch.Tensor, source: str, target_dtype: torch.dtype = None
+) -> None:
+    """The tensor converts to ``target_dtype`` (its kind must match) and is finite after.
+
+    A NaN or Inf weight makes every output NaN without any error; float64
+    values beyond float32's range only become Inf in the cast, so the check
+    is made on the cast values. Integers and bools are not silently turned
+    into float weights, nor complex numbers into real ones. Without a
+    target, floating and integer tensors are accepted.
+    """
+    kind = _dtype_kind(value.dtype)
+    if target_dtype is None:
+        target_dtype = value.dtype
+        if kind not in ('floating', 'integer'):
+            raise ValueError(
+                f'{source}: tensor {key!r} is {value.dtype}; floating (weights) or integer '
+                '(counters) tensors are accepted'
+            )
+    want = _dtype_kind(target_dtype)
+    if kind != want:
+        raise ValueError(
+            f'{source}: tensor {key!r} is {value.dtype}, which does not convert to the '
+            f"model's {target_dtype}; a {want} tensor is accepted there"
+        )
+    if want not in ('floating', 'complex'):
+        return
+    cast = value.to(target_dtype)
+    if not bool(torch.isfinite(cast).all()):
+        bad = 'NaN' if bool(torch.isnan(cast).any()) else 'Inf'
+        after = f' after conversion to {target_dtype}' if value.dtype != target_dtype else ''
+        raise ValueError(
+            f'{source}: weight {key!r} {tuple(value.shape)} holds {bad} values{after}; '
+            'refusing a corrupt (or diverged) checkpoint: finite weights are accepted'
+        )
 
 
 def check_tensors(state_dict: Mapping[str, object], source: str) -> None:
-    """Every value must be a tensor and every floating tensor finite.
+    """Every value must be a dense tensor (see :func:`check_tensor_layout`).
 
-    A NaN or Inf weight would make every output NaN without any error, so the
-    first such tensor is named and the load refused.
+    Values are not read here; :func:`check_weight_value` does that once the
+    keys and shapes are known to fit.
     """
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
@@ -129,12 +183,7 @@ def check_tensors(state_dict: Mapping[str, object], source: str) -> None:
                 f'{source}: value of {key!r} is a {type(value).__name__}, not a '
                 'tensor; this is not a weights file (or not only one)'
             )
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            bad = 'NaN' if bool(torch.isnan(value).any()) else 'Inf'
-            raise ValueError(
-                f'{source}: tensor {key!r} {tuple(value.shape)} holds {bad} '
-                'values; refusing a corrupt (or diverged) checkpoint'
-            )
+        check_tensor_layout(key, value, source)
 
 
 def unwrap_state_dict(checkpoint: Mapping) -> Tuple[Dict[str, object], str]:
@@ -254,8 +303,11 @@ def convert_file(src: str, dst: str, logger=None) -> Dict[str, torch.Tensor]:
             "the public layout ('patch_embed1.', 'blocks1.', ...) or mmdsnet's "
             f"('patch_embeds.', 'stages.'); keys: {', '.join(sorted(state_dict)[:5])}"
         )
+    check_tensors({k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}, src)
     converted = dsnet_convert(state_dict, logger=logger)
     check_tensors(converted, src)
+    for key, value in converted.items():
+        check_weight_value(key, value, src)
     tmp = f'{dst}.tmp'
     torch.save(converted, tmp)
     os.replace(tmp, dst)
@@ -270,4 +322,6 @@ __all__ = [
     'convert_file',
     'check_checkpoint_file',
     'check_tensors',
+    'check_tensor_layout',
+    'check_weight_value',
 ]
