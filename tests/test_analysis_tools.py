@@ -80,7 +80,7 @@ def test_benchmark_refuses_an_empty_selection(tmp_path, capsys):
         pytest.skip('the throughput suite runs on a GPU')
     with pytest.raises(SystemExit):
         load_tool('benchmark').main(['--suites', 'throughput', '--out', str(tmp_path / 'b.json')])
-    assert 'throughput needs a GPU' in capsys.readouterr().err
+    assert 'throughput on a CPU needs --throughput-setting' in capsys.readouterr().err
     assert not (tmp_path / 'b.json').exists()
 
 
@@ -160,5 +160,21 @@ def test_benchmark_modes_select_detector_groups():
         {'detector'}, torch.device('cpu'), [], [], modes=['eval'], detectors=['MaskRCNN R-50+FPN']
     )
     assert [(c.group, c.name) for c in cases] == [
-        ('Mask R-CNN 2x800x1333 eval', 'MaskRCNN R-50+FPN')
+        ('Mask R-CNN 2x800x1333 eval fp32', 'MaskRCNN R-50+FPN')
+    ]
+    # training in each precision asked for; inference in fp32 only, as tools/test.py runs it
+    cases = tool.make_cases(
+        {'detector'},
+        torch.device('cpu'),
+        [],
+        [],
+        modes=['train', 'eval'],
+        detectors=['MaskRCNN R-50+FPN'],
+        det_precisions=['fp32', 'amp'],
+        det_size='64x96',
+    )
+    assert [c.group for c in cases] == [
+        'Mask R-CNN 2x64x96 train fp32',
+        'Mask R-CNN 2x64x96 train amp',
+        'Mask R-CNN 2x64x96 eval fp32',
     ]
