@@ -58,7 +58,9 @@ def norms_by_type(model: nn.Module) -> dict:
     counts = {}
     for module in model.modules():
         if isinstance(module, (_BatchNorm, MMCVSyncBatchNorm, nn.GroupNorm, nn.LayerNorm)):
-            counts[type(module)] = counts.get(type(module), 0) + 1
+            # the DS-Blocks' GroupNorm subclass (one value per group) counts as GroupNorm
+            kind = nn.GroupNorm if isinstance(module, nn.GroupNorm) else type(module)
+            counts[kind] = counts.get(kind, 0) + 1
     return counts
 
 

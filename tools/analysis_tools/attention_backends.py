@@ -21,8 +21,14 @@ from collections import Counter
 
 import torch
 
-from mmdsnet.analysis.sdpa import attention_backends
-from mmdsnet.models import DSNet
+try:
+    from mmdsnet.analysis.sdpa import attention_backends
+    from mmdsnet.models import DSNet
+except ModuleNotFoundError as error:
+    raise SystemExit(
+        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+        'into an mmdet/mmseg environment (README, Install)'
+    ) from error
 
 PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 # order of the three attentions inside a DS-Block's forward

@@ -18,8 +18,14 @@ import os.path as osp
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from mmdsnet.analysis.profiling import family_shares
-from mmdsnet.utils import load_config_file
+try:
+    from mmdsnet.analysis.profiling import family_shares
+    from mmdsnet.utils import load_config_file
+except ModuleNotFoundError as error:
+    raise SystemExit(
+        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
+        'into an mmdet/mmseg environment (README, Install)'
+    ) from error
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
