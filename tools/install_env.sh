@@ -41,10 +41,12 @@ PY="$VENV/bin/python"
 STAMP="$VENV/.mmdsnet-install-stamp"
 MMCV_VERSION=2.1.0
 BUILD_ENV=tools/misc/cuda_build_env.py
+MMCV_PATCH=tools/misc/mmcv-$MMCV_VERSION-cxx-std.patch
 
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 stamp_inputs() {
-    cat requirements/*.txt setup.py tools/install_env.sh "$BUILD_ENV" | sha256sum | cut -d' ' -f1
+    cat requirements/*.txt setup.py tools/install_env.sh "$BUILD_ENV" "$MMCV_PATCH" |
+        sha256sum | cut -d' ' -f1
 }
 
 check_imports() {
@@ -94,12 +96,46 @@ else
     "${PIP[@]}" install -c requirements/constraints.txt -r requirements/runtime.txt -r requirements/tests.txt
 fi
 
-# cpu or cuda, with the build variables of the latter; exit 2 if a CUDA build cannot succeed.
-build_env="$("$PY" "$BUILD_ENV")" || {
-    echo "[install] stopped before building mmcv (see the error above)" >&2
-    exit 2
+# cpu, cuda or provision, with the build variables; exit 2 if a CUDA build cannot succeed.
+plan_mmcv_build() {
+    local build_env
+    build_env="$("$PY" "$BUILD_ENV")" || {
+        echo "[install] stopped before building mmcv (see the error above)" >&2
+        exit 2
+    }
+    eval "$build_env"
 }
-eval "$build_env"
+plan_mmcv_build
+if [[ "$MMDSNET_MMCV_BUILD" == provision ]]; then
+    # No nvcc of torch's CUDA major version: install torch's CUDA compiler and headers from
+    # the package index and assemble a CUDA_HOME from them in the venv, then plan again
+    # (without provisioning, so that a compiler that still does not fit stops with the cause).
+    # shellcheck disable=SC2086  # a list of requirements
+    "${PIP[@]}" install $MMDSNET_CUDA_PACKAGES
+    CUDA_HOME="$("$PY" "$BUILD_ENV" --assemble-cuda-home "$VENV/cuda")"
+    export CUDA_HOME
+    echo "[install] CUDA_HOME=$CUDA_HOME (nvcc and headers from the package index)"
+    MMDSNET_PROVISION_CUDA=0 plan_mmcv_build
+fi
+export MMCV_CXX_STD
+
+# Build and install mmcv from its sdist with tools/misc/mmcv-2.1.0-cxx-std.patch applied (the
+# C++ standard comes from MMCV_CXX_STD, chosen from torch's version). The build's variables
+# (MMCV_WITH_OPS, FORCE_CUDA, TORCH_CUDA_ARCH_LIST, MAX_JOBS, CUDA_HOME) come from the caller.
+build_mmcv() {
+    local src
+    src="$(mktemp -d)"
+    "${PIP[@]}" download --no-deps --no-binary mmcv --no-build-isolation -d "$src" \
+        "mmcv==$MMCV_VERSION"
+    tar -xzf "$src/mmcv-$MMCV_VERSION.tar.gz" -C "$src"
+    patch -d "$src/mmcv-$MMCV_VERSION" -p1 --forward <"$MMCV_PATCH" || {
+        echo "[install] error: $MMCV_PATCH does not apply to mmcv $MMCV_VERSION's sdist" >&2
+        exit 1
+    }
+    echo "[install] building mmcv $MMCV_VERSION with -std=$MMCV_CXX_STD"
+    "${PIP[@]}" install --no-build-isolation --no-deps "$src/mmcv-$MMCV_VERSION"
+    rm -rf "$src"
+}
 
 mmcv_ops_ok() {
     "$PY" -c "import mmcv, torch; from mmcv.ops import nms; \
@@ -116,8 +152,7 @@ if [[ "$MMDSNET_MMCV_BUILD" == cuda ]]; then
         echo "[install] building mmcv $MMCV_VERSION from source with CUDA ops" \
             "(TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
         started=$SECONDS
-        # --no-cache-dir: a cached wheel may be a CPU-only build of the same sdist.
-        "${PIP[@]}" install --no-build-isolation --no-cache-dir "mmcv==$MMCV_VERSION"
+        build_mmcv
         took=$((SECONDS - started))
         echo "[install] mmcv build took $((took / 60)) min $((took % 60)) s"
     fi
@@ -144,8 +179,7 @@ else
     fi
     if [[ -z "$wheel" ]]; then
         echo "[install] building mmcv $MMCV_VERSION from source with ops (MAX_JOBS=${MAX_JOBS:-2})"
-        MMCV_WITH_OPS=1 FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-2}" \
-            "${PIP[@]}" install --no-build-isolation "mmcv==$MMCV_VERSION"
+        MMCV_WITH_OPS=1 FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-2}" build_mmcv
         mmcv_ops_ok || { echo "[install] mmcv ops failed to load after the build" >&2; exit 1; }
     fi
 fi
