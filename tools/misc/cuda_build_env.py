@@ -49,8 +49,18 @@ DEFAULT_ARCHES = (
 # The parts of CUDA 13's `cuda-toolkit` meta-package an mmcv build needs: nvcc (with crt, nvvm
 # and the runtime), CCCL (thrust, cub), and the math libraries whose headers torch's CUDA headers
 # include (ATen/cuda/CUDAContextLight.h: cublas, cusparse, cusolver; curand, cufft elsewhere).
-TOOLKIT_EXTRAS = ('nvcc', 'cccl', 'cudart', 'crt', 'nvvm', 'cublas', 'cusparse', 'cusolver',
-                  'curand', 'cufft')
+TOOLKIT_EXTRAS = (
+    'nvcc',
+    'cccl',
+    'cudart',
+    'crt',
+    'nvvm',
+    'cublas',
+    'cusparse',
+    'cusolver',
+    'curand',
+    'cufft',
+)
 # The same for CUDA 12, whose pip packages carry a -cu12 suffix and no meta-package extras.
 CU12_PACKAGES = ('nvidia-cuda-nvcc-cu12', 'nvidia-cuda-cccl-cu12', 'nvidia-cuda-runtime-cu12')
 
@@ -230,7 +240,9 @@ def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
     nvcc_mm = parse_nvcc_version(machine.nvcc_version) if machine.nvcc_version else None
     if nvcc_mm is None or nvcc_mm[0] != torch_mm[0]:
         if machine.nvcc is None or nvcc_mm is None:
-            where = f'at {machine.nvcc}' if machine.nvcc else 'on PATH, in CUDA_HOME or /usr/local/cuda'
+            where = (
+                f'at {machine.nvcc}' if machine.nvcc else 'on PATH, in CUDA_HOME or /usr/local/cuda'
+            )
             why = f'no working nvcc was found {where}'
         else:
             why = (
