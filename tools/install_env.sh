@@ -3,22 +3,27 @@
 #
 # Idempotent: a stamp in .venv records a hash of the inputs; a second run with
 # the same inputs only checks the imports (and, where torch sees a GPU, that
-# mmcv's CUDA ops run). mmcv 2.1.0 is built with its compiled ops:
+# mmcv's CUDA ops run). mmcv 2.1.0 is built with its compiled ops, from its
+# sdist with tools/misc/mmcv-2.1.0-cxx-std.patch applied (C++ standard from
+# torch's version: c++20 for torch >= 2.13, c++17 before):
 #
 # CPU torch, or CUDA torch that sees no GPU: mmcv is installed from a prebuilt
 #   wheel when MMCV_WHEEL_DIR holds one whose Python tag matches and whose ops
 #   load against the installed torch; otherwise it is built from source (about
-#   35 minutes on 2 cores; pip caches the wheel).
+#   35 minutes on 2 cores).
 # CUDA torch that sees a GPU (or FORCE_CUDA=1): mmcv is built from source with
-#   its CUDA ops. tools/misc/cuda_build_env.py first checks that the build can
-#   succeed (nvcc of torch's CUDA major version, found the way torch finds it:
-#   CUDA_HOME, else nvcc on PATH, else /usr/local/cuda; a compute capability
-#   that nvcc supports; a host compiler nvcc accepts) and stops with exit code 2
-#   and what to install otherwise. TORCH_CUDA_ARCH_LIST defaults to the visible
-#   GPUs' capabilities and MAX_JOBS to min(cores, available GiB / 2.5); values
-#   you set are kept, as is CC (the host compiler). After the build, nms and
-#   RoIAlign run on the GPU and are compared with the CPU kernels. To build
-#   CPU-only ops on a GPU machine, hide the GPUs: CUDA_VISIBLE_DEVICES= .
+#   its CUDA ops. tools/misc/cuda_build_env.py decides and checks first: nvcc of
+#   torch's CUDA major version, found the way torch finds it (CUDA_HOME, else
+#   nvcc on PATH, else /usr/local/cuda), or else installed from the package
+#   index into .venv with a CUDA_HOME assembled in .venv/cuda
+#   (MMDSNET_PROVISION_CUDA=0 forbids that); compute capabilities that nvcc
+#   supports; a host compiler nvcc accepts. It stops with exit code 2 and the
+#   cause otherwise. TORCH_CUDA_ARCH_LIST defaults to the visible GPUs'
+#   capabilities, without a GPU to a list for torch's CUDA version (printed),
+#   and MAX_JOBS to min(cores, available GiB / 2.5); values you set are kept,
+#   as is CC (the host compiler). After the build, nms and RoIAlign run on the
+#   GPU and are compared with the CPU kernels. To build CPU-only ops on a GPU
+#   machine, hide the GPUs: CUDA_VISIBLE_DEVICES= .
 #
 # Machines with a preinstalled CUDA torch and no package index:
 #   USE_SYSTEM_TORCH=1  create .venv with --system-site-packages and keep the
@@ -29,7 +34,8 @@
 #   PIP_NO_INDEX=1 PIP_FIND_LINKS=/dir/of/wheels  (pip's own variables) install
 #                       from a local directory; it must hold everything
 #                       requirements/*.txt needs that is not installed yet, and
-#                       mmcv-2.1.0.tar.gz, which is built from there.
+#                       mmcv-2.1.0.tar.gz, which is built from there (and the
+#                       NVIDIA packages, if nvcc is to be provisioned).
 #   e.g. USE_SYSTEM_TORCH=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/wheels PYTHON=python3 make test
 set -euo pipefail
 
@@ -124,6 +130,11 @@ export MMCV_CXX_STD
 # (MMCV_WITH_OPS, FORCE_CUDA, TORCH_CUDA_ARCH_LIST, MAX_JOBS, CUDA_HOME) come from the caller.
 build_mmcv() {
     local src
+    command -v patch >/dev/null || {
+        echo "[install] error: \`patch\` is not installed; mmcv's sdist is patched before" \
+            "the build (apt-get install patch, dnf install patch)" >&2
+        exit 2
+    }
     src="$(mktemp -d)"
     "${PIP[@]}" download --no-deps --no-binary mmcv --no-build-isolation -d "$src" \
         "mmcv==$MMCV_VERSION"
