@@ -124,18 +124,43 @@ def test_force_cuda_without_gpu_builds_the_default_arches(
     assert 'TORCH_CUDA_ARCH_LIST=9.0 (yours)' in plan.notes[0]
 
 
+def cuda13_machine(**kw):
+    """torch 2.13.0 (CUDA 13.0) from the package index, no GPU, no nvcc."""
+    base = dict(
+        torch_version='2.13.0',
+        torch_cuda='13.0',
+        torch_requires=TORCH_213_REQUIRES,
+        gpus=(),
+        nvcc=None,
+        nvcc_version=None,
+        nvcc_arches=None,
+    )
+    base.update(kw)
+    return machine(**base)
+
+
 @pytest.mark.parametrize('nvcc', [None, '/opt/cuda/bin/nvcc'])
 def test_missing_nvcc_is_provisioned_from_the_package_index(nvcc):
     # nvcc absent, or present but failing to run (no version output).
-    m = machine(nvcc=nvcc, nvcc_version=None, nvcc_arches=None)
-    plan = cbe.plan_build(m, {})
+    plan = cbe.plan_build(cuda13_machine(nvcc=nvcc, gpus=(H100,)), {})
     assert plan.mode == 'provision'
     assert plan.exports == {
         'MMDSNET_MMCV_BUILD': 'provision',
-        'MMDSNET_CUDA_PACKAGES': 'nvidia-cuda-nvcc-cu12==12.8.* nvidia-cuda-cccl-cu12==12.8.* '
-        'nvidia-cuda-runtime-cu12==12.8.*',
+        'MMDSNET_CUDA_PACKAGES': 'cuda-toolkit[nvcc,cccl,cudart,crt,nvvm,cublas,cusparse,'
+        'cusolver,curand,cufft]==13.0.3',
     }
-    assert 'built with CUDA 12.8' in plan.notes[0] and (nvcc or 'on PATH') in plan.notes[0]
+    assert 'built with CUDA 13.0' in plan.notes[0] and (nvcc or 'on PATH') in plan.notes[0]
+
+
+@pytest.mark.parametrize('nvcc', [None, '/opt/cuda/bin/nvcc'])
+def test_missing_nvcc_of_cuda12_cannot_be_provisioned(nvcc):
+    # The index's nvidia-cuda-nvcc-cu12 has no nvcc driver: say so, and what to install.
+    with pytest.raises(cbe.BuildCheckError) as err:
+        cbe.plan_build(machine(nvcc=nvcc, nvcc_version=None, nvcc_arches=None), {})
+    msg = str(err.value)
+    assert 'torch 2.11.0+cu128 was built with CUDA 12.8' in msg and (nvcc or 'on PATH') in msg
+    assert 'the package index has no nvcc for CUDA 12.x' in msg and 'ptxas' in msg
+    assert 'cuda-toolkit-12-8' in msg and 'CUDA_HOME' in msg and 'built for CUDA 13' in msg
 
 
 @pytest.mark.parametrize('nvcc', [None, '/opt/cuda/bin/nvcc'])
@@ -152,15 +177,7 @@ def test_missing_nvcc_without_provisioning_names_what_to_install(nvcc):
 
 
 def test_cuda13_torch_without_nvcc_provisions_the_toolkit_torch_pins():
-    m = machine(
-        torch_version='2.13.0',
-        torch_cuda='13.0',
-        torch_requires=TORCH_213_REQUIRES,
-        gpus=(),
-        nvcc=None,
-        nvcc_version=None,
-        nvcc_arches=None,
-    )
+    m = cuda13_machine()
     plan = cbe.plan_build(m, {'FORCE_CUDA': '1', 'TORCH_CUDA_ARCH_LIST': '9.0'})
     assert plan.mode == 'provision'
     assert plan.exports['MMDSNET_CUDA_PACKAGES'] == (
@@ -170,23 +187,26 @@ def test_cuda13_torch_without_nvcc_provisions_the_toolkit_torch_pins():
     assert cbe.plan_build(m, {}).mode == 'cpu'
 
 
-def test_nvcc_major_mismatch_is_provisioned_or_names_both_versions():
-    plan = cbe.plan_build(machine(nvcc_version=NVCC_13_0), {})
+def test_nvcc_of_another_major_is_replaced_or_named():
+    # torch CUDA 13.0, system nvcc 12.8: nvcc 13.0 is provisioned; the note names both.
+    m = cuda13_machine(nvcc='/usr/local/cuda/bin/nvcc', nvcc_version=NVCC_12_8)
+    plan = cbe.plan_build(m, {'FORCE_CUDA': '1'})
     assert plan.mode == 'provision'
-    assert 'nvcc /usr/local/cuda/bin/nvcc is CUDA 13.0' in plan.notes[0]
-    assert '(12 vs 13)' in plan.notes[0]
-    with pytest.raises(cbe.BuildCheckError) as err:
-        cbe.plan_build(machine(nvcc_version=NVCC_13_0), {'MMDSNET_PROVISION_CUDA': '0'})
-    msg = str(err.value)
-    assert 'nvcc /usr/local/cuda/bin/nvcc is CUDA 13.0' in msg
-    assert 'built with CUDA 12.8' in msg and '(12 vs 13)' in msg
-    assert 'cuda-toolkit-12-8' in msg
+    assert 'nvcc /usr/local/cuda/bin/nvcc is CUDA 12.8' in plan.notes[0]
+    assert '(13 vs 12)' in plan.notes[0]
+    # torch CUDA 12.8, system nvcc 13.0: nothing to provision; both versions and the fix named.
+    for env in ({}, {'MMDSNET_PROVISION_CUDA': '0'}):
+        with pytest.raises(cbe.BuildCheckError) as err:
+            cbe.plan_build(machine(nvcc_version=NVCC_13_0), env)
+        msg = str(err.value)
+        assert 'nvcc /usr/local/cuda/bin/nvcc is CUDA 13.0' in msg
+        assert 'built with CUDA 12.8' in msg and '(12 vs 13)' in msg
+        assert 'cuda-toolkit-12-8' in msg
 
 
 def test_matching_system_nvcc_is_preferred_to_provisioning():
-    m = machine(torch_version='2.13.0', torch_cuda='13.0', torch_requires=TORCH_213_REQUIRES)
-    plan = cbe.plan_build(m, {})  # nvcc 12.8 installed, torch CUDA 13.0: provision
-    assert plan.mode == 'provision'
+    m = cuda13_machine(gpus=(H100,), nvcc='/usr/local/cuda/bin/nvcc', nvcc_version=NVCC_12_8)
+    assert cbe.plan_build(m, {}).mode == 'provision'
     m = dataclasses.replace(m, nvcc_version=NVCC_13_0, nvcc_arches=ARCHES_13_0)
     plan = cbe.plan_build(m, {})
     assert plan.mode == 'cuda' and plan.exports['MMDSNET_NVCC'] == '/usr/local/cuda/bin/nvcc'
@@ -206,9 +226,10 @@ def test_cuda13_packages_follow_torch(requires, expected):
     assert spec.startswith('cuda-toolkit[nvcc,cccl,') and spec.endswith(']' + expected)
 
 
-def test_no_packages_for_cuda_11():
-    with pytest.raises(cbe.BuildCheckError, match='no nvcc for CUDA 11.x'):
-        cbe.cuda_packages('11.8')
+@pytest.mark.parametrize('torch_cuda', ['11.8', '12.1', '12.9'])
+def test_no_packages_before_cuda_13(torch_cuda):
+    with pytest.raises(cbe.BuildCheckError, match=f'no nvcc for CUDA {torch_cuda[:2]}.x'):
+        cbe.cuda_packages(torch_cuda)
 
 
 @pytest.mark.parametrize(
@@ -419,8 +440,8 @@ def test_probe_with_faked_cuda_torch_and_gpu(tmp_path, monkeypatch):
 
     # CUDA_HOME without bin/nvcc: torch would fail, so nvcc counts as missing.
     monkeypatch.setattr(cpp_extension, 'CUDA_HOME', str(tmp_path))
-    plan = cbe.plan_build(cbe.probe(), {})
-    assert plan.mode == 'provision' and 'no working nvcc was found on PATH' in plan.notes[0]
+    with pytest.raises(cbe.BuildCheckError, match='no working nvcc was found on PATH'):
+        cbe.plan_build(cbe.probe(), {})
 
 
 # ------------------------------------------------------------------------- provisioned CUDA_HOME
@@ -571,18 +592,18 @@ def test_main_prints_exports_or_exits_2(tmp_path, monkeypatch, capsys):
     assert cbe.main(['--machine', write_machine(tmp_path, machine(nvcc=nvcc))]) == 0
     assert 'export MAX_JOBS=4\n' in capsys.readouterr().out
 
-    path = write_machine(tmp_path, machine(nvcc=nvcc, nvcc_version=NVCC_13_0))
+    path = write_machine(tmp_path, cuda13_machine(nvcc=nvcc, nvcc_version=NVCC_12_8))
+    monkeypatch.setenv('FORCE_CUDA', '1')
     assert cbe.main(['--machine', path]) == 0
     out, err = capsys.readouterr()
     assert out.startswith('export MMDSNET_MMCV_BUILD=provision\n')
-    assert "export MMDSNET_CUDA_PACKAGES='nvidia-cuda-nvcc-cu12==12.8.* " in out
+    assert "export MMDSNET_CUDA_PACKAGES='cuda-toolkit[nvcc,cccl," in out
+    assert '[install] torch 2.13.0 was built with CUDA 13.0' in err
     monkeypatch.setenv('MMDSNET_PROVISION_CUDA', '0')
     assert cbe.main(['--machine', path]) == 2
     out, err = capsys.readouterr()
-    assert out == '' and err.startswith(
-        '[install] error: torch 2.11.0+cu128 was built with CUDA 12.8'
-    )
-    assert f'nvcc {nvcc} is CUDA 13.0' in err
+    assert out == '' and err.startswith('[install] error: torch 2.13.0 was built with CUDA 13.0')
+    assert f'nvcc {nvcc} is CUDA 12.8' in err
 
 
 def test_verify_ops_on_cpu_and_version_check(capsys):
@@ -827,8 +848,8 @@ def test_install_env_sh_provisions_nvcc_then_builds_without_a_gpu(tmp_path):
 
 
 def test_install_env_sh_provisioned_nvcc_that_still_does_not_fit_stops(tmp_path):
-    before = machine(gpus=(), nvcc=None, nvcc_version=None, nvcc_arches=None)
-    after = dataclasses.replace(before, nvcc='/x/nvcc', nvcc_version=NVCC_13_0)
+    before = cuda13_machine()
+    after = dataclasses.replace(before, nvcc='/x/nvcc', nvcc_version=NVCC_12_8)
     fake = FakeVenv(tmp_path, before)
     (tmp_path / 'after').mkdir()
     proc = fake.run(
@@ -838,7 +859,7 @@ def test_install_env_sh_provisioned_nvcc_that_still_does_not_fit_stops(tmp_path)
     )
     assert proc.returncode == 2
     assert 'MMDSNET_PROVISION_CUDA=0 forbids' in proc.stderr  # no second provisioning
-    assert len(fake.calls('install nvidia-cuda-nvcc-cu12==12.8.*')) == 1
+    assert len(fake.calls('install cuda-toolkit[')) == 1
     assert not fake.builds() and not fake.stamp.exists()
 
 

@@ -61,8 +61,8 @@ TOOLKIT_EXTRAS = (
     'curand',
     'cufft',
 )
-# The same for CUDA 12, whose pip packages carry a -cu12 suffix and no meta-package extras.
-CU12_PACKAGES = ('nvidia-cuda-nvcc-cu12', 'nvidia-cuda-cccl-cu12', 'nvidia-cuda-runtime-cu12')
+# CUDA 12 cannot be provisioned: its package nvidia-cuda-nvcc-cu12 holds ptxas, nvvm and headers
+# but not the nvcc driver, cicc or cudafe++ (checked: 12.8.93 and 12.9.86, x86_64).
 
 
 class BuildCheckError(RuntimeError):
@@ -190,8 +190,9 @@ def cxx_std(torch_version: str) -> str:
 
 
 def cuda_packages(torch_cuda: str, torch_requires: tuple = ()) -> list:
-    """pip requirements for nvcc and the headers of CUDA ``torch_cuda``: the `cuda-toolkit`
-    version torch itself requires when it names one (torch >= 2.11), else that CUDA minor's."""
+    """pip requirements for nvcc and the headers of CUDA ``torch_cuda`` (13 or newer): the
+    `cuda-toolkit` version torch itself requires when it names one (torch >= 2.11), else that
+    CUDA minor's. Raises BuildCheckError for older CUDA, whose nvcc is not on the index."""
     major, minor = version_major_minor(torch_cuda)
     if major >= 13:
         pinned = [
@@ -201,11 +202,15 @@ def cuda_packages(torch_cuda: str, torch_requires: tuple = ()) -> list:
         ]
         version = pinned[0].replace(' ', '') if pinned else f'=={major}.{minor}.*'
         return [f'cuda-toolkit[{",".join(TOOLKIT_EXTRAS)}]{version}']
-    if major == 12:
-        return [f'{p}=={major}.{minor}.*' for p in CU12_PACKAGES]
+    detail = (
+        ' (nvidia-cuda-nvcc-cu12 holds ptxas and headers but not the nvcc driver)'
+        if major == 12
+        else ''
+    )
     raise BuildCheckError(
-        f'torch was built with CUDA {torch_cuda}: the package index has no nvcc for CUDA '
-        f'{major}.x (pip packages exist for CUDA 12 and 13). ' + install_hint(torch_cuda)
+        f'the package index has no nvcc for CUDA {major}.x{detail}, so it cannot be installed '
+        f'into the venv; it has one for CUDA 13, so a torch built for CUDA 13 also works. '
+        + install_hint(torch_cuda)
     )
 
 
@@ -215,7 +220,8 @@ def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
     CPU ops when torch has no CUDA, or no GPU is visible and FORCE_CUDA is not 1 (mmcv's own
     rule). Otherwise CUDA ops with nvcc of torch's CUDA major version; without one the plan is
     ``provision`` (MMDSNET_CUDA_PACKAGES: what to pip-install), unless MMDSNET_PROVISION_CUDA=0.
-    Raises BuildCheckError when the build would fail. MMCV_CXX_STD is exported in every mode.
+    Raises BuildCheckError when the build would fail. The cpu and cuda plans export
+    MMCV_CXX_STD, the C++ standard for the patched mmcv sdist.
     """
     std = cxx_std(machine.torch_version)
     if machine.torch_cuda is None:
@@ -250,7 +256,14 @@ def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
                 f'build extensions with another major version ({torch_mm[0]} vs {nvcc_mm[0]})'
             )
         if env.get('MMDSNET_PROVISION_CUDA', '1') != '0':
-            packages = cuda_packages(torch_cuda, machine.torch_requires)
+            try:
+                packages = cuda_packages(torch_cuda, machine.torch_requires)
+            except BuildCheckError as exc:
+                raise BuildCheckError(
+                    f'torch {machine.torch_version} was built with CUDA {torch_cuda} and '
+                    f"mmcv's CUDA ops need nvcc of CUDA {torch_mm[0]}.x to build, but {why}; "
+                    f'{exc}'
+                ) from None
             return BuildPlan(
                 PROVISION,
                 {'MMDSNET_MMCV_BUILD': PROVISION, 'MMDSNET_CUDA_PACKAGES': ' '.join(packages)},
