@@ -1,6 +1,8 @@
 """tools/install_env.sh and its mmcv build decision (tools/misc/cuda_build_env.py), on faked
-machines: CPU torch, CUDA torch with a missing / mismatched / matching nvcc, GPUs, cores and
-memory. No GPU is needed; the shell script runs against a stand-in for the venv's python."""
+machines: CPU torch, CUDA 12 / 13 torch with a missing / mismatched / matching nvcc (provisioned
+from the package index when missing), GPUs or none, cores and memory; the CUDA_HOME assembled
+from pip packages (a faked package tree) and the mmcv sdist patch. No GPU and no download is
+needed; the shell script runs against a stand-in for the venv's python."""
 
 import dataclasses
 import importlib.util
@@ -9,12 +11,16 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SCRIPT = osp.join(ROOT, 'tools', 'install_env.sh')
+PATCH = osp.join(ROOT, 'tools', 'misc', 'mmcv-2.1.0-cxx-std.patch')
+# The mmcv 2.1.0 sdist (not in the repo): MMCV_SDIST, else the copy on the machines of this project.
+SDIST = os.environ.get('MMCV_SDIST', '/work/shared/gpu-wheels/mmcv-2.1.0.tar.gz')
 
 
 def load_module():
@@ -39,6 +45,16 @@ ARCHES_12_8 = '\n'.join(
     for a in (50, 52, 53, 60, 61, 62, 70, 72, 75, 80, 86, 87, 89, 90, '90a', 100, 120)
 )
 ARCHES_12_4 = '\n'.join(f'compute_{a}' for a in (50, 60, 70, 75, 80, 86, 89, 90, '90a'))
+ARCHES_13_0 = '\n'.join(
+    f'compute_{a}' for a in (75, 80, 86, 87, 88, 89, 90, '90a', 100, 103, 110, 120, 121)
+)
+# torch 2.13.0's Requires-Dist on Linux (the CUDA packages part).
+TORCH_213_REQUIRES = (
+    'filelock',
+    'cuda-toolkit[cublas,cudart,cufft,cufile,cupti,curand,cusolver,cusparse,nvjitlink,nvrtc,nvtx]'
+    '==13.0.3; platform_system == "Linux"',
+    'nvidia-cudnn-cu13==9.20.0.48; platform_system == "Linux"',
+)
 H100 = cbe.Gpu('NVIDIA H100 80GB HBM3', (9, 0))
 A100 = cbe.Gpu('NVIDIA A100-SXM4-80GB', (8, 0))
 RTX5090 = cbe.Gpu('NVIDIA GeForce RTX 5090', (12, 0))
@@ -73,41 +89,170 @@ def test_cpu_torch_keeps_cpu_path(gpus):
     )
     plan = cbe.plan_build(m, {'TORCH_CUDA_ARCH_LIST': '8.0', 'MAX_JOBS': '7'})
     assert plan.mode == 'cpu'
-    assert plan.shell() == 'export MMDSNET_MMCV_BUILD=cpu\n'
+    assert plan.shell() == 'export MMDSNET_MMCV_BUILD=cpu\nexport MMCV_CXX_STD=c++20\n'
     assert 'no CUDA' in plan.notes[0]
 
 
 def test_cuda_torch_without_visible_gpu_builds_cpu_ops():
     plan = cbe.plan_build(machine(gpus=(), nvcc=None, nvcc_version=None), {})
-    assert plan.exports == {'MMDSNET_MMCV_BUILD': 'cpu'}
+    assert plan.exports == {'MMDSNET_MMCV_BUILD': 'cpu', 'MMCV_CXX_STD': 'c++17'}
     assert 'sees no GPU' in plan.notes[0] and 'FORCE_CUDA=1' in plan.notes[0]
 
 
-def test_force_cuda_without_gpu_needs_an_arch_list():
-    with pytest.raises(cbe.BuildCheckError, match='set TORCH_CUDA_ARCH_LIST'):
-        cbe.plan_build(machine(gpus=()), {'FORCE_CUDA': '1'})
-    plan = cbe.plan_build(machine(gpus=()), {'FORCE_CUDA': '1', 'TORCH_CUDA_ARCH_LIST': '8.0;9.0'})
-    assert plan.mode == 'cuda' and plan.exports['TORCH_CUDA_ARCH_LIST'] == '8.0;9.0'
+@pytest.mark.parametrize(
+    'torch_cuda,nvcc_version,arches,expected',
+    [
+        ('12.8', NVCC_12_8, ARCHES_12_8, '7.0;7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX'),
+        ('12.4', NVCC_12_4, ARCHES_12_4, '7.0;7.5;8.0;8.6;8.9;9.0+PTX'),
+        ('13.0', NVCC_13_0, ARCHES_13_0, '7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX'),
+    ],
+)
+def test_force_cuda_without_gpu_builds_the_default_arches(
+    torch_cuda, nvcc_version, arches, expected
+):
+    m = machine(gpus=(), torch_cuda=torch_cuda, nvcc_version=nvcc_version, nvcc_arches=arches)
+    plan = cbe.plan_build(m, {'FORCE_CUDA': '1'})
+    assert plan.mode == 'cuda' and plan.exports['TORCH_CUDA_ARCH_LIST'] == expected
+    assert f'TORCH_CUDA_ARCH_LIST={expected} (no GPU is visible' in plan.notes[0]
+    # Every default target is one that nvcc of that CUDA version lists.
+    assert set(cbe.numeric_arches(expected)) <= cbe.parse_nvcc_arches(arches)
+    if torch_cuda.startswith('13'):
+        assert '7.0' not in expected  # CUDA 13 dropped sm_50 to sm_70
+    # A list of the user's is built instead, and said to be theirs.
+    plan = cbe.plan_build(m, {'FORCE_CUDA': '1', 'TORCH_CUDA_ARCH_LIST': '9.0'})
+    assert plan.exports['TORCH_CUDA_ARCH_LIST'] == '9.0'
+    assert 'TORCH_CUDA_ARCH_LIST=9.0 (yours)' in plan.notes[0]
+
+
+def cuda13_machine(**kw):
+    """torch 2.13.0 (CUDA 13.0) from the package index, no GPU, no nvcc."""
+    base = dict(
+        torch_version='2.13.0',
+        torch_cuda='13.0',
+        torch_requires=TORCH_213_REQUIRES,
+        gpus=(),
+        nvcc=None,
+        nvcc_version=None,
+        nvcc_arches=None,
+    )
+    base.update(kw)
+    return machine(**base)
 
 
 @pytest.mark.parametrize('nvcc', [None, '/opt/cuda/bin/nvcc'])
-def test_missing_nvcc_names_torch_cuda_and_what_to_install(nvcc):
+def test_missing_nvcc_is_provisioned_from_the_package_index(nvcc):
     # nvcc absent, or present but failing to run (no version output).
+    plan = cbe.plan_build(cuda13_machine(nvcc=nvcc, gpus=(H100,)), {})
+    assert plan.mode == 'provision'
+    assert plan.exports == {
+        'MMDSNET_MMCV_BUILD': 'provision',
+        'MMDSNET_CUDA_PACKAGES': 'cuda-toolkit[nvcc,cccl,cudart,crt,nvvm,cublas,cusparse,'
+        'cusolver,curand,cufft]==13.0.3',
+    }
+    assert 'built with CUDA 13.0' in plan.notes[0] and (nvcc or 'on PATH') in plan.notes[0]
+
+
+@pytest.mark.parametrize('nvcc', [None, '/opt/cuda/bin/nvcc'])
+def test_missing_nvcc_of_cuda12_cannot_be_provisioned(nvcc):
+    # The index's nvidia-cuda-nvcc-cu12 has no nvcc driver: say so, and what to install.
     with pytest.raises(cbe.BuildCheckError) as err:
         cbe.plan_build(machine(nvcc=nvcc, nvcc_version=None, nvcc_arches=None), {})
     msg = str(err.value)
+    assert 'torch 2.11.0+cu128 was built with CUDA 12.8' in msg and (nvcc or 'on PATH') in msg
+    assert 'the package index has no nvcc for CUDA 12.x' in msg and 'ptxas' in msg
+    assert 'cuda-toolkit-12-8' in msg and 'CUDA_HOME' in msg and 'built for CUDA 13' in msg
+
+
+@pytest.mark.parametrize('nvcc', [None, '/opt/cuda/bin/nvcc'])
+def test_missing_nvcc_without_provisioning_names_what_to_install(nvcc):
+    with pytest.raises(cbe.BuildCheckError) as err:
+        cbe.plan_build(
+            machine(nvcc=nvcc, nvcc_version=None, nvcc_arches=None),
+            {'MMDSNET_PROVISION_CUDA': '0'},
+        )
+    msg = str(err.value)
     assert 'torch 2.11.0+cu128 was built with CUDA 12.8' in msg
     assert 'nvcc of CUDA 12.x' in msg and 'cuda-toolkit-12-8' in msg and 'CUDA_HOME' in msg
-    assert (nvcc or 'on PATH') in msg
+    assert 'MMDSNET_PROVISION_CUDA=0' in msg and (nvcc or 'on PATH') in msg
 
 
-def test_nvcc_major_mismatch_names_both_versions():
-    with pytest.raises(cbe.BuildCheckError) as err:
-        cbe.plan_build(machine(nvcc_version=NVCC_13_0), {})
-    msg = str(err.value)
-    assert 'nvcc /usr/local/cuda/bin/nvcc is CUDA 13.0' in msg
-    assert 'built with CUDA 12.8' in msg and '(12 vs 13)' in msg
-    assert 'cuda-toolkit-12-8' in msg
+def test_cuda13_torch_without_nvcc_provisions_the_toolkit_torch_pins():
+    m = cuda13_machine()
+    plan = cbe.plan_build(m, {'FORCE_CUDA': '1', 'TORCH_CUDA_ARCH_LIST': '9.0'})
+    assert plan.mode == 'provision'
+    assert plan.exports['MMDSNET_CUDA_PACKAGES'] == (
+        'cuda-toolkit[nvcc,cccl,cudart,crt,nvvm,cublas,cusparse,cusolver,curand,cufft]==13.0.3'
+    )
+    # Without FORCE_CUDA and without a GPU nothing is provisioned: CPU ops.
+    assert cbe.plan_build(m, {}).mode == 'cpu'
+
+
+def test_nvcc_of_another_major_is_replaced_or_named():
+    # torch CUDA 13.0, system nvcc 12.8: nvcc 13.0 is provisioned; the note names both.
+    m = cuda13_machine(nvcc='/usr/local/cuda/bin/nvcc', nvcc_version=NVCC_12_8)
+    plan = cbe.plan_build(m, {'FORCE_CUDA': '1'})
+    assert plan.mode == 'provision'
+    assert 'nvcc /usr/local/cuda/bin/nvcc is CUDA 12.8' in plan.notes[0]
+    assert '(13 vs 12)' in plan.notes[0]
+    # torch CUDA 12.8, system nvcc 13.0: nothing to provision; both versions and the fix named.
+    for env in ({}, {'MMDSNET_PROVISION_CUDA': '0'}):
+        with pytest.raises(cbe.BuildCheckError) as err:
+            cbe.plan_build(machine(nvcc_version=NVCC_13_0), env)
+        msg = str(err.value)
+        assert 'nvcc /usr/local/cuda/bin/nvcc is CUDA 13.0' in msg
+        assert 'built with CUDA 12.8' in msg and '(12 vs 13)' in msg
+        assert 'cuda-toolkit-12-8' in msg
+
+
+def test_matching_system_nvcc_is_preferred_to_provisioning():
+    m = cuda13_machine(gpus=(H100,), nvcc='/usr/local/cuda/bin/nvcc', nvcc_version=NVCC_12_8)
+    assert cbe.plan_build(m, {}).mode == 'provision'
+    m = dataclasses.replace(m, nvcc_version=NVCC_13_0, nvcc_arches=ARCHES_13_0)
+    plan = cbe.plan_build(m, {})
+    assert plan.mode == 'cuda' and plan.exports['MMDSNET_NVCC'] == '/usr/local/cuda/bin/nvcc'
+    assert plan.exports['MMCV_CXX_STD'] == 'c++20'
+
+
+@pytest.mark.parametrize(
+    'requires,expected',
+    [
+        (TORCH_213_REQUIRES, '==13.0.3'),
+        (('cuda-toolkit[cudart] == 13.2.1; platform_system == "Linux"',), '==13.2.1'),
+        ((), '==13.1.*'),  # torch names single packages: the toolkit of its CUDA minor
+    ],
+)
+def test_cuda13_packages_follow_torch(requires, expected):
+    (spec,) = cbe.cuda_packages('13.1', requires)
+    assert spec.startswith('cuda-toolkit[nvcc,cccl,') and spec.endswith(']' + expected)
+
+
+@pytest.mark.parametrize('torch_cuda', ['11.8', '12.1', '12.9'])
+def test_no_packages_before_cuda_13(torch_cuda):
+    with pytest.raises(cbe.BuildCheckError, match=f'no nvcc for CUDA {torch_cuda[:2]}.x'):
+        cbe.cuda_packages(torch_cuda)
+
+
+@pytest.mark.parametrize(
+    'version,std',
+    [
+        ('2.1.0', 'c++17'),
+        ('2.12.1+cu128', 'c++17'),
+        ('2.13.0', 'c++20'),
+        ('2.13.0+cpu', 'c++20'),
+        ('2.14.1', 'c++20'),
+        ('2.15.0.dev20261101', 'c++20'),
+        ('3.0.0', 'c++20'),
+    ],
+)
+def test_cxx_std_by_torch_version(version, std):
+    assert cbe.cxx_std(version) == std
+    plan = cbe.plan_build(machine(torch_version=version), {})
+    assert plan.exports['MMCV_CXX_STD'] == std and f'{std},' in plan.notes[0]
+
+
+def test_cxx_std_unreadable_version():
+    with pytest.raises(cbe.BuildCheckError, match='expected e.g. 2.13.0'):
+        cbe.cxx_std('unknown')
 
 
 def test_nvcc_minor_mismatch_is_accepted_with_a_note():
@@ -129,6 +274,7 @@ def test_matching_nvcc_exports_the_build_variables():
         'MMDSNET_NVCC': '/usr/local/cuda/bin/nvcc',
         'FORCE_CUDA': '1',
         'MMCV_WITH_OPS': '1',
+        'MMCV_CXX_STD': 'c++17',
         'TORCH_CUDA_ARCH_LIST': '9.0',
         'MAX_JOBS': '16',
     }
@@ -173,7 +319,7 @@ def test_gpu_newer_than_nvcc_is_refused_before_the_build():
             machine(gpus=(RTX5090,), nvcc_version=NVCC_12_4, nvcc_arches=ARCHES_12_4), {}
         )
     msg = str(err.value)
-    assert 'cannot compile for compute capability 12.0' in msg and 'newest target is 9.0a' in msg
+    assert 'cannot compile for compute capability 12.0' in msg and 'targets 5.0 to 9.0a' in msg
     # The same check covers a user-set list.
     with pytest.raises(cbe.BuildCheckError, match='compute capability 10.0'):
         cbe.plan_build(
@@ -254,9 +400,9 @@ def test_run_nvcc_reads_a_real_executable(tmp_path):
 
 def test_smoke_compile_uses_torch_flags_and_reports_nvcc_errors(tmp_path):
     nvcc, log = fake_nvcc(tmp_path)
-    cbe.smoke_compile(nvcc, '8.0;9.0+PTX', cc='/usr/bin/gcc-12')
+    cbe.smoke_compile(nvcc, '8.0;9.0+PTX', cc='/usr/bin/gcc-12', std='c++20')
     args = log.read_text()
-    assert '-std=c++17' in args and '-ccbin /usr/bin/gcc-12' in args
+    assert '-std=c++20' in args and '-ccbin /usr/bin/gcc-12' in args
     assert '-gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90' in args
 
     bad, _ = fake_nvcc(
@@ -294,8 +440,133 @@ def test_probe_with_faked_cuda_torch_and_gpu(tmp_path, monkeypatch):
 
     # CUDA_HOME without bin/nvcc: torch would fail, so nvcc counts as missing.
     monkeypatch.setattr(cpp_extension, 'CUDA_HOME', str(tmp_path))
-    with pytest.raises(cbe.BuildCheckError, match='no working nvcc'):
+    with pytest.raises(cbe.BuildCheckError, match='no working nvcc was found on PATH'):
         cbe.plan_build(cbe.probe(), {})
+
+
+# ------------------------------------------------------------------------- provisioned CUDA_HOME
+def fake_tree(root, files):
+    """Files (relative paths) under ``root``, each holding its own path."""
+    for rel in files:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rel)
+    return str(root)
+
+
+def test_assemble_cuda_home_from_the_cuda13_package_tree(tmp_path):
+    nvidia = tmp_path / 'site-packages' / 'nvidia'
+    fake_tree(
+        nvidia / 'cu13',
+        [
+            'bin/nvcc',
+            'bin/nvcc.profile',
+            'bin/crt/link.stub',
+            'include/cuda_runtime.h',
+            'include/cccl/cuda/std/version',
+            'lib/libcudart.so.13',
+            'lib/libcublas.so.13',
+            'lib/libnvrtc-builtins.so.13.0',
+            'nvvm/bin/cicc',
+        ],
+    )
+    fake_tree(nvidia / 'cudnn', ['include/cudnn.h', 'lib/libcudnn.so.9'])
+    fake_tree(nvidia / 'no_tree', ['__init__.py'])  # no bin/include/lib/nvvm: not a root
+    roots = cbe.cuda_package_roots(str(tmp_path / 'site-packages'))
+    assert roots == [str(nvidia / 'cu13'), str(nvidia / 'cudnn')]
+    home = tmp_path / 'venv' / 'cuda'
+    assert cbe.assemble_cuda_home(roots, str(home)) == str(home / 'bin' / 'nvcc')
+    # bin and lib64 are real folders of links into the packages (nvcc finds ../lib64, ../nvvm
+    # from the path it was called by).
+    for folder in ('bin', 'bin/crt', 'include', 'lib64', 'nvvm/bin'):
+        assert (home / folder).is_dir() and not (home / folder).is_symlink()
+    assert os.readlink(home / 'bin' / 'nvcc') == str(nvidia / 'cu13' / 'bin' / 'nvcc')
+    assert (home / 'include' / 'cccl' / 'cuda' / 'std' / 'version').read_text().endswith('version')
+    assert (home / 'include' / 'cudnn.h').is_file()
+    assert os.readlink(home / 'lib64' / 'libcudart.so') == 'libcudart.so.13'
+    assert os.readlink(home / 'lib64' / 'libcublas.so') == 'libcublas.so.13'
+    assert os.readlink(home / 'lib64' / 'libcudnn.so') == 'libcudnn.so.9'
+    assert not (home / 'lib64' / 'libnvrtc-builtins.so').exists()  # only .so.N gets a dev link
+    assert os.readlink(home / 'lib') == 'lib64'
+    assert (home / 'lib' / 'libcudart.so.13').read_text() == 'lib/libcudart.so.13'
+    # Again: rebuilt, not merged into the old tree.
+    (nvidia / 'cu13' / 'bin' / 'nvcc.profile').unlink()
+    cbe.assemble_cuda_home(roots, str(home))
+    assert not os.path.lexists(home / 'bin' / 'nvcc.profile')
+
+
+def test_assemble_cuda_home_from_cuda12_packages_first_root_wins(tmp_path):
+    nvidia = tmp_path / 'nvidia'
+    roots = [
+        fake_tree(
+            nvidia / 'cuda_nvcc', ['bin/nvcc', 'include/crt/host_defines.h', 'nvvm/bin/cicc']
+        ),
+        fake_tree(nvidia / 'cuda_runtime', ['include/cuda_runtime.h', 'lib/libcudart.so.12']),
+        fake_tree(nvidia / 'cublas', ['include/cublas_v2.h', 'include/cuda_runtime.h']),
+    ]
+    home = tmp_path / 'cuda'
+    cbe.assemble_cuda_home(roots, str(home))
+    assert sorted(os.listdir(home / 'include')) == ['crt', 'cublas_v2.h', 'cuda_runtime.h']
+    assert (home / 'include' / 'cuda_runtime.h').read_text() == 'include/cuda_runtime.h'
+    assert os.readlink(home / 'include' / 'cuda_runtime.h').startswith(str(roots[1]))
+    assert os.readlink(home / 'lib64' / 'libcudart.so') == 'libcudart.so.12'
+
+
+def test_assemble_cuda_home_without_nvcc_says_what_to_install(tmp_path):
+    root = fake_tree(tmp_path / 'nvidia' / 'cuda_runtime', ['include/cuda_runtime.h'])
+    with pytest.raises(cbe.BuildCheckError, match='no bin/nvcc in the NVIDIA packages at'):
+        cbe.assemble_cuda_home([root], str(tmp_path / 'cuda'))
+    with pytest.raises(cbe.BuildCheckError, match='MMDSNET_CUDA_PACKAGES'):
+        cbe.assemble_cuda_home(cbe.cuda_package_roots(str(tmp_path / 'none')), str(tmp_path / 'c'))
+
+
+# ----------------------------------------------------------------------------- the mmcv patch
+def patch_preimage(patch_text):
+    """The lines each hunk of a unified diff expects (context and removed lines), in order: a
+    file that the patch applies to, without mmcv's sources in this repo."""
+    lines = []
+    for line in patch_text.splitlines()[patch_text.splitlines().index('--- a/setup.py') + 2 :]:
+        if line.startswith('@@'):
+            lines += ['# gap'] * 5
+        elif line[:1] in (' ', '-'):
+            lines.append(line[1:])
+    return '\n'.join(lines) + '\n'
+
+
+def apply_patch(folder):
+    return subprocess.run(
+        ['patch', '-d', str(folder), '-p1', '--forward', '-i', PATCH],
+        capture_output=True,
+        text=True,
+    )
+
+
+def check_patched_setup(text):
+    """mmcv's setup.py after the patch: the standard of gcc and nvcc comes from MMCV_CXX_STD."""
+    assert "cxx_std = os.getenv('MMCV_CXX_STD', 'c++17')" in text
+    assert "extra_compile_args['cxx'] = ['-std=' + cxx_std]" in text
+    assert "extra_compile_args['nvcc'] += ['-std=' + cxx_std]" in text
+    assert "'-std=c++17']" not in text.replace("['-Wall', '-std=c++17']", '')  # MPS branch kept
+
+
+def test_patch_applies_to_its_preimage(tmp_path):
+    (tmp_path / 'setup.py').write_text(patch_preimage(open(PATCH).read()))
+    proc = apply_patch(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    check_patched_setup((tmp_path / 'setup.py').read_text())
+    assert apply_patch(tmp_path).returncode != 0  # --forward: a second time is refused
+
+
+@pytest.mark.skipif(not osp.isfile(SDIST), reason=f'no mmcv-2.1.0.tar.gz at {SDIST} (MMCV_SDIST)')
+def test_patch_applies_cleanly_to_the_mmcv_sdist(tmp_path):
+    with tarfile.open(SDIST) as tar:
+        tar.extract('mmcv-2.1.0/setup.py', tmp_path, filter='data')
+    proc = apply_patch(tmp_path / 'mmcv-2.1.0')
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'offset' not in proc.stdout and 'fuzz' not in proc.stdout  # cleanly: exact lines
+    text = (tmp_path / 'mmcv-2.1.0' / 'setup.py').read_text()
+    check_patched_setup(text)
+    compile(text, 'setup.py', 'exec')
 
 
 # ----------------------------------------------------------------------------- the script's CLI
@@ -308,7 +579,7 @@ def write_machine(tmp_path, m):
 
 
 def test_main_prints_exports_or_exits_2(tmp_path, monkeypatch, capsys):
-    for var in ('TORCH_CUDA_ARCH_LIST', 'MAX_JOBS', 'FORCE_CUDA', 'CC'):
+    for var in ('TORCH_CUDA_ARCH_LIST', 'MAX_JOBS', 'FORCE_CUDA', 'CC', 'MMDSNET_PROVISION_CUDA'):
         monkeypatch.delenv(var, raising=False)
     nvcc, log = fake_nvcc(tmp_path)
     assert cbe.main(['--machine', write_machine(tmp_path, machine(nvcc=nvcc))]) == 0
@@ -321,10 +592,18 @@ def test_main_prints_exports_or_exits_2(tmp_path, monkeypatch, capsys):
     assert cbe.main(['--machine', write_machine(tmp_path, machine(nvcc=nvcc))]) == 0
     assert 'export MAX_JOBS=4\n' in capsys.readouterr().out
 
-    path = write_machine(tmp_path, machine(nvcc=nvcc, nvcc_version=NVCC_13_0))
+    path = write_machine(tmp_path, cuda13_machine(nvcc=nvcc, nvcc_version=NVCC_12_8))
+    monkeypatch.setenv('FORCE_CUDA', '1')
+    assert cbe.main(['--machine', path]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith('export MMDSNET_MMCV_BUILD=provision\n')
+    assert "export MMDSNET_CUDA_PACKAGES='cuda-toolkit[nvcc,cccl," in out
+    assert '[install] torch 2.13.0 was built with CUDA 13.0' in err
+    monkeypatch.setenv('MMDSNET_PROVISION_CUDA', '0')
     assert cbe.main(['--machine', path]) == 2
     out, err = capsys.readouterr()
-    assert out == '' and err.startswith('[install] error: nvcc') and '13.0' in err and '12.8' in err
+    assert out == '' and err.startswith('[install] error: torch 2.13.0 was built with CUDA 13.0')
+    assert f'nvcc {nvcc} is CUDA 12.8' in err
 
 
 def test_verify_ops_on_cpu_and_version_check(capsys):
@@ -353,18 +632,24 @@ def test_verify_ops_on_gpu():
 # ----------------------------------------------------------------------------- install_env.sh
 STUB_PYTHON = r"""#!/usr/bin/env bash
 # Stand-in for the venv's python: logs every call with the mmcv build variables. pip calls only
-# record what would be installed (mmcv's marker holds the FORCE_CUDA it was built with);
-# tools/misc/cuda_build_env.py decides for real, for the machine in $STUB_MACHINE.
+# record what would be installed; `pip download` hands out $STUB_SDIST, and installing the
+# unpacked sdist leaves a marker holding the FORCE_CUDA it was built with, if the patch was
+# applied. tools/misc/cuda_build_env.py decides for real, for the machine in $STUB_MACHINE
+# ($STUB_MACHINE_AFTER once --assemble-cuda-home has run).
 log="$STUB_DIR/log"
 echo "CALL $* || FORCE_CUDA=${FORCE_CUDA-} ARCH=${TORCH_CUDA_ARCH_LIST-} MAX_JOBS=${MAX_JOBS-}" \
-  >> "$log"
+  "STD=${MMCV_CXX_STD-} CUDA_HOME=${CUDA_HOME-}" >> "$log"
 case "$1" in
   -m)
     shift 3  # -m pip --disable-pip-version-check
     prev=""
     for a in "$@"; do
       [[ "$prev" == -r ]] && echo "REQ $a: $(tr '\n' ' ' < "$a")" >> "$log"
-      [[ "$1" == install && "$a" == mmcv==* ]] && echo "${FORCE_CUDA:-0}" > "$STUB_DIR/mmcv"
+      [[ "$1" == download && "$prev" == -d ]] && cp "$STUB_SDIST" "$a/mmcv-2.1.0.tar.gz"
+      if [[ "$1" == install && "$a" == */mmcv-2.1.0 ]]; then
+        grep -q MMCV_CXX_STD "$a/setup.py" || { echo "stub: unpatched sdist" >&2; exit 98; }
+        echo "${FORCE_CUDA:-0}" > "$STUB_DIR/mmcv"
+      fi
       prev="$a"
     done
     [[ "$1" == uninstall ]] && rm -f "$STUB_DIR/mmcv"
@@ -374,6 +659,10 @@ case "$1" in
   tools/misc/cuda_build_env.py)
     if [[ "${2-}" == --verify-ops ]]; then
       [[ "$(cat "$STUB_DIR/mmcv" 2>/dev/null)" == 1 ]] && echo "[install] stub: CUDA ops verified"
+    elif [[ "${2-}" == --assemble-cuda-home ]]; then
+      touch "$STUB_DIR/provisioned"; echo "$3"
+    elif [[ -f "$STUB_DIR/provisioned" && -n "${STUB_MACHINE_AFTER-}" ]]; then
+      exec "$REAL_PYTHON" "$@" --machine "$STUB_MACHINE_AFTER"
     else
       exec "$REAL_PYTHON" "$@" --machine "$STUB_MACHINE"
     fi ;;
@@ -409,13 +698,22 @@ class FakeVenv:
                 'MMCV_WHEEL_DIR',
                 'USE_SYSTEM_TORCH',
                 'CUDA_VISIBLE_DEVICES',
+                'CUDA_HOME',
+                'MMCV_CXX_STD',
+                'MMDSNET_PROVISION_CUDA',
             )
         }
+        sdist_dir = tmp_path / 'sdist' / 'mmcv-2.1.0'
+        sdist_dir.mkdir(parents=True)
+        (sdist_dir / 'setup.py').write_text(patch_preimage(open(PATCH).read()))
+        with tarfile.open(tmp_path / 'sdist.tar.gz', 'w:gz') as tar:
+            tar.add(sdist_dir, 'mmcv-2.1.0')
         self.env.update(
             VENV=str(venv),
             STUB_DIR=str(tmp_path),
             REAL_PYTHON=sys.executable,
             STUB_MACHINE=write_machine(tmp_path, m),
+            STUB_SDIST=str(tmp_path / 'sdist.tar.gz'),
         )
         self.stamp = venv / '.mmdsnet-install-stamp'
 
@@ -428,6 +726,10 @@ class FakeVenv:
 
     def calls(self, needle):
         return [line for line in self.log.splitlines() if needle in line]
+
+    def builds(self):
+        """The pip calls that install the unpacked (and patched) mmcv sdist."""
+        return [c for c in self.calls(' install ') if '/mmcv-2.1.0 ||' in c]
 
 
 def test_install_env_sh_parses():
@@ -448,12 +750,16 @@ def test_install_env_sh_cpu_torch_takes_the_unchanged_cpu_path(tmp_path):
     )
     proc = fake.run()
     assert proc.returncode == 0, proc.stderr
-    builds = fake.calls('mmcv==2.1.0')
-    assert len(builds) == 1 and '--no-cache-dir' not in builds[0]
+    (download,) = fake.calls(' download ')
+    assert '--no-deps --no-binary mmcv --no-build-isolation -d /' in download
+    assert 'mmcv==2.1.0 ||' in download
+    builds = fake.builds()
+    assert len(builds) == 1
     assert builds[0].startswith(
-        'CALL -m pip --disable-pip-version-check install --no-build-isolation mmcv==2.1.0 ||'
+        'CALL -m pip --disable-pip-version-check install --no-build-isolation --no-deps /'
     )
-    assert builds[0].endswith('FORCE_CUDA=0 ARCH= MAX_JOBS=2')
+    assert builds[0].endswith('FORCE_CUDA=0 ARCH= MAX_JOBS=2 STD=c++20 CUDA_HOME=')
+    assert 'building mmcv 2.1.0 with -std=c++20' in proc.stdout
     assert fake.calls('-c requirements/constraints.txt -r requirements/runtime.txt')
     assert not fake.calls('--verify-ops') and not fake.calls('uninstall')
     assert 'building mmcv 2.1.0 from source with ops (MAX_JOBS=2)' in proc.stdout
@@ -471,11 +777,11 @@ def test_install_env_sh_builds_cuda_ops_with_planned_variables(tmp_path):
     proc = fake.run()
     assert proc.returncode == 0, proc.stderr
     assert '[install] CUDA build: torch 2.11.0+cu128 (CUDA 12.8), nvcc 12.8' in proc.stderr
-    builds = fake.calls('mmcv==2.1.0')
-    assert len(builds) == 1 and '--no-build-isolation --no-cache-dir mmcv==2.1.0' in builds[0]
-    assert builds[0].endswith('FORCE_CUDA=1 ARCH=8.0;9.0 MAX_JOBS=12')
+    builds = fake.builds()
+    assert len(builds) == 1
+    assert builds[0].endswith('FORCE_CUDA=1 ARCH=8.0;9.0 MAX_JOBS=12 STD=c++17 CUDA_HOME=')
     log = fake.log
-    assert log.index('uninstall -y mmcv') < log.index('--no-cache-dir mmcv==2.1.0')
+    assert log.index('uninstall -y mmcv') < log.index(builds[0])
     assert '[install] stub: CUDA ops verified' in proc.stdout
     assert 'mmcv build took' in proc.stdout
 
@@ -486,19 +792,75 @@ def test_install_env_sh_keeps_working_cuda_mmcv(tmp_path):
     proc = fake.run(MAX_JOBS='5', TORCH_CUDA_ARCH_LIST='9.0+PTX')
     assert proc.returncode == 0, proc.stderr
     assert 'mmcv 2.1.0 with CUDA ops already installed' in proc.stdout
-    assert not fake.calls('mmcv==2.1.0') and not fake.calls('uninstall')
+    assert not fake.calls(' download ') and not fake.builds() and not fake.calls('uninstall')
     assert 'MAX_JOBS=5 (yours, kept)' in proc.stderr
 
 
 def test_install_env_sh_stops_before_the_build_on_nvcc_mismatch(tmp_path):
     nvcc, log = fake_nvcc(tmp_path, version=NVCC_13_0)
     fake = FakeVenv(tmp_path, machine(nvcc=nvcc, nvcc_version=NVCC_13_0))
-    proc = fake.run()
+    proc = fake.run(MMDSNET_PROVISION_CUDA='0')
     assert proc.returncode == 2
-    assert 'is CUDA 13.0 but torch 2.11.0+cu128 was built with CUDA 12.8' in proc.stderr
+    assert 'nvcc ' + nvcc + ' is CUDA 13.0 and torch refuses' in proc.stderr
     assert 'stopped before building mmcv' in proc.stderr
-    assert not fake.calls('mmcv==') and not fake.stamp.exists()
+    assert not fake.calls(' download ') and not fake.builds() and not fake.stamp.exists()
     assert not log.exists()  # not even the smoke compile ran
+
+
+def test_install_env_sh_provisions_nvcc_then_builds_without_a_gpu(tmp_path):
+    # torch 2.13 (CUDA 13.0), no GPU, no nvcc: FORCE_CUDA=1 installs the toolkit torch pins,
+    # assembles .venv/cuda and plans again, finding nvcc 13.0 there.
+    before = machine(
+        torch_version='2.13.0',
+        torch_cuda='13.0',
+        torch_requires=TORCH_213_REQUIRES,
+        gpus=(),
+        nvcc=None,
+        nvcc_version=None,
+        nvcc_arches=None,
+    )
+    nvcc, nvcc_log = fake_nvcc(tmp_path, version=NVCC_13_0, arches=ARCHES_13_0)
+    after = dataclasses.replace(before, nvcc=nvcc, nvcc_version=NVCC_13_0, nvcc_arches=ARCHES_13_0)
+    fake = FakeVenv(tmp_path, before)
+    (tmp_path / 'after').mkdir()
+    proc = fake.run(FORCE_CUDA='1', STUB_MACHINE_AFTER=write_machine(tmp_path / 'after', after))
+    assert proc.returncode == 0, proc.stderr
+    (provision,) = fake.calls('install cuda-toolkit[')
+    assert (
+        'install cuda-toolkit[nvcc,cccl,cudart,crt,nvvm,cublas,cusparse,cusolver,curand,cufft]'
+        '==13.0.3 ||'
+    ) in provision
+    venv_cuda = fake.env['VENV'] + '/cuda'
+    assert fake.calls(f'--assemble-cuda-home {venv_cuda} ||')
+    assert f'[install] CUDA_HOME={venv_cuda} (nvcc and headers from the package index)' in (
+        proc.stdout
+    )
+    (build,) = fake.builds()
+    assert build.endswith(
+        'FORCE_CUDA=1 ARCH=7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX MAX_JOBS=16 STD=c++20 '
+        f'CUDA_HOME={venv_cuda}'
+    )
+    assert 'TORCH_CUDA_ARCH_LIST=7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX (no GPU is visible' in (
+        proc.stderr
+    )
+    assert '-std=c++20' in nvcc_log.read_text()  # the smoke compile ran with mmcv's standard
+    assert '[install] stub: CUDA ops verified' in proc.stdout
+
+
+def test_install_env_sh_provisioned_nvcc_that_still_does_not_fit_stops(tmp_path):
+    before = cuda13_machine()
+    after = dataclasses.replace(before, nvcc='/x/nvcc', nvcc_version=NVCC_12_8)
+    fake = FakeVenv(tmp_path, before)
+    (tmp_path / 'after').mkdir()
+    proc = fake.run(
+        FORCE_CUDA='1',
+        TORCH_CUDA_ARCH_LIST='9.0',
+        STUB_MACHINE_AFTER=write_machine(tmp_path / 'after', after),
+    )
+    assert proc.returncode == 2
+    assert 'MMDSNET_PROVISION_CUDA=0 forbids' in proc.stderr  # no second provisioning
+    assert len(fake.calls('install cuda-toolkit[')) == 1
+    assert not fake.builds() and not fake.stamp.exists()
 
 
 def test_install_env_sh_system_torch_drops_torch_pins(tmp_path):

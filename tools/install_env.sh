@@ -3,22 +3,27 @@
 #
 # Idempotent: a stamp in .venv records a hash of the inputs; a second run with
 # the same inputs only checks the imports (and, where torch sees a GPU, that
-# mmcv's CUDA ops run). mmcv 2.1.0 is built with its compiled ops:
+# mmcv's CUDA ops run). mmcv 2.1.0 is built with its compiled ops, from its
+# sdist with tools/misc/mmcv-2.1.0-cxx-std.patch applied (C++ standard from
+# torch's version: c++20 for torch >= 2.13, c++17 before):
 #
 # CPU torch, or CUDA torch that sees no GPU: mmcv is installed from a prebuilt
 #   wheel when MMCV_WHEEL_DIR holds one whose Python tag matches and whose ops
 #   load against the installed torch; otherwise it is built from source (about
-#   35 minutes on 2 cores; pip caches the wheel).
+#   35 minutes on 2 cores).
 # CUDA torch that sees a GPU (or FORCE_CUDA=1): mmcv is built from source with
-#   its CUDA ops. tools/misc/cuda_build_env.py first checks that the build can
-#   succeed (nvcc of torch's CUDA major version, found the way torch finds it:
-#   CUDA_HOME, else nvcc on PATH, else /usr/local/cuda; a compute capability
-#   that nvcc supports; a host compiler nvcc accepts) and stops with exit code 2
-#   and what to install otherwise. TORCH_CUDA_ARCH_LIST defaults to the visible
-#   GPUs' capabilities and MAX_JOBS to min(cores, available GiB / 2.5); values
-#   you set are kept, as is CC (the host compiler). After the build, nms and
-#   RoIAlign run on the GPU and are compared with the CPU kernels. To build
-#   CPU-only ops on a GPU machine, hide the GPUs: CUDA_VISIBLE_DEVICES= .
+#   its CUDA ops. tools/misc/cuda_build_env.py decides and checks first: nvcc of
+#   torch's CUDA major version, found the way torch finds it (CUDA_HOME, else
+#   nvcc on PATH, else /usr/local/cuda), or else installed from the package
+#   index into .venv with a CUDA_HOME assembled in .venv/cuda
+#   (MMDSNET_PROVISION_CUDA=0 forbids that); compute capabilities that nvcc
+#   supports; a host compiler nvcc accepts. It stops with exit code 2 and the
+#   cause otherwise. TORCH_CUDA_ARCH_LIST defaults to the visible GPUs'
+#   capabilities, without a GPU to a list for torch's CUDA version (printed),
+#   and MAX_JOBS to min(cores, available GiB / 2.5); values you set are kept,
+#   as is CC (the host compiler). After the build, nms and RoIAlign run on the
+#   GPU and are compared with the CPU kernels. To build CPU-only ops on a GPU
+#   machine, hide the GPUs: CUDA_VISIBLE_DEVICES= .
 #
 # Machines with a preinstalled CUDA torch and no package index:
 #   USE_SYSTEM_TORCH=1  create .venv with --system-site-packages and keep the
@@ -29,7 +34,8 @@
 #   PIP_NO_INDEX=1 PIP_FIND_LINKS=/dir/of/wheels  (pip's own variables) install
 #                       from a local directory; it must hold everything
 #                       requirements/*.txt needs that is not installed yet, and
-#                       mmcv-2.1.0.tar.gz, which is built from there.
+#                       mmcv-2.1.0.tar.gz, which is built from there (and the
+#                       NVIDIA packages, if nvcc is to be provisioned).
 #   e.g. USE_SYSTEM_TORCH=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/wheels PYTHON=python3 make test
 set -euo pipefail
 
@@ -41,10 +47,12 @@ PY="$VENV/bin/python"
 STAMP="$VENV/.mmdsnet-install-stamp"
 MMCV_VERSION=2.1.0
 BUILD_ENV=tools/misc/cuda_build_env.py
+MMCV_PATCH=tools/misc/mmcv-$MMCV_VERSION-cxx-std.patch
 
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 stamp_inputs() {
-    cat requirements/*.txt setup.py tools/install_env.sh "$BUILD_ENV" | sha256sum | cut -d' ' -f1
+    cat requirements/*.txt setup.py tools/install_env.sh "$BUILD_ENV" "$MMCV_PATCH" |
+        sha256sum | cut -d' ' -f1
 }
 
 check_imports() {
@@ -94,12 +102,51 @@ else
     "${PIP[@]}" install -c requirements/constraints.txt -r requirements/runtime.txt -r requirements/tests.txt
 fi
 
-# cpu or cuda, with the build variables of the latter; exit 2 if a CUDA build cannot succeed.
-build_env="$("$PY" "$BUILD_ENV")" || {
-    echo "[install] stopped before building mmcv (see the error above)" >&2
-    exit 2
+# cpu, cuda or provision, with the build variables; exit 2 if a CUDA build cannot succeed.
+plan_mmcv_build() {
+    local build_env
+    build_env="$("$PY" "$BUILD_ENV")" || {
+        echo "[install] stopped before building mmcv (see the error above)" >&2
+        exit 2
+    }
+    eval "$build_env"
 }
-eval "$build_env"
+plan_mmcv_build
+if [[ "$MMDSNET_MMCV_BUILD" == provision ]]; then
+    # No nvcc of torch's CUDA major version: install torch's CUDA compiler and headers from
+    # the package index and assemble a CUDA_HOME from them in the venv, then plan again
+    # (without provisioning, so that a compiler that still does not fit stops with the cause).
+    # shellcheck disable=SC2086  # a list of requirements
+    "${PIP[@]}" install $MMDSNET_CUDA_PACKAGES
+    CUDA_HOME="$("$PY" "$BUILD_ENV" --assemble-cuda-home "$VENV/cuda")"
+    export CUDA_HOME
+    echo "[install] CUDA_HOME=$CUDA_HOME (nvcc and headers from the package index)"
+    MMDSNET_PROVISION_CUDA=0 plan_mmcv_build
+fi
+export MMCV_CXX_STD
+
+# Build and install mmcv from its sdist with tools/misc/mmcv-2.1.0-cxx-std.patch applied (the
+# C++ standard comes from MMCV_CXX_STD, chosen from torch's version). The build's variables
+# (MMCV_WITH_OPS, FORCE_CUDA, TORCH_CUDA_ARCH_LIST, MAX_JOBS, CUDA_HOME) come from the caller.
+build_mmcv() {
+    local src
+    command -v patch >/dev/null || {
+        echo "[install] error: \`patch\` is not installed; mmcv's sdist is patched before" \
+            "the build (apt-get install patch, dnf install patch)" >&2
+        exit 2
+    }
+    src="$(mktemp -d)"
+    "${PIP[@]}" download --no-deps --no-binary mmcv --no-build-isolation -d "$src" \
+        "mmcv==$MMCV_VERSION"
+    tar -xzf "$src/mmcv-$MMCV_VERSION.tar.gz" -C "$src"
+    patch -d "$src/mmcv-$MMCV_VERSION" -p1 --forward <"$MMCV_PATCH" || {
+        echo "[install] error: $MMCV_PATCH does not apply to mmcv $MMCV_VERSION's sdist" >&2
+        exit 1
+    }
+    echo "[install] building mmcv $MMCV_VERSION with -std=$MMCV_CXX_STD"
+    "${PIP[@]}" install --no-build-isolation --no-deps "$src/mmcv-$MMCV_VERSION"
+    rm -rf "$src"
+}
 
 mmcv_ops_ok() {
     "$PY" -c "import mmcv, torch; from mmcv.ops import nms; \
@@ -116,8 +163,7 @@ if [[ "$MMDSNET_MMCV_BUILD" == cuda ]]; then
         echo "[install] building mmcv $MMCV_VERSION from source with CUDA ops" \
             "(TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
         started=$SECONDS
-        # --no-cache-dir: a cached wheel may be a CPU-only build of the same sdist.
-        "${PIP[@]}" install --no-build-isolation --no-cache-dir "mmcv==$MMCV_VERSION"
+        build_mmcv
         took=$((SECONDS - started))
         echo "[install] mmcv build took $((took / 60)) min $((took % 60)) s"
     fi
@@ -144,8 +190,7 @@ else
     fi
     if [[ -z "$wheel" ]]; then
         echo "[install] building mmcv $MMCV_VERSION from source with ops (MAX_JOBS=${MAX_JOBS:-2})"
-        MMCV_WITH_OPS=1 FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-2}" \
-            "${PIP[@]}" install --no-build-isolation "mmcv==$MMCV_VERSION"
+        MMCV_WITH_OPS=1 FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-2}" build_mmcv
         mmcv_ops_ok || { echo "[install] mmcv ops failed to load after the build" >&2; exit 1; }
     fi
 fi

@@ -1,10 +1,13 @@
-"""How tools/install_env.sh builds mmcv's compiled ops: CPU only, or CUDA for the visible GPUs.
+"""How tools/install_env.sh builds mmcv's compiled ops: CPU only, or CUDA.
 
 mmcv 2.1.0 compiles its CUDA kernels when torch sees a GPU (or FORCE_CUDA=1). That build takes
 minutes to an hour, so the conditions it needs are checked first: an nvcc of the CUDA major
-version torch was built with, a compute capability that nvcc can target, and a host compiler
+version torch was built with, compute capabilities that nvcc can target, and a host compiler
 that nvcc accepts (a one-line kernel is compiled). TORCH_CUDA_ARCH_LIST comes from the visible
-GPUs and MAX_JOBS from the cores and memory, unless the user set them.
+GPUs (without a GPU: a default list for torch's CUDA) and MAX_JOBS from the cores and memory,
+unless the user set them. When no nvcc of torch's CUDA major version is found, the plan is to
+provision one: the compiler and headers of torch's CUDA version from the package index, installed
+into the venv and assembled into a CUDA_HOME (``--assemble-cuda-home``).
 
 Run as a script it prints shell ``export`` lines for install_env.sh to ``eval`` (notes go to
 stderr), or says what is wrong and what to install and exits with 2. ``--verify-ops DEVICE``
@@ -30,7 +33,36 @@ from typing import Mapping, NamedTuple
 
 # Peak memory of one compiler process on mmcv's CUDA and C++ sources, with margin.
 GIB_PER_JOB = 2.5
-CPU, CUDA = 'cpu', 'cuda'
+CPU, CUDA, PROVISION = 'cpu', 'cuda', 'provision'
+
+# Architectures built when FORCE_CUDA=1 and no GPU is visible (and TORCH_CUDA_ARCH_LIST is
+# unset), by the CUDA version torch was built with: data-centre and consumer GPUs of the last
+# generations (V100 7.0, T4 / RTX 20 7.5, A100 8.0, RTX 30 / A10 8.6, L4 / L40 / RTX 40 8.9,
+# H100 / H200 9.0, B200 10.0, RTX 50 12.0), the newest also as PTX for GPUs after it. CUDA 13
+# dropped sm_50 to sm_70 (Maxwell, Pascal, Volta); Blackwell needs CUDA 12.8.
+DEFAULT_ARCHES = (
+    ((13, 0), '7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX'),
+    ((12, 8), '7.0;7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX'),
+    ((11, 8), '7.0;7.5;8.0;8.6;8.9;9.0+PTX'),
+    ((0, 0), '7.0;7.5;8.0;8.6+PTX'),
+)
+# The parts of CUDA 13's `cuda-toolkit` meta-package an mmcv build needs: nvcc (with crt, nvvm
+# and the runtime), CCCL (thrust, cub), and the math libraries whose headers torch's CUDA headers
+# include (ATen/cuda/CUDAContextLight.h: cublas, cusparse, cusolver; curand, cufft elsewhere).
+TOOLKIT_EXTRAS = (
+    'nvcc',
+    'cccl',
+    'cudart',
+    'crt',
+    'nvvm',
+    'cublas',
+    'cusparse',
+    'cusolver',
+    'curand',
+    'cufft',
+)
+# CUDA 12 cannot be provisioned: its package nvidia-cuda-nvcc-cu12 holds ptxas, nvvm and headers
+# but not the nvcc driver, cicc or cudafe++ (checked: 12.8.93 and 12.9.86, x86_64).
 
 
 class BuildCheckError(RuntimeError):
@@ -53,11 +85,13 @@ class Machine:
     """What the build decision depends on, as probed (or faked in tests).
 
     ``nvcc_version`` and ``nvcc_arches`` are the raw outputs of ``nvcc --version`` and
-    ``nvcc --list-gpu-arch`` (None when nvcc is absent or the command failed).
+    ``nvcc --list-gpu-arch`` (None when nvcc is absent or the command failed);
+    ``torch_requires`` is torch's Requires-Dist (it names the CUDA packages torch was built with).
     """
 
     torch_version: str
     torch_cuda: str | None
+    torch_requires: tuple = ()
     gpus: tuple = ()
     nvcc: str | None = None
     nvcc_version: str | None = None
@@ -73,6 +107,7 @@ class Machine:
         if unknown:
             raise BuildCheckError(f'unknown machine fields {unknown}; accepted: {sorted(fields)}')
         data['gpus'] = tuple(Gpu(g['name'], tuple(g['capability'])) for g in data.get('gpus', ()))
+        data['torch_requires'] = tuple(data.get('torch_requires', ()))
         return cls(**data)
 
 
@@ -139,49 +174,112 @@ def install_hint(torch_cuda: str) -> str:
     )
 
 
+def default_arch_list(torch_cuda: str) -> str:
+    """TORCH_CUDA_ARCH_LIST for a build without a visible GPU (see DEFAULT_ARCHES)."""
+    mm = version_major_minor(torch_cuda)
+    return next(arches for since, arches in DEFAULT_ARCHES if mm >= since)
+
+
+def cxx_std(torch_version: str) -> str:
+    """C++ standard for mmcv's sources: torch >= 2.13's headers need C++20 (2.14 stops with
+    #error under C++17, 2.13 uses C++20 constructs), older torch builds with mmcv's C++17."""
+    match = re.match(r'(\d+)\.(\d+)', torch_version)
+    if not match:
+        raise BuildCheckError(f'cannot read torch version {torch_version!r}; expected e.g. 2.13.0')
+    return 'c++20' if (int(match.group(1)), int(match.group(2))) >= (2, 13) else 'c++17'
+
+
+def cuda_packages(torch_cuda: str, torch_requires: tuple = ()) -> list:
+    """pip requirements for nvcc and the headers of CUDA ``torch_cuda`` (13 or newer): the
+    `cuda-toolkit` version torch itself requires when it names one (torch >= 2.11), else that
+    CUDA minor's. Raises BuildCheckError for older CUDA, whose nvcc is not on the index."""
+    major, minor = version_major_minor(torch_cuda)
+    if major >= 13:
+        pinned = [
+            m.group(1)
+            for r in torch_requires
+            if (m := re.match(r'cuda-toolkit\s*(?:\[[^\]]*\])?\s*(==\s*[\w.*]+)', r))
+        ]
+        version = pinned[0].replace(' ', '') if pinned else f'=={major}.{minor}.*'
+        return [f'cuda-toolkit[{",".join(TOOLKIT_EXTRAS)}]{version}']
+    detail = (
+        ' (nvidia-cuda-nvcc-cu12 holds ptxas and headers but not the nvcc driver)'
+        if major == 12
+        else ''
+    )
+    raise BuildCheckError(
+        f'the package index has no nvcc for CUDA {major}.x{detail}, so it cannot be installed '
+        f'into the venv; it has one for CUDA 13, so a torch built for CUDA 13 also works. '
+        + install_hint(torch_cuda)
+    )
+
+
 def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
     """Decide the mmcv build for ``machine`` (pure: no probing, no side effects).
 
     CPU ops when torch has no CUDA, or no GPU is visible and FORCE_CUDA is not 1 (mmcv's own
-    rule): nothing is exported but the mode, so install_env.sh's CPU path runs unchanged.
-    Otherwise CUDA ops, after checking nvcc; raises BuildCheckError when the build would fail.
+    rule). Otherwise CUDA ops with nvcc of torch's CUDA major version; without one the plan is
+    ``provision`` (MMDSNET_CUDA_PACKAGES: what to pip-install), unless MMDSNET_PROVISION_CUDA=0.
+    Raises BuildCheckError when the build would fail. The cpu and cuda plans export
+    MMCV_CXX_STD, the C++ standard for the patched mmcv sdist.
     """
+    std = cxx_std(machine.torch_version)
     if machine.torch_cuda is None:
         return BuildPlan(
             CPU,
-            {'MMDSNET_MMCV_BUILD': CPU},
-            (f'torch {machine.torch_version} has no CUDA: mmcv gets its CPU ops',),
+            {'MMDSNET_MMCV_BUILD': CPU, 'MMCV_CXX_STD': std},
+            (f'torch {machine.torch_version} has no CUDA: mmcv gets its CPU ops ({std})',),
         )
     force = env.get('FORCE_CUDA', '0') == '1'
     if not machine.gpus and not force:
         return BuildPlan(
             CPU,
-            {'MMDSNET_MMCV_BUILD': CPU},
+            {'MMDSNET_MMCV_BUILD': CPU, 'MMCV_CXX_STD': std},
             (
                 f'torch {machine.torch_version} has CUDA {machine.torch_cuda} but sees no GPU: '
-                'mmcv gets its CPU ops (FORCE_CUDA=1 with TORCH_CUDA_ARCH_LIST builds the CUDA '
-                'ops anyway)',
+                f'mmcv gets its CPU ops ({std}); FORCE_CUDA=1 builds the CUDA ops anyway',
             ),
         )
 
     torch_cuda = machine.torch_cuda
     torch_mm = version_major_minor(torch_cuda)
-    if machine.nvcc is None or machine.nvcc_version is None:
-        where = f'at {machine.nvcc}' if machine.nvcc else 'on PATH, in CUDA_HOME or /usr/local/cuda'
+    nvcc_mm = parse_nvcc_version(machine.nvcc_version) if machine.nvcc_version else None
+    if nvcc_mm is None or nvcc_mm[0] != torch_mm[0]:
+        if machine.nvcc is None or nvcc_mm is None:
+            where = (
+                f'at {machine.nvcc}' if machine.nvcc else 'on PATH, in CUDA_HOME or /usr/local/cuda'
+            )
+            why = f'no working nvcc was found {where}'
+        else:
+            why = (
+                f'nvcc {machine.nvcc} is CUDA {nvcc_mm[0]}.{nvcc_mm[1]} and torch refuses to '
+                f'build extensions with another major version ({torch_mm[0]} vs {nvcc_mm[0]})'
+            )
+        if env.get('MMDSNET_PROVISION_CUDA', '1') != '0':
+            try:
+                packages = cuda_packages(torch_cuda, machine.torch_requires)
+            except BuildCheckError as exc:
+                raise BuildCheckError(
+                    f'torch {machine.torch_version} was built with CUDA {torch_cuda} and '
+                    f"mmcv's CUDA ops need nvcc of CUDA {torch_mm[0]}.x to build, but {why}; "
+                    f'{exc}'
+                ) from None
+            return BuildPlan(
+                PROVISION,
+                {'MMDSNET_MMCV_BUILD': PROVISION, 'MMDSNET_CUDA_PACKAGES': ' '.join(packages)},
+                (
+                    f'torch {machine.torch_version} was built with CUDA {torch_cuda} and {why}: '
+                    f'installing nvcc and the CUDA headers from the package index '
+                    f'({" ".join(packages)}) into the venv',
+                ),
+            )
         raise BuildCheckError(
             f"torch {machine.torch_version} was built with CUDA {torch_cuda} and mmcv's CUDA ops "
-            f'need nvcc of CUDA {torch_mm[0]}.x to build, but no working nvcc was found {where}. '
+            f'need nvcc of CUDA {torch_mm[0]}.x to build, but {why}. MMDSNET_PROVISION_CUDA=0 '
+            'forbids installing it from the package index (unset it to allow that). '
             + install_hint(torch_cuda)
         )
-    nvcc_mm = parse_nvcc_version(machine.nvcc_version)
     nvcc_text = f'{nvcc_mm[0]}.{nvcc_mm[1]}'
-    if nvcc_mm[0] != torch_mm[0]:
-        raise BuildCheckError(
-            f'nvcc {machine.nvcc} is CUDA {nvcc_text} but torch {machine.torch_version} was built '
-            f'with CUDA {torch_cuda}: the major versions must match ({torch_mm[0]} vs '
-            f'{nvcc_mm[0]}), torch refuses to build extensions otherwise. '
-            + install_hint(torch_cuda)
-        )
     notes = []
     if nvcc_mm != torch_mm:
         notes.append(
@@ -193,6 +291,7 @@ def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
     gpu_arches = sorted({g.arch for g in machine.gpus}, key=lambda a: tuple(map(int, a.split('.'))))
     if user_arch:
         arch_list = user_arch
+        arch_from = 'yours'
         missing = [a for a in gpu_arches if a not in numeric_arches(user_arch)]
         if missing and '+PTX' not in user_arch:
             notes.append(
@@ -201,10 +300,12 @@ def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
             )
     elif gpu_arches:
         arch_list = ';'.join(gpu_arches)
+        arch_from = 'the visible GPUs'
     else:
-        raise BuildCheckError(
-            'FORCE_CUDA=1 but no GPU is visible to take the compute capabilities from: set '
-            'TORCH_CUDA_ARCH_LIST to those of the GPUs the build is for, e.g. "8.0;9.0"'
+        arch_list = default_arch_list(torch_cuda)
+        arch_from = (
+            f'no GPU is visible: the default for CUDA {torch_mm[0]}.{torch_mm[1]}; set '
+            'TORCH_CUDA_ARCH_LIST to build fewer (each one adds to the build time)'
         )
     if machine.nvcc_arches:
         supported = parse_nvcc_arches(machine.nvcc_arches)
@@ -212,10 +313,12 @@ def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
         if supported and unsupported:
             # '9.0a' sorts after '9.0' (a set's order must not decide the tie).
             newest = max(supported, key=lambda a: (tuple(int(x) for x in re.findall(r'\d+', a)), a))
+            oldest = min(supported, key=lambda a: (tuple(int(x) for x in re.findall(r'\d+', a)), a))
             raise BuildCheckError(
                 f'nvcc {nvcc_text} ({machine.nvcc}) cannot compile for compute capability '
-                f'{", ".join(unsupported)} (its newest target is {newest}); install a newer CUDA '
-                f'{torch_mm[0]}.x toolkit, or set TORCH_CUDA_ARCH_LIST to targets it supports'
+                f'{", ".join(unsupported)} (it targets {oldest} to {newest}); set '
+                f'TORCH_CUDA_ARCH_LIST to targets it supports, or install a CUDA '
+                f'{torch_mm[0]}.x toolkit that has them'
             )
 
     user_jobs = env.get('MAX_JOBS', '').strip()
@@ -234,27 +337,31 @@ def plan_build(machine: Machine, env: Mapping) -> BuildPlan:
     notes.insert(
         0,
         f'CUDA build: torch {machine.torch_version} (CUDA {torch_cuda}), nvcc '
-        f'{nvcc_text} at {machine.nvcc}, GPUs: {gpus}, TORCH_CUDA_ARCH_LIST={arch_list}',
+        f'{nvcc_text} at {machine.nvcc}, GPUs: {gpus}, {std}, '
+        f'TORCH_CUDA_ARCH_LIST={arch_list} ({arch_from})',
     )
     exports = {
         'MMDSNET_MMCV_BUILD': CUDA,
         'MMDSNET_NVCC': machine.nvcc,
         'FORCE_CUDA': '1',
         'MMCV_WITH_OPS': '1',
+        'MMCV_CXX_STD': std,
         'TORCH_CUDA_ARCH_LIST': arch_list,
         'MAX_JOBS': str(jobs),
     }
     return BuildPlan(CUDA, exports, tuple(notes))
 
 
-def smoke_compile(nvcc: str, arch_list: str, cc: str | None = None, timeout: float = 300) -> None:
-    """Compile a one-line kernel with the flags torch uses (C++17, the target archs, $CC as the
-    host compiler), so that a host compiler nvcc refuses shows up now, not mid-build."""
+def smoke_compile(
+    nvcc: str, arch_list: str, cc: str | None = None, std: str = 'c++17', timeout: float = 300
+) -> None:
+    """Compile a one-line kernel with the flags mmcv uses (its C++ standard, the target archs,
+    $CC as the host compiler), so that a host compiler nvcc refuses shows up now, not mid-build."""
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, 'probe.cu')
         with open(src, 'w') as f:
             f.write('__global__ void add_one(float *x) { x[threadIdx.x] += 1.f; }\n')
-        cmd = [nvcc, '-std=c++17', '-c', src, '-o', os.path.join(tmp, 'probe.o')]
+        cmd = [nvcc, f'-std={std}', '-c', src, '-o', os.path.join(tmp, 'probe.o')]
         for arch in numeric_arches(arch_list):
             num = arch.replace('.', '')
             cmd += ['-gencode', f'arch=compute_{num},code=sm_{num}']
@@ -335,9 +442,16 @@ def probe() -> Machine:
         import torch
     except ImportError as exc:
         raise BuildCheckError(f'torch is not importable in {sys.executable}: {exc}') from exc
+    try:
+        from importlib.metadata import requires
+
+        torch_requires = tuple(requires('torch') or ())
+    except Exception:  # torch found without its metadata (e.g. on PYTHONPATH)
+        torch_requires = ()
     machine = Machine(
         torch_version=torch.__version__,
         torch_cuda=torch.version.cuda,
+        torch_requires=torch_requires,
         cpus=probe_cpus(),
         mem_gib=probe_mem_gib(),
     )
@@ -357,6 +471,59 @@ def probe() -> Machine:
         nvcc_version=run_nvcc(nvcc, '--version') if nvcc else None,
         nvcc_arches=run_nvcc(nvcc, '--list-gpu-arch') if nvcc else None,
     )
+
+
+# ----------------------------------------------------------------------------- provisioned CUDA
+def cuda_package_roots(site_packages: str) -> list:
+    """Folders of the NVIDIA pip packages that hold a CUDA tree (bin, include, lib, nvvm):
+    ``nvidia/cu13`` for CUDA 13, one per package (``nvidia/cuda_nvcc``...) for CUDA 12."""
+    base = os.path.join(site_packages, 'nvidia')
+    if not os.path.isdir(base):
+        return []
+    parts = ('bin', 'include', 'lib', 'nvvm')
+    return [
+        os.path.join(base, d)
+        for d in sorted(os.listdir(base))
+        if any(os.path.isdir(os.path.join(base, d, p)) for p in parts)
+    ]
+
+
+def assemble_cuda_home(roots: list, dest: str) -> str:
+    """Merge the CUDA trees ``roots`` into ``dest`` as a CUDA_HOME: real folders holding one
+    link per file (nvcc finds ``bin/../lib64`` and ``nvvm`` from its own real path, so ``bin``
+    itself must not be a link), ``lib`` renamed ``lib64`` (``lib`` links to it), and an
+    unversioned ``libX.so`` for each ``libX.so.N`` (the linker's ``-lcudart``). The first root
+    wins where two hold the same file. Rebuilt from scratch on each call; returns nvcc's path."""
+    if os.path.lexists(dest):
+        shutil.rmtree(dest)
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            rel = os.path.relpath(folder, root)
+            top, _, rest = rel.partition(os.sep)
+            if top == 'lib':
+                rel = os.path.join('lib64', rest) if rest else 'lib64'
+            if rel == '.' and '__pycache__' in dirs:
+                dirs.remove('__pycache__')
+            out = os.path.normpath(os.path.join(dest, rel))
+            os.makedirs(out, exist_ok=True)
+            for name in files:
+                link = os.path.join(out, name)
+                if rel != '.' and not os.path.lexists(link):
+                    os.symlink(os.path.realpath(os.path.join(folder, name)), link)
+    lib64 = os.path.join(dest, 'lib64')
+    if os.path.isdir(lib64):
+        for name in sorted(os.listdir(lib64)):
+            match = re.fullmatch(r'(lib[\w+-]+\.so)\.\d+', name)
+            if match and not os.path.lexists(os.path.join(lib64, match.group(1))):
+                os.symlink(name, os.path.join(lib64, match.group(1)))
+        os.symlink('lib64', os.path.join(dest, 'lib'))
+    nvcc = os.path.join(dest, 'bin', 'nvcc')
+    if not os.path.isfile(nvcc):
+        raise BuildCheckError(
+            f'no bin/nvcc in the NVIDIA packages at {", ".join(roots) or "(none found)"}: '
+            'install the pip packages that MMDSNET_CUDA_PACKAGES names first'
+        )
+    return nvcc
 
 
 # ----------------------------------------------------------------------------- after the build
@@ -441,8 +608,21 @@ def main(argv=None) -> int:
         'compare them with the CPU kernels',
     )
     parser.add_argument('--expect-mmcv', metavar='VERSION', help='with --verify-ops: mmcv version')
+    parser.add_argument(
+        '--assemble-cuda-home',
+        metavar='DIR',
+        help="build a CUDA_HOME in DIR from the NVIDIA pip packages of this Python's "
+        'site-packages (see MMDSNET_CUDA_PACKAGES) and print its path',
+    )
     args = parser.parse_args(argv)
     try:
+        if args.assemble_cuda_home:
+            import sysconfig
+
+            roots = cuda_package_roots(sysconfig.get_paths()['purelib'])
+            nvcc = assemble_cuda_home(roots, os.path.abspath(args.assemble_cuda_home))
+            print(os.path.dirname(os.path.dirname(nvcc)))
+            return 0
         if args.verify_ops:
             print(f'[install] {verify_ops(args.verify_ops, args.expect_mmcv)}')
             return 0
@@ -457,6 +637,7 @@ def main(argv=None) -> int:
                 plan.exports['MMDSNET_NVCC'],
                 plan.exports['TORCH_CUDA_ARCH_LIST'],
                 os.environ.get('CC'),
+                plan.exports['MMCV_CXX_STD'],
             )
     except BuildCheckError as exc:
         print(f'[install] error: {exc}', file=sys.stderr)
