@@ -22,6 +22,7 @@ from collections import Counter
 import torch
 
 try:
+    from mmdsnet.analysis.inputs import parse_setting
     from mmdsnet.analysis.sdpa import attention_backends
     from mmdsnet.models import DSNet
 except ModuleNotFoundError as error:
@@ -33,12 +34,6 @@ except ModuleNotFoundError as error:
 PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 # order of the three attentions inside a DS-Block's forward
 ATTENTIONS = ('global self', 'local q -> global kv', 'global q -> local kv')
-
-
-def parse_setting(setting):
-    size, batch = setting.split()
-    height, _, width = size.partition('x')
-    return int(batch[1:]), int(height), int(width or height)
 
 
 def describe(arch, setting, precision, device):

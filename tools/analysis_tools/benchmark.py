@@ -45,6 +45,7 @@ import torch
 
 try:
     from mmdsnet.analysis import saved_activations_mb
+    from mmdsnet.analysis.inputs import build_detector, detector_batch, parse_setting
     from mmdsnet.models import DSNet
     from mmdsnet.testing import reference_for
 except ModuleNotFoundError as error:
@@ -113,66 +114,22 @@ BACKBONE_SHAPES = {'224 b8': (8, 224, 224), '800x1344 b1': (1, 800, 1344)}
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
-def parse_setting(setting: str) -> tuple:
-    """'800x1344 b2' or '224 b64' -> (batch, height, width)."""
-    try:
-        size, batch = setting.split()
-        height, _, width = size.partition('x')
-        if not batch.startswith('b'):
-            raise ValueError
-        return int(batch[1:]), int(height), int(width or height)
-    except ValueError:
-        raise ValueError(
-            f"input setting {setting!r} is not 'HxW bN' or 'S bN' (e.g. '800x1344 b2', '224 b64')"
-        ) from None
-
-
 # name -> (config, backbone overrides); R-50 first, so the ratios read against it
 DETECTORS = {
     'MaskRCNN R-50+FPN': ('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', {}),
-    'MaskRCNN DS-Net-S+FPN': ('configs/mask_rcnn_dsnet_s_fpn_1x_coco.py', {}),
-    'MaskRCNN DS-Net-S+DS-FPN': ('configs/mask_rcnn_dsnet_s_dsfpn_1x_coco.py', {}),
+    'MaskRCNN DS-Net-S+FPN': (osp.join(ROOT, 'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py'), {}),
+    'MaskRCNN DS-Net-S+DS-FPN': (osp.join(ROOT, 'configs/mask_rcnn_dsnet_s_dsfpn_1x_coco.py'), {}),
     'MaskRCNN Swin-T+FPN': ('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', {}),
     'MaskRCNN DS-Net-S+FPN with_cp': (
-        'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py',
+        osp.join(ROOT, 'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py'),
         dict(with_cp=True),
     ),
     # like-for-like with R-50's config, which freezes the stem and stage 1
     'MaskRCNN DS-Net-S+FPN frozen_stages=1': (
-        'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py',
+        osp.join(ROOT, 'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py'),
         dict(frozen_stages=1),
     ),
 }
-
-
-def build_detector(config: str, backbone_overrides: dict):
-    from mmdet.registry import MODELS
-    from mmengine.registry import init_default_scope
-
-    from mmdsnet.utils import load_config_file
-
-    init_default_scope('mmdet')
-    cfg = load_config_file(config if '::' in config else osp.join(ROOT, config))
-    cfg.model.backbone.update(init_cfg=None, **backbone_overrides)
-    return MODELS.build(cfg.model)
-
-
-def detector_batch(model, device, height=800, width=1333):
-    from mmdet.testing import demo_mm_inputs
-
-    packed = demo_mm_inputs(
-        2,
-        [[3, height, width], [3, height, width]],
-        num_items=[8, 8],
-        num_classes=80,
-        with_mask=True,
-        device='cpu',
-    )
-    data = model.data_preprocessor(packed, training=True)
-    return {
-        'inputs': data['inputs'].to(device),
-        'data_samples': [s.to(device) for s in data['data_samples']],
-    }
 
 
 def release_free_heap(device):

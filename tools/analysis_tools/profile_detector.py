@@ -19,8 +19,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 try:
+    from mmdsnet.analysis.inputs import build_detector, detector_batch
     from mmdsnet.analysis.profiling import family_shares
-    from mmdsnet.utils import load_config_file
 except ModuleNotFoundError as error:
     raise SystemExit(
         f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
@@ -31,24 +31,9 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def build(config, device, height, width):
-    from mmdet.registry import MODELS
-    from mmdet.testing import demo_mm_inputs
-    from mmengine.registry import init_default_scope
-
-    init_default_scope('mmdet')
-    cfg = load_config_file(config)
-    cfg.model.backbone.init_cfg = None
-    model = MODELS.build(cfg.model).to(device)
+    model = build_detector(config).to(device)
     model.train()
-    packed = demo_mm_inputs(
-        2, [[3, height, width]] * 2, num_items=[8, 8], num_classes=80, with_mask=True
-    )
-    data = model.data_preprocessor(packed, training=True)
-    data = {
-        'inputs': data['inputs'].to(device),
-        'data_samples': [s.to(device) for s in data['data_samples']],
-    }
-    return model, data
+    return model, detector_batch(model, device, height, width)
 
 
 def timed_phases(model, data, optimizer, scaler, device, amp):
