@@ -4,6 +4,6 @@ _base_ = './mask_rcnn_dsnet_t_fpn_1x_coco.py'
 pretrained = 'checkpoints/dsnet_b_in1k.pth'
 model = dict(
     backbone=dict(
-        arch='base', drop_path_rate=0.3, init_cfg=dict(type='Pretrained', checkpoint=pretrained)
+        arch='base', drop_path_rate=0.3, init_cfg=dict(checkpoint=pretrained)
     )
 )

@@ -24,7 +24,7 @@ model = dict(
         arch='small',
         drop_path_rate=0.3,
         norm_cfg=norm_cfg,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained),
+        init_cfg=dict(_base_.dsnet_backbone.init_cfg, checkpoint=pretrained),
     ),
     decode_head=dict(in_channels=[64, 128, 320, 512], num_classes=150, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=320, in_index=2, num_classes=150, norm_cfg=norm_cfg),

@@ -16,7 +16,7 @@ norm_cfg = dict(type='BN', requires_grad=True)
 
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(drop_path_rate=0.0, norm_cfg=norm_cfg, norm_eval=False, init_cfg=None),
+    backbone=dict(drop_path_rate=0.0, norm_cfg=norm_cfg, init_cfg=None),
     decode_head=dict(num_classes=len(classes), norm_cfg=norm_cfg),
 )
 

@@ -20,7 +20,6 @@ model = dict(
         norm_eval=False,
         init_cfg=None,
     ),
-    neck=dict(ds_norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)),
     rpn_head=dict(anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0])),
     roi_head=dict(
         bbox_head=dict(num_classes=len(classes)), mask_head=dict(num_classes=len(classes))
