@@ -361,6 +361,13 @@ def record_backbone_attention(
         places them on the input. Nothing stays hooked afterwards.
     """
     targets = attention_targets(backbone, stage, block, ratio_blocks)
+    return record_attention_targets(backbone, x, targets)
+
+
+def record_attention_targets(
+    backbone: nn.Module, x: torch.Tensor, targets: AttentionTargets
+) -> BackboneAttention:
+    """``record_backbone_attention`` for blocks ``attention_targets`` has checked."""
     chosen = (targets.stage, targets.block)
     wanted = sorted({chosen, *targets.ratio_blocks.items()})
     with contextlib.ExitStack() as hooks:
@@ -398,6 +405,7 @@ __all__ = [
     'TargetNames',
     'attention_probs',
     'attention_targets',
+    'record_attention_targets',
     'record_backbone_attention',
     'record_block_attention',
 ]
