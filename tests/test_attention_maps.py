@@ -1,5 +1,5 @@
-"""Attention maps on request: DSBlock.forward_with_attention, DSNet.forward_attention
-and tools/analysis_tools/visualize_attention.py."""
+"""Attention maps on request, recorded from outside the model:
+mmdsnet.analysis.attention and tools/analysis_tools/visualize_attention.py."""
 
 import importlib.util
 import math
@@ -13,6 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmdsnet.analysis.attention import (
+    attention_targets,
+    record_backbone_attention,
+    record_block_attention,
+)
 from mmdsnet.models import DSNet
 from mmdsnet.models.layers import DSBlock
 
@@ -41,6 +46,10 @@ def load_tool():
     return module
 
 
+def hooked_modules(model):
+    return [name for name, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+
+
 def assert_distribution(maps, keys):
     assert maps.shape[-1] == keys
     assert torch.all(maps >= 0)
@@ -65,7 +74,7 @@ def test_block_maps_are_the_ones_the_fused_kernel_applies(monkeypatch):
 
     monkeypatch.setattr(F, 'scaled_dot_product_attention', recording)
     with torch.no_grad():
-        out, maps = block.forward_with_attention(x)
+        out, maps = record_block_attention(block, x)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
     assert maps.map_size == (12, 20) and maps.grid_size == (3, 5)
     # Call order in the block: global self-attention, then local queries over
@@ -91,7 +100,7 @@ def test_norm_ratios_match_the_alignment():
     block.norm_conv2.register_forward_pre_hook(lambda m, a: seen.setdefault('local', a[0]))
     block.norm_sa2.register_forward_pre_hook(lambda m, a: seen.setdefault('tokens', a[0]))
     with torch.no_grad():
-        _, maps = block.forward_with_attention(x, with_maps=False)
+        _, maps = record_block_attention(block, x, with_maps=False)
         local, tokens = block._align(seen['local'], seen['tokens'])
     local_ref = (local - seen['local']).norm(dim=1) / seen['local'].norm(dim=1)
     global_ref = (tokens - seen['tokens']).norm(dim=-1) / seen['tokens'].norm(dim=-1)
@@ -108,7 +117,7 @@ def test_backbone_maps_follow_the_input_size(height, width):
     with torch.no_grad():
         expected = model(x)
         for stage in range(4):
-            result = model.forward_attention(x, stage, block=-1, ratio_blocks='last')
+            result = record_backbone_attention(model, x, stage, block=-1, ratio_blocks='last')
             stride = model.strides[stage]
             map_h, map_w = pad_h // stride, pad_w // stride
             grid = (
@@ -139,35 +148,36 @@ def test_backbone_maps_follow_the_input_size(height, width):
                     pad_w // model.strides[i],
                 )
                 assert torch.all(ratios.local_ratio > 0)
-    # The ordinary forward is unchanged after recording.
+    # Nothing stays hooked, and the ordinary forward is unchanged after recording.
+    assert not hooked_modules(model)
     with torch.no_grad():
         again = model(x)
     for a, b in zip(expected, again):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
-def test_forward_attention_maps_equal_the_block_run_alone():
+def test_backbone_maps_equal_the_block_run_alone():
     """The chosen block's maps are those of that block fed the backbone's activations."""
     model = random_dsnet()
     x = torch.randn(1, 3, 70, 90)
     with torch.no_grad():
-        result = model.forward_attention(x, stage=1, block=1)
+        result = record_backbone_attention(model, x, stage=1, block=1)
         feat = F.pad(x, (0, 6, 0, 26))
         feat = model.stages[0](model.patch_embeds[0](feat))
         feat = model.stages[1][0](model.patch_embeds[1](feat))
-        _, alone = model.stages[1][1].forward_with_attention(feat)
+        _, alone = record_block_attention(model.stages[1][1], feat)
     torch.testing.assert_close(result.maps.local_to_global, alone.local_to_global)
     assert result.stage_ratios == {}
     # 'last' ratio of the chosen stage is the chosen block itself: recorded once.
     with torch.no_grad():
-        result = model.forward_attention(x, stage=1, block=-1, ratio_blocks=0)
+        result = record_backbone_attention(model, x, stage=1, block=-1, ratio_blocks=0)
     assert [b for b, _ in result.stage_ratios.values()] == [0, 0, 0, 0]
 
 
 def test_point_geometry_on_odd_input():
     model = random_dsnet()
     with torch.no_grad():
-        result = model.forward_attention(torch.randn(1, 3, 97, 130), stage=0)
+        result = record_backbone_attention(model, torch.randn(1, 3, 97, 130), stage=0)
     # Stage 1: stride 4 over the 128 x 160 padded input, global grid 4 x 5.
     assert result.maps.map_size == (32, 40) and result.maps.grid_size == (4, 5)
     assert result.pixel_index(129, 96) == 24 * 40 + 32
@@ -187,19 +197,74 @@ def test_point_geometry_on_odd_input():
         (dict(stage=0, ratio_blocks='first'), r"ratio_blocks must be None, 'last'"),
     ],
 )
-def test_forward_attention_rejects_bad_choices(kwargs, message):
+def test_backbone_recording_rejects_bad_choices(kwargs, message):
     model = random_dsnet()
     with pytest.raises(ValueError, match=message):
-        model.forward_attention(torch.randn(1, 3, 64, 64), **kwargs)
+        record_backbone_attention(model, torch.randn(1, 3, 64, 64), **kwargs)
 
 
-def test_forward_attention_respects_built_stages():
+def test_backbone_recording_respects_built_stages():
     model = random_dsnet(out_indices=(0, 1))
     with pytest.raises(ValueError, match=r'0\.\.1 .*out_indices=\(0, 1\)'):
-        model.forward_attention(torch.randn(1, 3, 64, 64), stage=2)
+        record_backbone_attention(model, torch.randn(1, 3, 64, 64), stage=2)
     with torch.no_grad():
-        result = model.forward_attention(torch.randn(1, 3, 64, 64), stage=1, ratio_blocks='last')
+        result = record_backbone_attention(
+            model, torch.randn(1, 3, 64, 64), stage=1, ratio_blocks='last'
+        )
     assert sorted(result.stage_ratios) == [0, 1]
+
+
+def test_backbone_recording_checks_the_input_and_leaves_no_hook():
+    """The input goes through DSNet's own checks; hooks go even when the forward raises."""
+    model = random_dsnet()
+    with pytest.raises(ValueError, match=r'DSNet needs H and W >= 32'):
+        record_backbone_attention(model, torch.randn(1, 3, 16, 64), stage=0, ratio_blocks='last')
+    with pytest.raises(ValueError, match='built for 3 input channels'):
+        record_backbone_attention(model, torch.randn(1, 4, 64, 64), stage=0)
+    assert not hooked_modules(model)
+
+
+def test_backbone_recording_stops_after_the_last_block_needed():
+    """Blocks after the last one recorded do not run."""
+    model = random_dsnet()
+    ran = []
+    for i, stage in enumerate(model.stages):
+        for j, block in enumerate(stage):
+            block.register_forward_pre_hook(lambda m, a, where=(i, j): ran.append(where))
+    with torch.no_grad():
+        record_backbone_attention(model, torch.randn(1, 3, 64, 64), stage=1, block=0)
+    assert ran == [(0, 0), (1, 0)]
+
+
+@pytest.mark.parametrize(
+    'choice,targets',
+    [
+        ((0, -1, None), (0, 0, {})),
+        ((1, 0, 'last'), (1, 0, {0: 0, 1: 1, 2: 0, 3: 0})),
+        ((1, -2, -1), (1, 0, {0: 0, 1: 1, 2: 0, 3: 0})),
+        ((3, 0, 0), (3, 0, {0: 0, 1: 0, 2: 0, 3: 0})),
+    ],
+)
+def test_attention_targets_are_indices_from_zero(choice, targets):
+    assert tuple(attention_targets(random_dsnet(), *choice)) == targets
+
+
+def test_attention_targets_in_the_command_line_spelling():
+    """Numbers from 1, the options' names in the messages, no None."""
+    from mmdsnet.analysis.attention import TargetNames
+
+    model = random_dsnet()
+    names = TargetNames('--stage', '--block', '--ratio-block', first=1, takes_none=False)
+    assert tuple(attention_targets(model, 2, 1, 1, names=names)) == (1, 0, {0: 0, 1: 0, 2: 0, 3: 0})
+    assert attention_targets(model, 2, -1, 'last', names=names).block == 1
+    with pytest.raises(ValueError, match=r'--stage must be an int in 1\.\.4 .*got 0'):
+        attention_targets(model, 0, 1, 'last', names=names)
+    with pytest.raises(ValueError, match=r'stage 2 has 2 blocks: --block must be an int in 1\.\.2'):
+        attention_targets(model, 2, 0, 'last', names=names)
+    with pytest.raises(ValueError, match=r"--ratio-block must be 'last' or a block number"):
+        attention_targets(model, 2, 1, None, names=names)
+    with pytest.raises(ValueError, match=r'stage must be an int in 0\.\.3 .*got True'):
+        attention_targets(model, True)
 
 
 def write_image(path, height, width):
@@ -316,11 +381,14 @@ def test_tool_resizes_and_normalises_like_the_config(tmp_path):
 @pytest.mark.parametrize(
     'argv,message',
     [
-        (['--stage', '5'], r'--stage must be in 1\.\.4'),
+        (['--stage', '5'], r'--stage must be an int in 1\.\.4'),
         (['--stage', '2', '--block', '3'], r'stage 2 has 2 blocks'),
         (['--points', '130,5'], r'point 130,5 lies outside the 130x97'),
         (['--points', '3'], r'--points takes x,y pairs'),
         (['--head', '2'], r'stage 1 has 1 heads'),
+        (['--stage', '2', '--block', '0'], r'--block must be an int in 1\.\.2'),
+        (['--ratio-block', '2'], r"--ratio-block must be 'last' or a block number .*1\.\.1"),
+        (['--ratio-block', 'first'], r"--ratio-block must be 'last' .*got 'first'"),
     ],
 )
 def test_tool_bad_choices_exit_with_a_message(tmp_path, argv, message):

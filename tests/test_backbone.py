@@ -328,8 +328,56 @@ def test_with_cp_cuts_saved_activations_by_at_least_40_percent():
     assert kept_ckpt < 0.6 * kept_plain, (kept_ckpt, kept_plain)
 
 
+def _block_run(block, x):
+    """Output, input gradient and parameter gradients of one training step."""
+    x = x.detach().clone().requires_grad_()
+    block.zero_grad()
+    out = block(x)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return out.detach(), x.grad, {n: p.grad.clone() for n, p in block.named_parameters()}
+
+
+@pytest.mark.parametrize('norm', ['BN', 'GN'])
+def test_dsblock_with_cp_same_output_gradients_and_statistics(norm):
+    """Checkpointing lives in the block: it recomputes, changing nothing but memory."""
+    norm_cfg = dict(type='BN') if norm == 'BN' else dict(type='GN', num_groups=4)
+    torch.manual_seed(0)
+    plain = DSBlock(32, 2, 4, norm_cfg=norm_cfg).train()
+    ckpt = DSBlock(32, 2, 4, norm_cfg=norm_cfg, with_cp=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 32, 16, 24).contiguous(memory_format=torch.channels_last)
+    out_plain, dx_plain, g_plain = _block_run(plain, x)
+    out_ckpt, dx_ckpt, g_ckpt = _block_run(ckpt, x)
+    assert torch.equal(out_ckpt, out_plain)
+    torch.testing.assert_close(dx_ckpt, dx_plain, rtol=1e-5, atol=1e-6)
+    for name in g_plain:
+        torch.testing.assert_close(g_ckpt[name], g_plain[name], rtol=1e-5, atol=1e-6, msg=name)
+    # Buffers (BN running statistics, batch counts) updated by the forward only.
+    buffers = dict(ckpt.named_buffers())
+    assert (norm == 'BN') == bool(buffers)
+    for name, value in plain.named_buffers():
+        assert torch.equal(buffers[name], value), name
+        if name.endswith('num_batches_tracked'):
+            assert int(value) == 1, name
+    # It checkpoints while its input needs a gradient (then only that input
+    # is kept); the blocks of a frozen stage get inputs that need none.
+    kept_plain = saved_activations_mb(plain, x)
+    assert saved_activations_mb(ckpt, x.requires_grad_()) < 0.2 * kept_plain
+    assert saved_activations_mb(ckpt, x.detach()) == kept_plain
+
+
+def test_dsnet_with_cp_is_the_blocks_with_cp():
+    model = DSNet(ARCH, with_cp=True)
+    assert all(block.with_cp for stage in model.stages for block in stage)
+    assert not any(block.with_cp for stage in DSNet(ARCH).stages for block in stage)
+    assert list(model.state_dict()) == list(DSNet(ARCH).state_dict())
+
+
 @pytest.mark.parametrize('with_alignment', [True, False])
 def test_every_parameter_gets_a_gradient(with_alignment):
+    # Seeded: stochastic depth drops a block's residual for both images now
+    # and then (then its norm really gets no gradient).
+    torch.manual_seed(0)
     model = DSNet('tiny', with_alignment=with_alignment, drop_path_rate=0.2, attn_drop_rate=0.1)
     model.train()
     grads = _grads(model, torch.randn(2, 3, 96, 64))

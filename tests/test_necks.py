@@ -5,6 +5,7 @@ import torch
 from mmdet.models.necks import FPN as MMDetFPN
 from mmseg.models.necks import FPN as MMSegFPN
 
+from mmdsnet.analysis import saved_activations_mb
 from mmdsnet.models import DSFPN
 from mmdsnet.models.layers import DSBlock
 
@@ -63,7 +64,7 @@ def test_default_layout_one_block_per_backbone_level():
     neck = DSFPN(IN_CHANNELS, 256, num_outs=5)
     assert sorted(neck.ds_blocks) == ['0', '1', '2', '3']
     blocks = [neck.ds_blocks[str(i)][0] for i in range(4)]
-    assert all(isinstance(b, DSBlock) and b.channels == 256 and b.num_heads == 4 for b in blocks)
+    assert all(isinstance(b, DSBlock) and b.embed_dims == 256 and b.num_heads == 4 for b in blocks)
     # The global stream sits at 1/32 of the image on every level (P2..P5).
     assert [b.global_resize for b in blocks] == [8, 4, 2, 1]
     outs = neck(pyramid(128, 160))
@@ -112,6 +113,47 @@ def test_ds_blocks_change_the_output_only_where_placed():
     for level in range(3):
         torch.testing.assert_close(a[level], b[level])
     assert not torch.allclose(a[3], b[3])
+
+
+def _neck_run(neck, inputs):
+    """Outputs and parameter gradients of one training step."""
+    neck.zero_grad()
+    outs = neck(inputs)
+    sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+    return [o.detach() for o in outs], {n: p.grad.clone() for n, p in neck.named_parameters()}
+
+
+@pytest.mark.parametrize('ds_norm_cfg', [None, dict(type='BN')])
+def test_ds_with_cp_same_outputs_gradients_and_statistics(ds_norm_cfg):
+    """Checkpointed DS-Blocks (GroupNorm by default, BN here too) change nothing but memory."""
+    kwargs = dict(num_outs=5, ds_num_heads=2, ds_norm_cfg=ds_norm_cfg)
+    torch.manual_seed(0)
+    plain = DSFPN(IN_CHANNELS, 64, **kwargs).train()
+    ckpt = DSFPN(IN_CHANNELS, 64, ds_with_cp=True, **kwargs).train()
+    assert list(ckpt.state_dict()) == list(plain.state_dict())
+    ckpt.load_state_dict(plain.state_dict())
+    assert all(b.with_cp for blocks in ckpt.ds_blocks.values() for b in blocks)
+    inputs = pyramid(batch=2)
+    (outs_plain, g_plain), (outs_ckpt, g_ckpt) = _neck_run(plain, inputs), _neck_run(ckpt, inputs)
+    for a, b in zip(outs_ckpt, outs_plain):
+        assert torch.equal(a, b)
+    for name in g_plain:
+        torch.testing.assert_close(g_ckpt[name], g_plain[name], rtol=1e-5, atol=1e-6, msg=name)
+    buffers = dict(ckpt.named_buffers())
+    for name, value in plain.named_buffers():
+        assert torch.equal(buffers[name], value), name
+        if name.endswith('num_batches_tracked'):
+            assert int(value) == 1, name
+
+
+def test_ds_with_cp_keeps_fewer_activations():
+    torch.manual_seed(0)
+    plain = DSFPN(IN_CHANNELS, 64, num_outs=5, ds_num_heads=2).train()
+    ckpt = DSFPN(IN_CHANNELS, 64, num_outs=5, ds_num_heads=2, ds_with_cp=True).train()
+    inputs = (pyramid(128, 160),)
+    kept_plain, kept_ckpt = saved_activations_mb(plain, inputs), saved_activations_mb(ckpt, inputs)
+    assert kept_plain > 5, kept_plain  # the hooks do see the activations
+    assert kept_ckpt < 0.5 * kept_plain, (kept_ckpt, kept_plain)
 
 
 @pytest.mark.parametrize(

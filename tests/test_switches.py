@@ -39,6 +39,7 @@ def test_dsnet_refuses_bad_switches_and_ints(kwargs, match):
         (dict(relu_before_extra_convs='False'), 'relu_before_extra_convs must be True or False'),
         (dict(no_norm_on_lateral='no'), 'no_norm_on_lateral must be True or False'),
         (dict(ds_with_alignment='False'), 'ds_with_alignment must be True or False'),
+        (dict(ds_with_cp='no'), 'ds_with_cp must be True or False'),
         (dict(in_channels=True), 'in_channels must be a non-empty list'),
         (dict(ds_levels=(1, 1)), 'ds_levels must index the 4 backbone levels'),
         (dict(ds_levels=(2, 0)), 'increasing, unique ints'),
@@ -58,6 +59,8 @@ def test_dsfpn_refuses_bad_switches_and_ints(kwargs, match):
 def test_dsblock_refuses_bad_switch_ratio_and_norm():
     with pytest.raises(TypeError, match='DSBlock with_alignment must be True or False'):
         DSBlock(16, 1, 2, with_alignment='False')
+    with pytest.raises(TypeError, match='DSBlock with_cp must be True or False'):
+        DSBlock(16, 1, 2, with_cp=1)
     with pytest.raises(ValueError, match=r'must be >= 0.0625 for 16 channels'):
         DSBlock(16, 1, 2, mlp_ratio=0.06)
     with pytest.raises(ValueError, match='accepted: BN, BN2d, SyncBN, GN, IN, IN2d'):

@@ -1,12 +1,17 @@
-"""Explicit attention maps of DS-Blocks, recorded only when asked for.
+"""Explicit attention maps of DS-Blocks, recorded from outside the model.
 
 A DS-Block computes all its attention through the fused
 ``F.scaled_dot_product_attention``, which never forms the probability maps.
 ``AttentionRecorder`` hooks the block's q/k projections and the two sides of
-its Inter-scale Alignment while the block runs its ordinary forward (output
+its Inter-scale Alignment while the model runs its ordinary forward (output
 untouched), and recomputes ``softmax(q k^T / sqrt(d))`` from the captured
-queries and keys afterwards. Nothing is hooked outside the ``with`` block, so
-the fused path costs exactly what it did.
+queries and keys afterwards. The hooks exist only for that one forward, so
+the fused path costs exactly what it did, and the model knows nothing of them.
+
+``record_block_attention`` does this for one block, ``record_backbone_attention``
+for one block of a ``DSNet`` fed an image batch (plus the norm ratios of one
+block per stage, if asked); ``attention_targets`` checks the choice of blocks
+for both the Python API and ``tools/analysis_tools/visualize_attention.py``.
 
 Maps are named query -> key, as the DS-Net paper names the co-attention:
 ``local_to_global`` holds, for every local pixel (query), its weights over the
@@ -14,8 +19,9 @@ global tokens (keys). ``DSBlock._align`` names the same call ``global_to_local``
 after the direction in which the values flow (global values into local pixels).
 """
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -68,7 +74,7 @@ class AttentionRecorder:
     Example::
 
         with AttentionRecorder(block) as recorder:
-            out = block(x)            # the ordinary fused forward
+            out = model(x)            # the ordinary fused forward, through the block
         maps = recorder.result()      # BlockAttention
     """
 
@@ -81,8 +87,8 @@ class AttentionRecorder:
     def _store(self, name: str, value) -> None:
         if name in self._seen:
             raise RuntimeError(
-                f'AttentionRecorder: {name} ran twice in one DSBlock forward; '
-                'record one forward per recorder'
+                f'AttentionRecorder: {name} ran twice while recording; '
+                'record one forward of the block per recorder'
             )
         self._seen[name] = value
 
@@ -141,8 +147,8 @@ class AttentionRecorder:
         if name not in self._seen:
             raise RuntimeError(
                 f'AttentionRecorder: the DSBlock forward did not produce '
-                f'{name!r}; run the block inside the recorder (or the block '
-                'no longer uses the hooked submodules)'
+                f'{name!r}; run a forward through the block inside the recorder '
+                '(or the block no longer uses the hooked submodules)'
             )
         return self._seen[name]
 
@@ -223,4 +229,183 @@ class BackboneAttention:
         return col * cell_w, row * cell_h, cell_w, cell_h
 
 
-__all__ = ['AttentionRecorder', 'BackboneAttention', 'BlockAttention', 'attention_probs']
+class AttentionTargets(NamedTuple):
+    """The blocks to record, as indices from 0 into ``DSNet.stages``."""
+
+    stage: int
+    block: int
+    ratio_blocks: Dict[int, int]  # stage -> block whose norm ratios are recorded
+
+
+@dataclass(frozen=True)
+class TargetNames:
+    """How a caller spells the choice of blocks, for the error messages.
+
+    ``first`` is the number of the first stage and block: 0 in Python (like
+    ``out_indices``), 1 on the command line. ``takes_none``: whether
+    ``ratio_blocks=None`` (no norm ratios) can be given.
+    """
+
+    stage: str = 'stage'
+    block: str = 'block'
+    ratio_blocks: str = 'ratio_blocks'
+    first: int = 0
+    takes_none: bool = True
+
+
+PYTHON_NAMES = TargetNames()
+
+
+def _block_index(number, depth: int, first: int) -> Optional[int]:
+    """Index from 0 of block ``number`` of a stage with ``depth`` blocks
+    (numbers count from ``first``, negative ones from the end), or None."""
+    if isinstance(number, bool) or not isinstance(number, int):
+        return None
+    if first <= number < depth + first:
+        return number - first
+    if -depth <= number < 0:
+        return number + depth
+    return None
+
+
+def attention_targets(
+    backbone: nn.Module,
+    stage: int,
+    block: int = -1,
+    ratio_blocks: Optional[Union[str, int]] = None,
+    names: TargetNames = PYTHON_NAMES,
+) -> AttentionTargets:
+    """Check a choice of blocks of ``backbone`` (a ``DSNet``) to record.
+
+    ``stage`` must be a built stage; ``block`` a block of it (negative: from
+    the end); ``ratio_blocks`` None, ``'last'`` (each built stage's last
+    block) or a block number every built stage has. Numbers count from
+    ``names.first``. Raises ValueError naming what was wrong and what is
+    accepted.
+    """
+    built, first = backbone.num_built_stages, names.first
+    if isinstance(stage, bool) or not isinstance(stage, int) or not first <= stage < built + first:
+        raise ValueError(
+            f'{names.stage} must be an int in {first}..{built - 1 + first} (this DSNet builds '
+            f'{built} stages, out_indices={backbone.out_indices}), got {stage!r}'
+        )
+    stage_index = stage - first
+    depth = backbone.depths[stage_index]
+    block_index = _block_index(block, depth, first)
+    if block_index is None:
+        raise ValueError(
+            f'stage {stage} has {depth} blocks: {names.block} must be an int in '
+            f'{first}..{depth - 1 + first} (or -{depth}..-1 from the end), got {block!r}'
+        )
+    depths = tuple(backbone.depths[:built])
+    if ratio_blocks is None and names.takes_none:
+        return AttentionTargets(stage_index, block_index, {})
+    if isinstance(ratio_blocks, str) and ratio_blocks == 'last':
+        return AttentionTargets(stage_index, block_index, {i: d - 1 for i, d in enumerate(depths)})
+    indices = [_block_index(ratio_blocks, d, first) for d in depths]
+    if None in indices:
+        shortest = min(depths)
+        choices = "None, 'last'" if names.takes_none else "'last'"
+        raise ValueError(
+            f'{names.ratio_blocks} must be {choices} or a block number every built stage has '
+            f'({first}..{shortest - 1 + first}, or -{shortest}..-1 from the end; depths '
+            f'{depths}), got {ratio_blocks!r}'
+        )
+    return AttentionTargets(stage_index, block_index, dict(enumerate(indices)))
+
+
+def record_block_attention(
+    block: nn.Module, x: torch.Tensor, with_maps: bool = True
+) -> Tuple[torch.Tensor, BlockAttention]:
+    """Run ``block(x)``, its ordinary forward, and return ``(output, BlockAttention)``.
+
+    The maps are the global self-attention and both co-attention directions
+    (before attention dropout); the norm ratios those of the alignment.
+    ``with_maps=False`` keeps only the cheap norm ratios.
+    """
+    with AttentionRecorder(block, with_maps=with_maps) as recorder:
+        out = block(x)
+    return out, recorder.result()
+
+
+class _EnoughRecorded(Exception):
+    """Ends a backbone forward once the last block to record has run."""
+
+
+def _raise_enough_recorded(module, args, output):
+    raise _EnoughRecorded
+
+
+def record_backbone_attention(
+    backbone: nn.Module,
+    x: torch.Tensor,
+    stage: int,
+    block: int = -1,
+    ratio_blocks: Optional[Union[str, int]] = None,
+) -> BackboneAttention:
+    """Record one block of ``backbone`` (a ``DSNet``) while it runs its forward on ``x``.
+
+    Args:
+        backbone: The DSNet; its ``forward`` runs unchanged (input checks
+            and padding included) up to the last block recorded.
+        x (Tensor): (B, C, H, W) input, as for ``backbone(x)``.
+        stage (int): Stage index from 0 (stride 4, 8, 16, 32).
+        block (int): Block index in the stage; negative counts from the end
+            (-1, the default, is the stage's last block).
+        ratio_blocks (str | int, optional): Also record the alignment's norm
+            ratios of one block in every built stage: ``'last'`` for each
+            stage's last block, or a block index.
+
+    Returns:
+        BackboneAttention: the chosen block's maps with the geometry that
+        places them on the input. Nothing stays hooked afterwards.
+    """
+    targets = attention_targets(backbone, stage, block, ratio_blocks)
+    return record_attention_targets(backbone, x, targets)
+
+
+def record_attention_targets(
+    backbone: nn.Module, x: torch.Tensor, targets: AttentionTargets
+) -> BackboneAttention:
+    """``record_backbone_attention`` for blocks ``attention_targets`` has checked."""
+    chosen = (targets.stage, targets.block)
+    wanted = sorted({chosen, *targets.ratio_blocks.items()})
+    with contextlib.ExitStack() as hooks:
+        recorders = {
+            (i, j): hooks.enter_context(
+                AttentionRecorder(backbone.stages[i][j], with_maps=(i, j) == chosen)
+            )
+            for i, j in wanted
+        }
+        last_stage, last_block = wanted[-1]
+        stop = backbone.stages[last_stage][last_block].register_forward_hook(_raise_enough_recorded)
+        hooks.callback(stop.remove)
+        try:
+            backbone(x)
+        except _EnoughRecorded:
+            pass
+    results = {where: recorder.result() for where, recorder in recorders.items()}
+    height, width = x.shape[2:]
+    return BackboneAttention(
+        stage=targets.stage,
+        block=targets.block,
+        stride=backbone.strides[targets.stage],
+        input_size=(height, width),
+        padded_size=backbone.padded_size(height, width),
+        maps=results[chosen],
+        stage_ratios={i: (j, results[(i, j)]) for i, j in targets.ratio_blocks.items()},
+    )
+
+
+__all__ = [
+    'AttentionRecorder',
+    'AttentionTargets',
+    'BackboneAttention',
+    'BlockAttention',
+    'TargetNames',
+    'attention_probs',
+    'attention_targets',
+    'record_attention_targets',
+    'record_backbone_attention',
+    'record_block_attention',
+]

@@ -89,7 +89,6 @@ def build_backbone(cfg, config_name: str, checkpoint: str) -> DSNet:
 
     kwargs = dsnet_config(cfg, config_name)
     kwargs['init_cfg'] = None  # weights come from CHECKPOINT, not the config
-    kwargs.pop('pretrained', None)
     model = DSNet(**kwargs)
     model.init_weights()
     if checkpoint.lower() != 'none':
@@ -359,41 +358,34 @@ def parse_args(argv=None):
 
 
 def check_choice(model: DSNet, args):
-    """1-based CLI choices -> 0-based (stage, block, ratio block), with clear errors."""
-    built = model.num_built_stages
-    if not 1 <= args.stage <= built:
-        raise SystemExit(f'--stage must be in 1..{built} for this DSNet, got {args.stage}')
-    stage = args.stage - 1
-    depth = model.depths[stage]
-    if args.block == 0 or not -depth <= args.block <= depth:
-        raise SystemExit(
-            f'stage {args.stage} has {depth} blocks: --block must be in '
-            f'1..{depth} (or -{depth}..-1 from the end), got {args.block}'
-        )
-    block = args.block - 1 if args.block > 0 else args.block
-    if args.ratio_block == 'last':
-        ratio = 'last'
-    else:
-        shortest = min(model.depths[:built])
+    """The CLI's choice of blocks (numbers from 1) as ``AttentionTargets``
+    (indices from 0), checked by ``attention_targets`` like the Python API's."""
+    from mmdsnet.analysis.attention import TargetNames, attention_targets
+
+    names = TargetNames(
+        stage='--stage', block='--block', ratio_blocks='--ratio-block', first=1, takes_none=False
+    )
+    ratio = args.ratio_block
+    if ratio != 'last':
         try:
-            ratio = int(args.ratio_block)
+            ratio = int(ratio)
         except ValueError:
-            ratio = 0
-        if not 1 <= ratio <= shortest:
-            raise SystemExit(
-                f"--ratio-block must be 'last' or a block number in 1..{shortest} "
-                f'(every stage has it), got {args.ratio_block!r}'
-            )
-        ratio -= 1
-    if args.head is not None and not 1 <= args.head <= model.num_heads[stage]:
+            pass  # attention_targets names what is accepted
+    try:
+        targets = attention_targets(model, args.stage, args.block, ratio, names=names)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    heads = model.num_heads[targets.stage]
+    if args.head is not None and not 1 <= args.head <= heads:
         raise SystemExit(
-            f'stage {args.stage} has {model.num_heads[stage]} heads: --head '
-            f'must be in 1..{model.num_heads[stage]}, got {args.head}'
+            f'stage {args.stage} has {heads} heads: --head must be in 1..{heads}, got {args.head}'
         )
-    return stage, block, ratio
+    return targets
 
 
 def main(argv=None):
+    from mmdsnet.analysis.attention import record_attention_targets
+
     args = parse_args(argv)
     try:
         cfg = Config.fromfile(resolve_config_path(args.config))
@@ -407,7 +399,7 @@ def main(argv=None):
             f'{args.config}: this DSNet has with_alignment=False, so its '
             'blocks have no co-attention to draw'
         )
-    stage, block, ratio = check_choice(model, args)
+    targets = check_choice(model, args)
     image, inputs = prepare_image(cfg, args.image, args.size)
     if min(inputs.shape[2:]) < DSNet.min_input_size:
         raise SystemExit(
@@ -417,7 +409,7 @@ def main(argv=None):
     points = parse_points(args.points, image.shape[1], image.shape[0])
     model.to(args.device)
     with torch.no_grad():
-        result = model.forward_attention(inputs.to(args.device), stage, block, ratio_blocks=ratio)
+        result = record_attention_targets(model, inputs.to(args.device), targets)
     head = None if args.head is None else args.head - 1
     figures = AttentionFigures(image, result, head=head, dpi=args.dpi)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -429,7 +421,7 @@ def main(argv=None):
     maps = result.maps
     print(
         f'input {result.input_size[1]}x{result.input_size[0]} (W x H, padded to '
-        f'{result.padded_size[1]}x{result.padded_size[0]}); stage {stage + 1} block '
+        f'{result.padded_size[1]}x{result.padded_size[0]}); stage {result.stage + 1} block '
         f'{result.block + 1}: local map {maps.map_size[1]}x{maps.map_size[0]}, global grid '
         f'{maps.grid_size[1]}x{maps.grid_size[0]}'
     )

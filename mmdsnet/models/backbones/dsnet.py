@@ -13,7 +13,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, trunc_normal_init
@@ -31,7 +30,6 @@ from ..utils.validation import (
     check_positive_int,
     check_rate,
 )
-from .checkpointing import frozen_norm_stats_on_recompute
 from .pretrained import load_pretrained_dsnet, other_init_cfgs, pretrained_checkpoint_of
 
 
@@ -60,8 +58,9 @@ class DSNet(BaseModule):
             SyncBN through config).
         norm_eval (bool): Keep every BN in eval mode during training
             (frozen statistics, as usual with 2 images per GPU).
-        with_cp (bool): Activation checkpointing per block (non-reentrant);
-            saves memory at the cost of one extra forward.
+        with_cp (bool): Activation checkpointing in every block
+            (``DSBlock(with_cp=True)``, non-reentrant); saves memory at the
+            cost of one extra forward.
         drop_rate (float): Dropout in the FFNs.
         attn_drop_rate (float): Dropout on attention maps (0.1 in ImageNet
             pre-training).
@@ -101,6 +100,8 @@ class DSNet(BaseModule):
     num_stages = 4
     strides = (4, 8, 16, 32)
     min_input_size = 32
+    # Inputs are zero-padded at the bottom/right to multiples of this.
+    size_divisor = 32
 
     def __init__(
         self,
@@ -187,6 +188,7 @@ class DSNet(BaseModule):
                             attn_drop_rate=attn_drop_rate,
                             drop_path_rate=rates[first + j],
                             norm_cfg=self.norm_cfg,
+                            with_cp=with_cp,
                         )
                         for j in range(self.depths[i])
                     ]
@@ -330,14 +332,10 @@ class DSNet(BaseModule):
         batch = x.shape[0]
         if batch and self.training and self._has_training_batch_norm():
             # BatchNorm in training needs two values per channel; the last
-            # built stage has the fewest: ceil(H / s) * ceil(W / s) per image.
+            # built stage has the fewest: its map of the padded input.
             stride = self.strides[self.num_built_stages - 1]
-            values = (
-                batch
-                * math.ceil(x.shape[2] / 32)
-                * math.ceil(x.shape[3] / 32)
-                * (32 // stride) ** 2
-            )
+            padded_h, padded_w = self.padded_size(*x.shape[2:])
+            values = batch * (padded_h // stride) * (padded_w // stride)
             if values < 2:
                 raise ValueError(
                     f'DSNet in training mode with BatchNorm needs at least 2 values per channel '
@@ -352,104 +350,21 @@ class DSNet(BaseModule):
             for m in self.stages[self.num_built_stages - 1].modules()
         )
 
-    def _attention_targets(
-        self, stage: int, block: int, ratio_blocks: Optional[Union[str, int]]
-    ) -> Tuple[int, Dict[int, int]]:
-        """Validate ``forward_attention``'s choice; (block index, {stage: ratio block})."""
-        built = self.num_built_stages
-        if not isinstance(stage, int) or not 0 <= stage < built:
-            raise ValueError(
-                f'stage must be an int in 0..{built - 1} (the stages this DSNet '
-                f'builds, out_indices={self.out_indices}), got {stage!r}'
-            )
-        depth = self.depths[stage]
-        if not isinstance(block, int) or not -depth <= block < depth:
-            raise ValueError(
-                f'stage {stage} has {depth} blocks: block must be an int in '
-                f'0..{depth - 1} (or -{depth}..-1 from the end), got {block!r}'
-            )
-        if ratio_blocks is None:
-            return block % depth, {}
-        if ratio_blocks == 'last':
-            return block % depth, {i: self.depths[i] - 1 for i in range(built)}
-        if isinstance(ratio_blocks, int) and all(
-            -d <= ratio_blocks < d for d in self.depths[:built]
-        ):
-            return block % depth, {i: ratio_blocks % self.depths[i] for i in range(built)}
-        raise ValueError(
-            f"ratio_blocks must be None, 'last' or a block index valid in every "
-            f'built stage (depths {self.depths[:built]}), got {ratio_blocks!r}'
-        )
+    @classmethod
+    def padded_size(cls, height: int, width: int) -> Tuple[int, int]:
+        """(H, W) of an input after ``forward``'s zero padding: the next
+        multiples of ``size_divisor``."""
+        divisor = cls.size_divisor
+        return (math.ceil(height / divisor) * divisor, math.ceil(width / divisor) * divisor)
 
-    def forward_attention(
-        self,
-        x: torch.Tensor,
-        stage: int,
-        block: int = -1,
-        ratio_blocks: Optional[Union[str, int]] = None,
-    ):
-        """Run the backbone up to one block and return its attention maps.
-
-        Args:
-            x (Tensor): (B, C, H, W) input, padded like ``forward``.
-            stage (int): Stage index, 0..3 (stride 4..32).
-            block (int): Block index within the stage; negative counts from
-                the end (-1, the default, is the stage's last block).
-            ratio_blocks (str | int, optional): Also record the alignment's
-                norm ratios of one block in every built stage: ``'last'`` for
-                each stage's last block, or a block index. Runs the stages
-                up to the deepest block needed.
-
-        Returns:
-            ``mmdsnet.analysis.attention.BackboneAttention``: the chosen
-            block's maps with the geometry that places them on the input.
-            The ordinary ``forward`` is untouched and records nothing.
-        """
-        from ...analysis.attention import BackboneAttention
-
-        self._check_input(x)
-        block, ratio_at = self._attention_targets(stage, block, ratio_blocks)
+    def _pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-pad ``x`` at the bottom/right to ``padded_size``, in the stages' layout."""
         height, width = x.shape[2:]
-        pad_h, pad_w = (-height) % 32, (-width) % 32
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-        padded = tuple(x.shape[2:])
+        padded_h, padded_w = self.padded_size(height, width)
+        if (padded_h, padded_w) != (height, width):
+            x = F.pad(x, (0, padded_w - width, 0, padded_h - height))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        last_stage = max([stage, *ratio_at])
-        stop = max(block if last_stage == stage else -1, ratio_at.get(last_stage, -1))
-        chosen, stage_ratios = None, {}
-        for i in range(last_stage + 1):
-            x = self.patch_embeds[i](x)
-            for j, ds_block in enumerate(self.stages[i]):
-                if i == last_stage and j > stop:
-                    break
-                if (i, j) == (stage, block):
-                    x, chosen = ds_block.forward_with_attention(x)
-                    recorded = chosen
-                elif ratio_at.get(i) == j:
-                    x, recorded = ds_block.forward_with_attention(x, with_maps=False)
-                else:
-                    x = ds_block(x)
-                if ratio_at.get(i) == j:
-                    stage_ratios[i] = (j, recorded)
-        return BackboneAttention(
-            stage=stage,
-            block=block,
-            stride=self.strides[stage],
-            input_size=(height, width),
-            padded_size=padded,
-            maps=chosen,
-            stage_ratios=stage_ratios,
-        )
-
-    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        for block in stage:
-            if self.with_cp and x.requires_grad:
-                x = cp.checkpoint(
-                    block, x, use_reentrant=False, context_fn=frozen_norm_stats_on_recompute(block)
-                )
-            else:
-                x = block(x)
         return x
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -462,14 +377,10 @@ class DSNet(BaseModule):
         """
         self._check_input(x)
         height, width = x.shape[2:]
-        pad_h, pad_w = (-height) % 32, (-width) % 32
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._pad_input(x)
         outs = []
         for i in range(self.num_built_stages):
-            x = self._run_stage(self.stages[i], self.patch_embeds[i](x))
+            x = self.stages[i](self.patch_embeds[i](x))
             if i in self.out_indices:
                 stride = self.strides[i]
                 out = x[..., : math.ceil(height / stride), : math.ceil(width / stride)]

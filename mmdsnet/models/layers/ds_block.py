@@ -26,6 +26,7 @@ from ..utils.validation import (
     check_positive_int,
     check_rate,
 )
+from .activation_checkpointing import checkpointed
 
 
 def to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
@@ -157,7 +158,7 @@ class DSBlock(BaseModule):
     """Dual-stream block on an NCHW map.
 
     Args:
-        channels (int): Width C of the block (input = output).
+        embed_dims (int): Width C of the block (input = output).
         num_heads (int): Heads of the global self-attention and of both
             co-attention directions; head size is (C / 2) / num_heads.
         global_resize (int): The global stream runs on the map shrunk by this
@@ -170,11 +171,14 @@ class DSBlock(BaseModule):
         drop_path_rate (float): Stochastic depth on the two outer residuals.
         norm_cfg (dict): Norm of the NCHW branches (BN in the checkpoints).
             The global tokens always use LayerNorm, as in the checkpoints.
+        with_cp (bool): Activation checkpointing: while the input needs a
+            gradient, keep only the block's input for backward and recompute
+            the rest then (one more forward, BN statistics updated once).
     """
 
     def __init__(
         self,
-        channels: int,
+        embed_dims: int,
         num_heads: int,
         global_resize: int,
         mlp_ratio: float = 4.0,
@@ -183,38 +187,41 @@ class DSBlock(BaseModule):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         norm_cfg: Optional[dict] = None,
+        with_cp: bool = False,
         init_cfg=None,
     ):
         super().__init__(init_cfg=init_cfg)
         norm_cfg = norm_cfg or dict(type='BN', requires_grad=True)
-        check_positive_int('DSBlock channels', channels, minimum=2)
-        if channels % 2:
+        check_positive_int('DSBlock embed_dims', embed_dims, minimum=2)
+        if embed_dims % 2:
             raise ValueError(
-                f'DSBlock channels must be even (half local, half global), got {channels}'
+                f'DSBlock embed_dims must be even (half local, half global), got {embed_dims}'
             )
-        half = channels // 2
-        check_heads('DSBlock num_heads', channels, num_heads)
+        half = embed_dims // 2
+        check_heads('DSBlock num_heads', embed_dims, num_heads)
         check_positive_int('DSBlock global_resize', global_resize)
-        check_mlp_ratio('DSBlock mlp_ratio', mlp_ratio, channels)
+        check_mlp_ratio('DSBlock mlp_ratio', mlp_ratio, embed_dims)
         check_bool('DSBlock with_alignment', with_alignment)
+        check_bool('DSBlock with_cp', with_cp)
         check_nchw_norm_cfg('DSBlock norm_cfg', norm_cfg)
         check_rate('DSBlock drop_rate', drop_rate)
         check_rate('DSBlock attn_drop_rate', attn_drop_rate)
         check_rate('DSBlock drop_path_rate', drop_path_rate)
-        self.channels = channels
+        self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.global_resize = global_resize
         self.with_alignment = with_alignment
         self.attn_drop_rate = attn_drop_rate
+        self.with_cp = with_cp
 
         def norm(num_features):
             return allow_one_value_groups(build_norm_layer(norm_cfg, num_features)[1])
 
         # Conditional position encoding, pre-norm and 1x1 mixing before the split.
-        self.pos_embed = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
-        self.norm1 = norm(channels)
-        self.conv1 = nn.Conv2d(channels, channels, 1)
-        self.conv2 = nn.Conv2d(channels, channels, 1)
+        self.pos_embed = nn.Conv2d(embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
+        self.norm1 = norm(embed_dims)
+        self.conv1 = nn.Conv2d(embed_dims, embed_dims, 1)
+        self.conv2 = nn.Conv2d(embed_dims, embed_dims, 1)
         # Intra-scale propagation: local depthwise conv, global self-attention.
         self.norm_conv1 = norm(half)
         self.norm_sa1 = nn.LayerNorm(half)
@@ -229,8 +236,8 @@ class DSBlock(BaseModule):
             self.fuse_channel_sa = nn.Linear(half, half)
             self.norm_conv2 = norm(half)
             self.norm_sa2 = nn.LayerNorm(half)
-        self.norm2 = norm(channels)
-        self.mlp = ConvMlp(channels, int(channels * mlp_ratio), drop_rate)
+        self.norm2 = norm(embed_dims)
+        self.mlp = ConvMlp(embed_dims, int(embed_dims * mlp_ratio), drop_rate)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         match_grad_strides(self)
 
@@ -248,22 +255,6 @@ class DSBlock(BaseModule):
 
     def _attn_dropout(self) -> float:
         return self.attn_drop_rate if self.training else 0.0
-
-    def forward_with_attention(self, x: torch.Tensor, with_maps: bool = True):
-        """Run the block on ``x`` and also return what its attention did.
-
-        The block runs its ordinary fused forward (same output); hooks record
-        q/k and the alignment's inputs and outputs, and the maps are formed
-        afterwards. Returns ``(output, BlockAttention)`` with the global
-        self-attention, both co-attention maps and the alignment's norm
-        ratios (see ``mmdsnet.analysis.attention``); ``with_maps=False`` keeps
-        only the cheap norm ratios. Maps are shown before attention dropout.
-        """
-        from ...analysis.attention import AttentionRecorder
-
-        with AttentionRecorder(self, with_maps=with_maps) as recorder:
-            out = self(x)
-        return out, recorder.result()
 
     def _global_self_attention(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens + MHSA(LN(tokens)) without output projection; (B, M, C/2)."""
@@ -295,6 +286,14 @@ class DSBlock(BaseModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block to a (B, C, H, W) map; channels-last is fastest.
+        With ``with_cp``, under activation checkpointing while ``x`` needs a
+        gradient."""
+        if self.with_cp and x.requires_grad:
+            return checkpointed(self._forward, self, x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's computation (``forward`` adds the checkpointing).
 
         ``conv1`` and ``conv2`` are 1x1 and bilinear resampling mixes pixels
         with weights that sum to one, so the two commute exactly: the global
@@ -306,7 +305,7 @@ class DSBlock(BaseModule):
         x = x + self.pos_embed(x)
         shortcut = x
         height, width = x.shape[2:]
-        half = self.channels // 2
+        half = self.embed_dims // 2
         normed = self.norm1(x)
         # conv1's output: global channels first, local channels second.
         local = F.conv2d(normed, self.conv1.weight[half:], self.conv1.bias[half:])

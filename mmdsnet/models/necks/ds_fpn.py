@@ -70,6 +70,9 @@ class DSFPN(BaseModule):
             these blocks have no pretrained statistics and detection trains
             with 2 images per GPU.
         ds_drop_path_rate (float): Stochastic depth inside the DS-Blocks.
+        ds_with_cp (bool): Activation checkpointing in every DS-Block
+            (``DSBlock(with_cp=True)``): less training memory for one more
+            forward of the blocks. Off by default.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class DSFPN(BaseModule):
         ds_with_alignment: bool = True,
         ds_norm_cfg: Optional[dict] = None,
         ds_drop_path_rate: float = 0.0,
+        ds_with_cp: bool = False,
         init_cfg: Optional[Union[dict, List[dict]]] = FPN_INIT,
     ):
         super().__init__(init_cfg=init_cfg)
@@ -107,6 +111,7 @@ class DSFPN(BaseModule):
         check_bool('relu_before_extra_convs', relu_before_extra_convs)
         check_bool('no_norm_on_lateral', no_norm_on_lateral)
         check_bool('ds_with_alignment', ds_with_alignment)
+        check_bool('ds_with_cp', ds_with_cp)
         if norm_cfg is not None:
             check_nchw_norm_cfg('norm_cfg', norm_cfg)
         if ds_norm_cfg is not None:
@@ -170,6 +175,7 @@ class DSFPN(BaseModule):
         check_mlp_ratio('ds_mlp_ratio', ds_mlp_ratio, out_channels)
         check_rate('ds_drop_path_rate', ds_drop_path_rate)
         self.ds_position = ds_position
+        self.ds_with_cp = ds_with_cp
         self.ds_global_resize = tuple(ds_global_resize)
         heads = max(1, out_channels // 2 // 32) if ds_num_heads is None else ds_num_heads
         if num_ds_blocks and self.ds_levels:
@@ -218,6 +224,7 @@ class DSFPN(BaseModule):
                             with_alignment=ds_with_alignment,
                             drop_path_rate=ds_drop_path_rate,
                             norm_cfg=ds_norm_cfg,
+                            with_cp=ds_with_cp,
                         )
                         for _ in range(num_ds_blocks)
                     ]
