@@ -43,16 +43,10 @@ from typing import Callable, Dict, List
 
 import torch
 
-try:
-    from mmdsnet.analysis import saved_activations_mb
-    from mmdsnet.analysis.inputs import build_detector, detector_batch, parse_setting
-    from mmdsnet.models import DSNet
-    from mmdsnet.testing import reference_for
-except ModuleNotFoundError as error:
-    raise SystemExit(
-        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-        'into an mmdet/mmseg environment (README, Install)'
-    ) from error
+from mmdsnet.analysis import saved_activations_mb
+from mmdsnet.analysis.inputs import build_detector, detector_batch, parse_setting
+from mmdsnet.models import DSNet
+from mmdsnet.testing import reference_for
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
