@@ -2,7 +2,7 @@
 
 Example::
 
-    python tools/misc/make_demo_data.py --out data/demo \
+    python tools/demo/make_demo_data.py --out data/demo \
         --num-train 64 --num-val 16 --seed 0
 
 Writes ``<out>/coco`` (COCO instances) and ``<out>/seg`` (mmseg label maps);
