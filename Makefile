@@ -10,15 +10,15 @@ TASK ?= det
 .PHONY: install test demo lint gpu-check
 
 install:
-	PYTHON=$(PYTHON) bash tools/install_env.sh
+	PYTHON=$(PYTHON) bash tools/install/install_env.sh
 
 test: install
 	$(PY) -m pytest -q
 
-# tools/demo.sh and the launchers it calls read PYTHON as the interpreter to run:
+# tools/demo/demo.sh and the launchers it calls read PYTHON as the interpreter to run:
 # hand them the .venv one, not the one that created it.
 demo: install
-	PYTHON=$(abspath $(PY)) bash tools/demo.sh $(TASK)
+	PYTHON=$(abspath $(PY)) bash tools/demo/demo.sh $(TASK)
 
 # ruff (pinned in requirements/constraints.txt), configured in pyproject.toml:
 # lint rules and the formatter's check over the whole repo.

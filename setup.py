@@ -1,4 +1,4 @@
-"""Install mmdsnet. The OpenMMLab stack itself is installed by tools/install_env.sh
+"""Install mmdsnet. The OpenMMLab stack itself is installed by tools/install/install_env.sh
 (mmcv must be built with its ops against the local torch, so it is not a pip dependency)."""
 
 import os

@@ -241,9 +241,8 @@ def build_runner(cfg: Config):
     from mmengine.runner import Runner
 
     from .engine import use_atomic_checkpoint_hook
-    from .utils.compat import allow_runner_checkpoint_globals, patch_cpu_distributed
+    from .utils.compat import patch_cpu_distributed
 
-    allow_runner_checkpoint_globals()  # resume / load_from on torch >= 2.6
     use_atomic_checkpoint_hook(cfg)
     if cfg.get('launcher', 'none') != 'none':
         patch_cpu_distributed()

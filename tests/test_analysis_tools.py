@@ -142,28 +142,31 @@ def test_configs_resolve_by_package_prefix(tmp_path):
 
 
 def test_benchmark_builds_every_detector():
-    tool = load_tool('benchmark')
-    for name, (config, overrides) in tool.DETECTORS.items():
-        model = tool.build_detector(config, overrides)
+    from mmdsnet.analysis.benchmark import DETECTORS
+    from mmdsnet.analysis.inputs import build_detector
+
+    for name, (config, overrides) in DETECTORS.items():
+        model = build_detector(config, overrides)
         depth = getattr(model.backbone, 'depth', None)
         assert (depth == 50) == name.startswith('MaskRCNN R-50'), name
         assert getattr(model.backbone, 'with_cp', False) == ('with_cp' in name), name
         if depth is None:  # DS-Net: trains every stage unless the entry says otherwise
             assert model.backbone.frozen_stages == (1 if 'frozen_stages=1' in name else -1), name
     with pytest.raises(SystemExit):
-        tool.main(['--suites', 'detector', '--detectors', 'MaskRCNN R-101'])
+        load_tool('benchmark').main(['--suites', 'detector', '--detectors', 'MaskRCNN R-101'])
 
 
 def test_benchmark_modes_select_detector_groups():
-    tool = load_tool('benchmark')
-    cases = tool.make_cases(
+    from mmdsnet.analysis.benchmark import make_cases
+
+    cases = make_cases(
         {'detector'}, torch.device('cpu'), [], [], modes=['eval'], detectors=['MaskRCNN R-50+FPN']
     )
     assert [(c.group, c.name) for c in cases] == [
         ('Mask R-CNN 2x800x1333 eval fp32', 'MaskRCNN R-50+FPN')
     ]
     # training in each precision asked for; inference in fp32 only, as tools/test.py runs it
-    cases = tool.make_cases(
+    cases = make_cases(
         {'detector'},
         torch.device('cpu'),
         [],

@@ -1,5 +1,5 @@
-"""tools/misc/demo_console.py (what reaches the demo's console) and
-tools/misc/demo_summary.py (curves, summary, learning check) on small
+"""tools/demo/demo_console.py (what reaches the demo's console) and
+tools/demo/demo_summary.py (curves, summary, learning check) on small
 hand-made logs."""
 
 import importlib.util
@@ -11,7 +11,7 @@ from conftest import REPO_ROOT
 
 
 def load_tool(name):
-    path = osp.join(REPO_ROOT, 'tools', 'misc', f'{name}.py')
+    path = osp.join(REPO_ROOT, 'tools', 'demo', f'{name}.py')
     spec = importlib.util.spec_from_file_location(f'tool_{name}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -71,7 +71,7 @@ def test_console_never_hides_an_error_inside_a_dump():
 
 
 def write_run(work_dir, bbox_maps, losses, test_bbox_map, pictures=2):
-    """A work dir as tools/demo.sh leaves it, with the given figures."""
+    """A work dir as tools/demo/demo.sh leaves it, with the given figures."""
     run = work_dir / '20261124_134837'
     (run / 'vis_data').mkdir(parents=True)
     records = [

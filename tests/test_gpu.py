@@ -126,7 +126,7 @@ def test_mmcv_cuda_ops_match_the_cpu():
     from mmcv.ops import batched_nms, sigmoid_focal_loss
     from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss
 
-    build_env = runpy.run_path(osp.join(REPO_ROOT, 'tools/misc/cuda_build_env.py'))
+    build_env = runpy.run_path(osp.join(REPO_ROOT, 'tools/install/cuda_build_env.py'))
     assert 'verified' in build_env['verify_ops']('cuda')
     gen = torch.Generator().manual_seed(0)
     xy = torch.rand(3000, 2, generator=gen) * 500
@@ -149,7 +149,7 @@ def test_dist_train_nccl_amp_two_epochs(tmp_path):
     """tools/dist_train.sh with one process: NCCL, --amp, two epochs, finite losses."""
     data = tmp_path / 'data'
     subprocess.run(
-        [sys.executable, 'tools/misc/make_demo_data.py', '--out', str(data)],
+        [sys.executable, 'tools/demo/make_demo_data.py', '--out', str(data)],
         cwd=REPO_ROOT,
         check=True,
         capture_output=True,

@@ -1,4 +1,5 @@
-"""tools/install_env.sh and its mmcv build decision (tools/misc/cuda_build_env.py), on faked
+"""tools/install/install_env.sh and its mmcv build decision (tools/install/mmcv_build_plan.py,
+probed and checked by tools/install/cuda_build_env.py), on faked
 machines: CPU torch, CUDA 12 / 13 torch with a missing / mismatched / matching nvcc (provisioned
 from the package index when missing), GPUs or none, cores and memory; the CUDA_HOME assembled
 from pip packages (a faked package tree) and the mmcv sdist patch. No GPU and no download is
@@ -17,21 +18,25 @@ import pytest
 import torch
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-SCRIPT = osp.join(ROOT, 'tools', 'install_env.sh')
-PATCH = osp.join(ROOT, 'tools', 'misc', 'mmcv-2.1.0-cxx-std.patch')
+INSTALL_TOOLS = osp.join(ROOT, 'tools', 'install')
+SCRIPT = osp.join(INSTALL_TOOLS, 'install_env.sh')
+PATCH = osp.join(INSTALL_TOOLS, 'mmcv-2.1.0-cxx-std.patch')
 # The mmcv 2.1.0 sdist (not in the repo): MMCV_SDIST, else the copy on the machines of this project.
 SDIST = os.environ.get('MMCV_SDIST', '/work/shared/gpu-wheels/mmcv-2.1.0.tar.gz')
 
 
-def load_module():
-    path = osp.join(ROOT, 'tools', 'misc', 'cuda_build_env.py')
-    spec = importlib.util.spec_from_file_location('cuda_build_env', path)
+def load_module(name):
+    """A module of tools/install/ under its own name, so that cuda_build_env.py's import of
+    mmcv_build_plan finds the one loaded here (one BuildCheckError for both)."""
+    spec = importlib.util.spec_from_file_location(name, osp.join(INSTALL_TOOLS, f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-cbe = load_module()
+planner = load_module('mmcv_build_plan')
+cbe = load_module('cuda_build_env')
 
 NVCC_12_8 = (
     'nvcc: NVIDIA (R) Cuda compiler driver\n'
@@ -55,9 +60,9 @@ TORCH_213_REQUIRES = (
     '==13.0.3; platform_system == "Linux"',
     'nvidia-cudnn-cu13==9.20.0.48; platform_system == "Linux"',
 )
-H100 = cbe.Gpu('NVIDIA H100 80GB HBM3', (9, 0))
-A100 = cbe.Gpu('NVIDIA A100-SXM4-80GB', (8, 0))
-RTX5090 = cbe.Gpu('NVIDIA GeForce RTX 5090', (12, 0))
+H100 = planner.Gpu('NVIDIA H100 80GB HBM3', (9, 0))
+A100 = planner.Gpu('NVIDIA A100-SXM4-80GB', (8, 0))
+RTX5090 = planner.Gpu('NVIDIA GeForce RTX 5090', (12, 0))
 
 
 def machine(**kw):
@@ -72,7 +77,7 @@ def machine(**kw):
         mem_gib=120.0,
     )
     base.update(kw)
-    return cbe.Machine(**base)
+    return planner.Machine(**base)
 
 
 # ----------------------------------------------------------------------------- the decision
@@ -87,14 +92,14 @@ def test_cpu_torch_keeps_cpu_path(gpus):
         nvcc_version=None,
         nvcc_arches=None,
     )
-    plan = cbe.plan_build(m, {'TORCH_CUDA_ARCH_LIST': '8.0', 'MAX_JOBS': '7'})
+    plan = planner.plan_build(m, {'TORCH_CUDA_ARCH_LIST': '8.0', 'MAX_JOBS': '7'})
     assert plan.mode == 'cpu'
     assert plan.shell() == 'export MMDSNET_MMCV_BUILD=cpu\nexport MMCV_CXX_STD=c++20\n'
     assert 'no CUDA' in plan.notes[0]
 
 
 def test_cuda_torch_without_visible_gpu_builds_cpu_ops():
-    plan = cbe.plan_build(machine(gpus=(), nvcc=None, nvcc_version=None), {})
+    plan = planner.plan_build(machine(gpus=(), nvcc=None, nvcc_version=None), {})
     assert plan.exports == {'MMDSNET_MMCV_BUILD': 'cpu', 'MMCV_CXX_STD': 'c++17'}
     assert 'sees no GPU' in plan.notes[0] and 'FORCE_CUDA=1' in plan.notes[0]
 
@@ -111,15 +116,15 @@ def test_force_cuda_without_gpu_builds_the_default_arches(
     torch_cuda, nvcc_version, arches, expected
 ):
     m = machine(gpus=(), torch_cuda=torch_cuda, nvcc_version=nvcc_version, nvcc_arches=arches)
-    plan = cbe.plan_build(m, {'FORCE_CUDA': '1'})
+    plan = planner.plan_build(m, {'FORCE_CUDA': '1'})
     assert plan.mode == 'cuda' and plan.exports['TORCH_CUDA_ARCH_LIST'] == expected
     assert f'TORCH_CUDA_ARCH_LIST={expected} (no GPU is visible' in plan.notes[0]
     # Every default target is one that nvcc of that CUDA version lists.
-    assert set(cbe.numeric_arches(expected)) <= cbe.parse_nvcc_arches(arches)
+    assert set(planner.numeric_arches(expected)) <= planner.parse_nvcc_arches(arches)
     if torch_cuda.startswith('13'):
         assert '7.0' not in expected  # CUDA 13 dropped sm_50 to sm_70
     # A list of the user's is built instead, and said to be theirs.
-    plan = cbe.plan_build(m, {'FORCE_CUDA': '1', 'TORCH_CUDA_ARCH_LIST': '9.0'})
+    plan = planner.plan_build(m, {'FORCE_CUDA': '1', 'TORCH_CUDA_ARCH_LIST': '9.0'})
     assert plan.exports['TORCH_CUDA_ARCH_LIST'] == '9.0'
     assert 'TORCH_CUDA_ARCH_LIST=9.0 (yours)' in plan.notes[0]
 
@@ -142,7 +147,7 @@ def cuda13_machine(**kw):
 @pytest.mark.parametrize('nvcc', [None, '/opt/cuda/bin/nvcc'])
 def test_missing_nvcc_is_provisioned_from_the_package_index(nvcc):
     # nvcc absent, or present but failing to run (no version output).
-    plan = cbe.plan_build(cuda13_machine(nvcc=nvcc, gpus=(H100,)), {})
+    plan = planner.plan_build(cuda13_machine(nvcc=nvcc, gpus=(H100,)), {})
     assert plan.mode == 'provision'
     assert plan.exports == {
         'MMDSNET_MMCV_BUILD': 'provision',
@@ -155,8 +160,8 @@ def test_missing_nvcc_is_provisioned_from_the_package_index(nvcc):
 @pytest.mark.parametrize('nvcc', [None, '/opt/cuda/bin/nvcc'])
 def test_missing_nvcc_of_cuda12_cannot_be_provisioned(nvcc):
     # The index's nvidia-cuda-nvcc-cu12 has no nvcc driver: say so, and what to install.
-    with pytest.raises(cbe.BuildCheckError) as err:
-        cbe.plan_build(machine(nvcc=nvcc, nvcc_version=None, nvcc_arches=None), {})
+    with pytest.raises(planner.BuildCheckError) as err:
+        planner.plan_build(machine(nvcc=nvcc, nvcc_version=None, nvcc_arches=None), {})
     msg = str(err.value)
     assert 'torch 2.11.0+cu128 was built with CUDA 12.8' in msg and (nvcc or 'on PATH') in msg
     assert 'the package index has no nvcc for CUDA 12.x' in msg and 'ptxas' in msg
@@ -165,8 +170,8 @@ def test_missing_nvcc_of_cuda12_cannot_be_provisioned(nvcc):
 
 @pytest.mark.parametrize('nvcc', [None, '/opt/cuda/bin/nvcc'])
 def test_missing_nvcc_without_provisioning_names_what_to_install(nvcc):
-    with pytest.raises(cbe.BuildCheckError) as err:
-        cbe.plan_build(
+    with pytest.raises(planner.BuildCheckError) as err:
+        planner.plan_build(
             machine(nvcc=nvcc, nvcc_version=None, nvcc_arches=None),
             {'MMDSNET_PROVISION_CUDA': '0'},
         )
@@ -178,26 +183,26 @@ def test_missing_nvcc_without_provisioning_names_what_to_install(nvcc):
 
 def test_cuda13_torch_without_nvcc_provisions_the_toolkit_torch_pins():
     m = cuda13_machine()
-    plan = cbe.plan_build(m, {'FORCE_CUDA': '1', 'TORCH_CUDA_ARCH_LIST': '9.0'})
+    plan = planner.plan_build(m, {'FORCE_CUDA': '1', 'TORCH_CUDA_ARCH_LIST': '9.0'})
     assert plan.mode == 'provision'
     assert plan.exports['MMDSNET_CUDA_PACKAGES'] == (
         'cuda-toolkit[nvcc,cccl,cudart,crt,nvvm,cublas,cusparse,cusolver,curand,cufft]==13.0.3'
     )
     # Without FORCE_CUDA and without a GPU nothing is provisioned: CPU ops.
-    assert cbe.plan_build(m, {}).mode == 'cpu'
+    assert planner.plan_build(m, {}).mode == 'cpu'
 
 
 def test_nvcc_of_another_major_is_replaced_or_named():
     # torch CUDA 13.0, system nvcc 12.8: nvcc 13.0 is provisioned; the note names both.
     m = cuda13_machine(nvcc='/usr/local/cuda/bin/nvcc', nvcc_version=NVCC_12_8)
-    plan = cbe.plan_build(m, {'FORCE_CUDA': '1'})
+    plan = planner.plan_build(m, {'FORCE_CUDA': '1'})
     assert plan.mode == 'provision'
     assert 'nvcc /usr/local/cuda/bin/nvcc is CUDA 12.8' in plan.notes[0]
     assert '(13 vs 12)' in plan.notes[0]
     # torch CUDA 12.8, system nvcc 13.0: nothing to provision; both versions and the fix named.
     for env in ({}, {'MMDSNET_PROVISION_CUDA': '0'}):
-        with pytest.raises(cbe.BuildCheckError) as err:
-            cbe.plan_build(machine(nvcc_version=NVCC_13_0), env)
+        with pytest.raises(planner.BuildCheckError) as err:
+            planner.plan_build(machine(nvcc_version=NVCC_13_0), env)
         msg = str(err.value)
         assert 'nvcc /usr/local/cuda/bin/nvcc is CUDA 13.0' in msg
         assert 'built with CUDA 12.8' in msg and '(12 vs 13)' in msg
@@ -206,9 +211,9 @@ def test_nvcc_of_another_major_is_replaced_or_named():
 
 def test_matching_system_nvcc_is_preferred_to_provisioning():
     m = cuda13_machine(gpus=(H100,), nvcc='/usr/local/cuda/bin/nvcc', nvcc_version=NVCC_12_8)
-    assert cbe.plan_build(m, {}).mode == 'provision'
+    assert planner.plan_build(m, {}).mode == 'provision'
     m = dataclasses.replace(m, nvcc_version=NVCC_13_0, nvcc_arches=ARCHES_13_0)
-    plan = cbe.plan_build(m, {})
+    plan = planner.plan_build(m, {})
     assert plan.mode == 'cuda' and plan.exports['MMDSNET_NVCC'] == '/usr/local/cuda/bin/nvcc'
     assert plan.exports['MMCV_CXX_STD'] == 'c++20'
 
@@ -222,14 +227,14 @@ def test_matching_system_nvcc_is_preferred_to_provisioning():
     ],
 )
 def test_cuda13_packages_follow_torch(requires, expected):
-    (spec,) = cbe.cuda_packages('13.1', requires)
+    (spec,) = planner.cuda_packages('13.1', requires)
     assert spec.startswith('cuda-toolkit[nvcc,cccl,') and spec.endswith(']' + expected)
 
 
 @pytest.mark.parametrize('torch_cuda', ['11.8', '12.1', '12.9'])
 def test_no_packages_before_cuda_13(torch_cuda):
-    with pytest.raises(cbe.BuildCheckError, match=f'no nvcc for CUDA {torch_cuda[:2]}.x'):
-        cbe.cuda_packages(torch_cuda)
+    with pytest.raises(planner.BuildCheckError, match=f'no nvcc for CUDA {torch_cuda[:2]}.x'):
+        planner.cuda_packages(torch_cuda)
 
 
 @pytest.mark.parametrize(
@@ -245,29 +250,29 @@ def test_no_packages_before_cuda_13(torch_cuda):
     ],
 )
 def test_cxx_std_by_torch_version(version, std):
-    assert cbe.cxx_std(version) == std
-    plan = cbe.plan_build(machine(torch_version=version), {})
+    assert planner.cxx_std(version) == std
+    plan = planner.plan_build(machine(torch_version=version), {})
     assert plan.exports['MMCV_CXX_STD'] == std and f'{std},' in plan.notes[0]
 
 
 def test_cxx_std_unreadable_version():
-    with pytest.raises(cbe.BuildCheckError, match='expected e.g. 2.13.0'):
-        cbe.cxx_std('unknown')
+    with pytest.raises(planner.BuildCheckError, match='expected e.g. 2.13.0'):
+        planner.cxx_std('unknown')
 
 
 def test_nvcc_minor_mismatch_is_accepted_with_a_note():
-    plan = cbe.plan_build(machine(nvcc_version=NVCC_12_4, nvcc_arches=ARCHES_12_4), {})
+    plan = planner.plan_build(machine(nvcc_version=NVCC_12_4, nvcc_arches=ARCHES_12_4), {})
     assert plan.mode == 'cuda'
     assert any('nvcc is CUDA 12.4, torch was built with 12.8' in n for n in plan.notes)
 
 
 def test_unreadable_nvcc_version_is_an_error():
-    with pytest.raises(cbe.BuildCheckError, match='cannot read the CUDA release'):
-        cbe.plan_build(machine(nvcc_version='nvcc: something else\n'), {})
+    with pytest.raises(planner.BuildCheckError, match='cannot read the CUDA release'):
+        planner.plan_build(machine(nvcc_version='nvcc: something else\n'), {})
 
 
 def test_matching_nvcc_exports_the_build_variables():
-    plan = cbe.plan_build(machine(), {})
+    plan = planner.plan_build(machine(), {})
     assert plan.mode == 'cuda'
     assert plan.exports == {
         'MMDSNET_MMCV_BUILD': 'cuda',
@@ -290,12 +295,12 @@ def test_matching_nvcc_exports_the_build_variables():
     ],
 )
 def test_arch_list_from_visible_gpus(gpus, expected):
-    plan = cbe.plan_build(machine(gpus=gpus), {})
+    plan = planner.plan_build(machine(gpus=gpus), {})
     assert plan.exports['TORCH_CUDA_ARCH_LIST'] == expected
 
 
 def test_shell_exports_quote_the_arch_list():
-    plan = cbe.plan_build(machine(gpus=(H100, A100)), {})
+    plan = planner.plan_build(machine(gpus=(H100, A100)), {})
     out = subprocess.run(
         ['bash', '-c', plan.shell() + 'echo "$TORCH_CUDA_ARCH_LIST|$MAX_JOBS"'],
         capture_output=True,
@@ -307,22 +312,22 @@ def test_shell_exports_quote_the_arch_list():
 
 @pytest.mark.parametrize('user', ['8.0;9.0+PTX', '9.0', 'Hopper'])
 def test_user_arch_list_is_kept(user):
-    plan = cbe.plan_build(machine(gpus=(A100,)), {'TORCH_CUDA_ARCH_LIST': user})
+    plan = planner.plan_build(machine(gpus=(A100,)), {'TORCH_CUDA_ARCH_LIST': user})
     assert plan.exports['TORCH_CUDA_ARCH_LIST'] == user
     warned = any('has no kernels for the visible GPU capability 8.0' in n for n in plan.notes)
     assert warned == (user != '8.0;9.0+PTX')
 
 
 def test_gpu_newer_than_nvcc_is_refused_before_the_build():
-    with pytest.raises(cbe.BuildCheckError) as err:
-        cbe.plan_build(
+    with pytest.raises(planner.BuildCheckError) as err:
+        planner.plan_build(
             machine(gpus=(RTX5090,), nvcc_version=NVCC_12_4, nvcc_arches=ARCHES_12_4), {}
         )
     msg = str(err.value)
     assert 'cannot compile for compute capability 12.0' in msg and 'targets 5.0 to 9.0a' in msg
     # The same check covers a user-set list.
-    with pytest.raises(cbe.BuildCheckError, match='compute capability 10.0'):
-        cbe.plan_build(
+    with pytest.raises(planner.BuildCheckError, match='compute capability 10.0'):
+        planner.plan_build(
             machine(nvcc_version=NVCC_12_4, nvcc_arches=ARCHES_12_4),
             {'TORCH_CUDA_ARCH_LIST': '9.0;10.0'},
         )
@@ -338,39 +343,39 @@ def test_gpu_newer_than_nvcc_is_refused_before_the_build():
     ],
 )
 def test_max_jobs_from_cores_and_memory(cpus, mem, expected):
-    plan = cbe.plan_build(machine(cpus=cpus, mem_gib=mem), {})
+    plan = planner.plan_build(machine(cpus=cpus, mem_gib=mem), {})
     assert plan.exports['MAX_JOBS'] == str(expected)
     assert f'from {cpus} cores' in ' '.join(plan.notes)
 
 
 def test_user_max_jobs_is_kept_and_checked():
-    plan = cbe.plan_build(machine(), {'MAX_JOBS': '3'})
+    plan = planner.plan_build(machine(), {'MAX_JOBS': '3'})
     assert plan.exports['MAX_JOBS'] == '3' and 'MAX_JOBS=3 (yours, kept)' in plan.notes
     for bad in ('0', 'four', '-1'):
-        with pytest.raises(cbe.BuildCheckError, match='not a positive integer'):
-            cbe.plan_build(machine(), {'MAX_JOBS': bad})
+        with pytest.raises(planner.BuildCheckError, match='not a positive integer'):
+            planner.plan_build(machine(), {'MAX_JOBS': bad})
 
 
 def test_parsers():
-    assert cbe.parse_nvcc_version(NVCC_13_0) == (13, 0)
-    assert cbe.parse_nvcc_arches('compute_75\ncompute_90\ncompute_90a\ncompute_120\n') == {
+    assert planner.parse_nvcc_version(NVCC_13_0) == (13, 0)
+    assert planner.parse_nvcc_arches('compute_75\ncompute_90\ncompute_90a\ncompute_120\n') == {
         '7.5',
         '9.0',
         '9.0a',
         '12.0',
     }
-    assert cbe.numeric_arches('8.0; 9.0+PTX 12.0a Hopper') == ['8.0', '9.0', '12.0a']
-    with pytest.raises(cbe.BuildCheckError, match='expected e.g. 12.8'):
-        cbe.version_major_minor('twelve')
+    assert planner.numeric_arches('8.0; 9.0+PTX 12.0a Hopper') == ['8.0', '9.0', '12.0a']
+    with pytest.raises(planner.BuildCheckError, match='expected e.g. 12.8'):
+        planner.version_major_minor('twelve')
 
 
 def test_machine_from_json_round_trip_and_unknown_fields():
     m = machine(gpus=(H100, A100))
     data = dataclasses.asdict(m)
     data['gpus'] = [{'name': g.name, 'capability': list(g.capability)} for g in m.gpus]
-    assert cbe.Machine.from_json(json.dumps(data)) == m
-    with pytest.raises(cbe.BuildCheckError, match="unknown machine fields \\['gpu'\\]"):
-        cbe.Machine.from_json('{"torch_version": "2.11", "torch_cuda": null, "gpu": []}')
+    assert planner.Machine.from_json(json.dumps(data)) == m
+    with pytest.raises(planner.BuildCheckError, match="unknown machine fields \\['gpu'\\]"):
+        planner.Machine.from_json('{"torch_version": "2.11", "torch_cuda": null, "gpu": []}')
 
 
 # ----------------------------------------------------------------------------- probing, faked
@@ -393,8 +398,8 @@ esac
 
 def test_run_nvcc_reads_a_real_executable(tmp_path):
     nvcc, _ = fake_nvcc(tmp_path)
-    assert cbe.parse_nvcc_version(cbe.run_nvcc(nvcc, '--version')) == (12, 8)
-    assert '9.0a' in cbe.parse_nvcc_arches(cbe.run_nvcc(nvcc, '--list-gpu-arch'))
+    assert planner.parse_nvcc_version(cbe.run_nvcc(nvcc, '--version')) == (12, 8)
+    assert '9.0a' in planner.parse_nvcc_arches(cbe.run_nvcc(nvcc, '--list-gpu-arch'))
     assert cbe.run_nvcc(str(tmp_path / 'missing'), '--version') is None
 
 
@@ -410,7 +415,7 @@ def test_smoke_compile_uses_torch_flags_and_reports_nvcc_errors(tmp_path):
         compile_rc=1,
         compile_msg='error: -- unsupported GNU version! gcc versions later than 13',
     )
-    with pytest.raises(cbe.BuildCheckError) as err:
+    with pytest.raises(planner.BuildCheckError) as err:
         cbe.smoke_compile(bad, '9.0')
     assert 'unsupported GNU version' in str(err.value) and 'set CC' in str(err.value)
 
@@ -434,14 +439,14 @@ def test_probe_with_faked_cuda_torch_and_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda i: f'GPU{i}')
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda i: (9, 0) if i else (8, 6))
     m = cbe.probe()
-    assert m.nvcc == nvcc and m.gpus == (cbe.Gpu('GPU0', (8, 6)), cbe.Gpu('GPU1', (9, 0)))
-    plan = cbe.plan_build(m, {})
+    assert m.nvcc == nvcc and m.gpus == (planner.Gpu('GPU0', (8, 6)), planner.Gpu('GPU1', (9, 0)))
+    plan = planner.plan_build(m, {})
     assert plan.exports['TORCH_CUDA_ARCH_LIST'] == '8.6;9.0'
 
     # CUDA_HOME without bin/nvcc: torch would fail, so nvcc counts as missing.
     monkeypatch.setattr(cpp_extension, 'CUDA_HOME', str(tmp_path))
-    with pytest.raises(cbe.BuildCheckError, match='no working nvcc was found on PATH'):
-        cbe.plan_build(cbe.probe(), {})
+    with pytest.raises(planner.BuildCheckError, match='no working nvcc was found on PATH'):
+        planner.plan_build(cbe.probe(), {})
 
 
 # ------------------------------------------------------------------------- provisioned CUDA_HOME
@@ -514,9 +519,9 @@ def test_assemble_cuda_home_from_cuda12_packages_first_root_wins(tmp_path):
 
 def test_assemble_cuda_home_without_nvcc_says_what_to_install(tmp_path):
     root = fake_tree(tmp_path / 'nvidia' / 'cuda_runtime', ['include/cuda_runtime.h'])
-    with pytest.raises(cbe.BuildCheckError, match='no bin/nvcc in the NVIDIA packages at'):
+    with pytest.raises(planner.BuildCheckError, match='no bin/nvcc in the NVIDIA packages at'):
         cbe.assemble_cuda_home([root], str(tmp_path / 'cuda'))
-    with pytest.raises(cbe.BuildCheckError, match='MMDSNET_CUDA_PACKAGES'):
+    with pytest.raises(planner.BuildCheckError, match='MMDSNET_CUDA_PACKAGES'):
         cbe.assemble_cuda_home(cbe.cuda_package_roots(str(tmp_path / 'none')), str(tmp_path / 'c'))
 
 
@@ -611,7 +616,7 @@ def test_verify_ops_on_cpu_and_version_check(capsys):
 
     assert cbe.main(['--verify-ops', 'cpu', '--expect-mmcv', mmcv.__version__]) == 0
     assert 'nms (' in capsys.readouterr().out
-    with pytest.raises(cbe.BuildCheckError, match='9.9.9 expected'):
+    with pytest.raises(planner.BuildCheckError, match='9.9.9 expected'):
         cbe.verify_ops('cpu', expect_mmcv='9.9.9')
 
 
@@ -620,7 +625,7 @@ def test_verify_ops_refuses_mmcv_without_cuda_ops():
 
     if get_compiling_cuda_version() != 'not available':
         pytest.skip('this mmcv has CUDA ops')
-    with pytest.raises(cbe.BuildCheckError, match='built without its CUDA ops'):
+    with pytest.raises(planner.BuildCheckError, match='built without its CUDA ops'):
         cbe.verify_ops('cuda')
 
 
@@ -634,7 +639,7 @@ STUB_PYTHON = r"""#!/usr/bin/env bash
 # Stand-in for the venv's python: logs every call with the mmcv build variables. pip calls only
 # record what would be installed; `pip download` hands out $STUB_SDIST, and installing the
 # unpacked sdist leaves a marker holding the FORCE_CUDA it was built with, if the patch was
-# applied. tools/misc/cuda_build_env.py decides for real, for the machine in $STUB_MACHINE
+# applied. tools/install/cuda_build_env.py decides for real, for the machine in $STUB_MACHINE
 # ($STUB_MACHINE_AFTER once --assemble-cuda-home has run).
 log="$STUB_DIR/log"
 echo "CALL $* || FORCE_CUDA=${FORCE_CUDA-} ARCH=${TORCH_CUDA_ARCH_LIST-} MAX_JOBS=${MAX_JOBS-}" \
@@ -656,7 +661,7 @@ case "$1" in
     exit 0 ;;
   -) cat > /dev/null; [[ -f "$STUB_DIR/mmcv" ]] ;;
   -c) [[ -f "$STUB_DIR/mmcv" ]] ;;
-  tools/misc/cuda_build_env.py)
+  tools/install/cuda_build_env.py)
     if [[ "${2-}" == --verify-ops ]]; then
       [[ "$(cat "$STUB_DIR/mmcv" 2>/dev/null)" == 1 ]] && echo "[install] stub: CUDA ops verified"
     elif [[ "${2-}" == --assemble-cuda-home ]]; then

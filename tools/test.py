@@ -9,20 +9,15 @@ config's ``test_evaluator`` (CocoMetric for mmdet, IoUMetric for mmseg).
 
 import argparse
 
-try:  # importing mmdsnet registers the models
-    from mmdsnet.cli import (
-        add_common_args,
-        build_runner,
-        check_output_writable,
-        config_from_args,
-        explain_upstream_error,
-    )
-    from mmdsnet.engine import CheckpointMismatchError
-except ModuleNotFoundError as error:
-    raise SystemExit(
-        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-        'into an mmdet/mmseg environment (README, Install)'
-    ) from error
+# importing mmdsnet registers the models
+from mmdsnet.cli import (
+    add_common_args,
+    build_runner,
+    check_output_writable,
+    config_from_args,
+    explain_upstream_error,
+)
+from mmdsnet.engine import CheckpointMismatchError
 
 
 def parse_args(argv=None):

@@ -10,26 +10,21 @@ The command line follows mmdet 3.3's ``tools/train.py``. The config's
 
 import argparse
 
-try:  # importing mmdsnet registers the models
-    from mmdsnet.cli import (
-        add_common_args,
-        build_runner,
-        claim_work_dir,
-        config_from_args,
-        explain_upstream_error,
-    )
-    from mmdsnet.engine import (
-        CheckpointMismatchError,
-        CheckpointSaveError,
-        WorkDirBusyError,
-        release_work_dir,
-        use_epoch_seed_hook,
-    )
-except ModuleNotFoundError as error:
-    raise SystemExit(
-        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-        'into an mmdet/mmseg environment (README, Install)'
-    ) from error
+# importing mmdsnet registers the models
+from mmdsnet.cli import (
+    add_common_args,
+    build_runner,
+    claim_work_dir,
+    config_from_args,
+    explain_upstream_error,
+)
+from mmdsnet.engine import (
+    CheckpointMismatchError,
+    CheckpointSaveError,
+    WorkDirBusyError,
+    release_work_dir,
+    use_epoch_seed_hook,
+)
 
 
 def parse_args(argv=None):

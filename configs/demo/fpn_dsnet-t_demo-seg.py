@@ -1,5 +1,5 @@
 # `make demo TASK=seg`: Semantic FPN with DS-Net-T trained from scratch on the
-# synthetic shapes label maps (tools/misc/make_demo_data.py), sized for a
+# synthetic shapes label maps (tools/demo/make_demo_data.py), sized for a
 # 2-core CPU. Label convention: raw 0 = unlabelled frame (ignored through
 # reduce_zero_label), 1 = background, 2-4 = circle, square, triangle.
 _base_ = '../fpn_dsnet-t_4xb8-40k_ade20k-512x512.py'

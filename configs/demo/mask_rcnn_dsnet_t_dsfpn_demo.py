@@ -1,5 +1,5 @@
 # The `make demo` job: DS-Net-T + DS-FPN Mask R-CNN trained from scratch on
-# the synthetic shapes dataset (tools/misc/make_demo_data.py), sized for a
+# the synthetic shapes dataset (tools/demo/make_demo_data.py), sized for a
 # 2-core CPU: images <= 320 px, fewer proposals and sampled RoIs.
 _base_ = '../mask_rcnn_dsnet_s_dsfpn_1x_coco.py'
 
@@ -108,7 +108,7 @@ param_scheduler = [
 auto_scale_lr = dict(enable=False, base_batch_size=8)
 default_hooks = dict(
     logger=dict(interval=4),
-    # One checkpoint per run is enough for the demo (tools/demo.sh keeps earlier runs).
+    # One checkpoint per run is enough for the demo (tools/demo/demo.sh keeps earlier runs).
     checkpoint=dict(interval=4, max_keep_ckpts=1),
     # Drawn only when tools/test.py gets --show-dir: every test image, ground
     # truth left and prediction right, boxes and masks scoring >= score_thr.

@@ -150,3 +150,17 @@ class ReferenceDSNet(nn.Module):
     def forward(self, x):
         x = self.norm(self.features(x)[-1])
         return self.head(x.mean(dim=(2, 3)))
+
+
+def reference_for(arch='small', **kwargs) -> ReferenceDSNet:
+    """A public-layout reference model with the settings of a DSNet arch."""
+    from ..models import DSNet  # only for its arch table: the reference computes on its own
+
+    settings = DSNet.parse_arch(arch)
+    return ReferenceDSNet(
+        embed_dims=settings['embed_dims'],
+        depths=settings['depths'],
+        num_heads=settings['num_heads'],
+        mlp_ratio=settings.get('mlp_ratio', 4.0),
+        **kwargs,
+    )

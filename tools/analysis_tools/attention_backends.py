@@ -21,15 +21,9 @@ from collections import Counter
 
 import torch
 
-try:
-    from mmdsnet.analysis.inputs import parse_setting
-    from mmdsnet.analysis.sdpa import attention_backends
-    from mmdsnet.models import DSNet
-except ModuleNotFoundError as error:
-    raise SystemExit(
-        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-        'into an mmdet/mmseg environment (README, Install)'
-    ) from error
+from mmdsnet.analysis.inputs import parse_setting
+from mmdsnet.analysis.sdpa import attention_backends
+from mmdsnet.models import DSNet
 
 PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 # order of the three attentions inside a DS-Block's forward

@@ -21,15 +21,9 @@ import torch
 from mmengine.config import DictAction
 from mmengine.registry import DefaultScope, init_default_scope
 
-try:  # importing mmdsnet registers the models
-    from mmdsnet.analysis import commuted_conv_macs, count_flops, parameter_count
-    from mmdsnet.utils import load_config_file
-except ModuleNotFoundError as error:
-    raise SystemExit(
-        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-        'into an mmdet/mmseg environment (README, Install)'
-    ) from error
-
+# importing mmdsnet registers the models
+from mmdsnet.analysis import commuted_conv_macs, count_flops, parameter_count
+from mmdsnet.utils import load_config_file
 
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 512)}
 

@@ -13,14 +13,8 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-try:
-    from mmdsnet.analysis.profiling import family_shares
-    from mmdsnet.models import DSNet
-except ModuleNotFoundError as error:
-    raise SystemExit(
-        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-        'into an mmdet/mmseg environment (README, Install)'
-    ) from error
+from mmdsnet.analysis.profiling import family_shares
+from mmdsnet.models import DSNet
 
 
 def run(model, x, mode):

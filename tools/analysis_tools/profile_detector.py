@@ -18,14 +18,8 @@ import os.path as osp
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-try:
-    from mmdsnet.analysis.inputs import build_detector, detector_batch
-    from mmdsnet.analysis.profiling import family_shares
-except ModuleNotFoundError as error:
-    raise SystemExit(
-        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-        'into an mmdet/mmseg environment (README, Install)'
-    ) from error
+from mmdsnet.analysis.inputs import build_detector, detector_batch
+from mmdsnet.analysis.profiling import family_shares
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 

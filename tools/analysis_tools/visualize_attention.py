@@ -29,16 +29,11 @@ import numpy as np
 import torch
 from mmengine.config import Config, DictAction
 
-try:  # importing mmdsnet registers the models
-    from mmdsnet.models import DSNet
-    from mmdsnet.models.backbones.pretrained import load_pretrained_dsnet
-    from mmdsnet.utils.compat import is_url
-    from mmdsnet.utils.config import resolve_config_path
-except ModuleNotFoundError as error:
-    raise SystemExit(
-        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-        'into an mmdet/mmseg environment (README, Install)'
-    ) from error
+# importing mmdsnet registers the models
+from mmdsnet.models import DSNet
+from mmdsnet.models.backbones.pretrained import load_pretrained_dsnet
+from mmdsnet.utils.compat import is_url
+from mmdsnet.utils.config import resolve_config_path
 
 # mmdet/mmseg's ImageNet normalisation, for configs without a data_preprocessor.
 DEFAULT_NORM = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True)

@@ -233,7 +233,7 @@ class Check:
         device = 'cpu' if self.cpu else 'cuda'
         probe = subprocess.run(
             self.py(
-                osp.join(ROOT, 'tools/misc/cuda_build_env.py'),
+                osp.join(ROOT, 'tools/install/cuda_build_env.py'),
                 '--verify-ops',
                 device,
                 '--expect-mmcv',
@@ -306,7 +306,7 @@ class Check:
             limit, built = LIMITS['install_build'], True
         commands.append(
             self.py(
-                osp.join(ROOT, 'tools/misc/cuda_build_env.py'),
+                osp.join(ROOT, 'tools/install/cuda_build_env.py'),
                 '--verify-ops',
                 'cpu' if self.cpu else 'cuda',
                 '--expect-mmcv',
@@ -408,7 +408,7 @@ class Check:
             osp.join(ROOT, 'tools/misc/gpu_check.py'), '--test-demo', work_dir,
         )  # fmt: skip
         commands = [
-            self.py('tools/misc/make_demo_data.py', '--out', 'data/demo'),
+            self.py('tools/demo/make_demo_data.py', '--out', 'data/demo'),
             [self.python, osp.join(ROOT, 'tools/misc/gpu_check.py'), '--train-demo', *train],
             test,
         ]

@@ -15,13 +15,7 @@ import os.path as osp
 
 from mmengine.logging import MMLogger
 
-try:
-    from mmdsnet.models.utils import convert_file
-except ModuleNotFoundError as error:
-    raise SystemExit(
-        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-        'into an mmdet/mmseg environment (README, Install)'
-    ) from error
+from mmdsnet.models.utils import convert_file
 
 
 def main(argv=None):

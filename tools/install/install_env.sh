@@ -4,7 +4,7 @@
 # Idempotent: a stamp in .venv records a hash of the inputs; a second run with
 # the same inputs only checks the imports (and, where torch sees a GPU, that
 # mmcv's CUDA ops run). mmcv 2.1.0 is built with its compiled ops, from its
-# sdist with tools/misc/mmcv-2.1.0-cxx-std.patch applied (C++ standard from
+# sdist with tools/install/mmcv-2.1.0-cxx-std.patch applied (C++ standard from
 # torch's version: c++20 for torch >= 2.13, c++17 before):
 #
 # CPU torch, or CUDA torch that sees no GPU: mmcv is installed from a prebuilt
@@ -12,7 +12,7 @@
 #   load against the installed torch; otherwise it is built from source (about
 #   35 minutes on 2 cores).
 # CUDA torch that sees a GPU (or FORCE_CUDA=1): mmcv is built from source with
-#   its CUDA ops. tools/misc/cuda_build_env.py decides and checks first: nvcc of
+#   its CUDA ops. tools/install/cuda_build_env.py decides and checks first: nvcc of
 #   torch's CUDA major version, found the way torch finds it (CUDA_HOME, else
 #   nvcc on PATH, else /usr/local/cuda), or else installed from the package
 #   index into .venv with a CUDA_HOME assembled in .venv/cuda
@@ -39,19 +39,21 @@
 #   e.g. USE_SYSTEM_TORCH=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/wheels PYTHON=python3 make test
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3.11}"
 VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 STAMP="$VENV/.mmdsnet-install-stamp"
 MMCV_VERSION=2.1.0
-BUILD_ENV=tools/misc/cuda_build_env.py
-MMCV_PATCH=tools/misc/mmcv-$MMCV_VERSION-cxx-std.patch
+BUILD_ENV=tools/install/cuda_build_env.py
+BUILD_PLAN=tools/install/mmcv_build_plan.py
+MMCV_PATCH=tools/install/mmcv-$MMCV_VERSION-cxx-std.patch
 
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 stamp_inputs() {
-    cat requirements/*.txt setup.py tools/install_env.sh "$BUILD_ENV" "$MMCV_PATCH" |
+    cat requirements/*.txt setup.py tools/install/install_env.sh "$BUILD_ENV" "$BUILD_PLAN" \
+        "$MMCV_PATCH" |
         sha256sum | cut -d' ' -f1
 }
 
@@ -65,7 +67,7 @@ print(f'torch {torch.__version__} | mmengine {mmengine.__version__} | '
       f'mmseg {mmseg.__version__} | mmdsnet {mmdsnet.__version__}')
 if torch.version.cuda is not None and torch.cuda.is_available():
     import runpy  # a GPU is visible: mmcv's CUDA ops must run too
-    print(runpy.run_path('tools/misc/cuda_build_env.py')['verify_ops']('cuda'))
+    print(runpy.run_path('tools/install/cuda_build_env.py')['verify_ops']('cuda'))
 EOF
 }
 
@@ -125,7 +127,7 @@ if [[ "$MMDSNET_MMCV_BUILD" == provision ]]; then
 fi
 export MMCV_CXX_STD
 
-# Build and install mmcv from its sdist with tools/misc/mmcv-2.1.0-cxx-std.patch applied (the
+# Build and install mmcv from its sdist with tools/install/mmcv-2.1.0-cxx-std.patch applied (the
 # C++ standard comes from MMCV_CXX_STD, chosen from torch's version). The build's variables
 # (MMCV_WITH_OPS, FORCE_CUDA, TORCH_CUDA_ARCH_LIST, MAX_JOBS, CUDA_HOME) come from the caller.
 build_mmcv() {

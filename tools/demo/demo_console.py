@@ -1,7 +1,7 @@
-"""Console filter for tools/demo.sh: pass training and test progress through,
+"""Console filter for tools/demo/demo.sh: pass training and test progress through,
 keep the long dumps out of the console.
 
-    bash tools/dist_train.sh ... 2>&1 | tee full.log | python tools/misc/demo_console.py
+    bash tools/dist_train.sh ... 2>&1 | tee full.log | python tools/demo/demo_console.py
 
 mmengine logs the whole config, the system environment and the hook order at
 start-up, the optimizer constructor one line per parameter, and pycocotools

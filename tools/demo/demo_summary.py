@@ -1,7 +1,7 @@
 """Summarise a demo run: draw its training curves, print the figures and where
 everything is.
 
-    python tools/misc/demo_summary.py WORK_DIR --task det --pred-dir WORK_DIR/pictures/predictions
+    python tools/demo/demo_summary.py WORK_DIR --task det --pred-dir WORK_DIR/pictures/predictions
 
 Reads mmengine's ``scalars.json`` of the training run (every logged loss term
 and learning rate per iteration, the validation metrics per evaluation) and

@@ -3,12 +3,12 @@
 # generate the synthetic dataset, train with tools/dist_train.sh on 2 CPU
 # processes (or one process per GPU), evaluate with tools/test.py drawing every
 # validation image (ground truth beside prediction), draw the training curves,
-# and print the figures and where everything is (tools/misc/demo_summary.py).
+# and print the figures and where everything is (tools/demo/demo_summary.py).
 #
 # Each run gets its own work dir, work_dirs/<config>/<YYYYmmdd_HHMMSS>, with
 # work_dirs/<config>/latest pointing at the newest: earlier runs are kept.
 # The console shows progress; the config dump and other long output go to the
-# log files only (tools/misc/demo_console.py).
+# log files only (tools/demo/demo_console.py).
 #
 # Env: PYTHON  interpreter that runs the demo (default: the repo's .venv; `make
 #              demo` passes it, its own PYTHON only creates .venv)
@@ -16,7 +16,7 @@
 #      PORT    port of the process group (default on one node: a free one)
 #      WORK_DIR a fresh work dir instead of the timestamped one (must not hold files)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 TASK="${1:-det}"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
@@ -72,12 +72,12 @@ GPUS="$("$PY" -c 'import torch; print(torch.cuda.device_count())')"
 NPROC="${NPROC:-$([ "$GPUS" -gt 0 ] && echo "$GPUS" || echo 2)}"
 
 start=$(date +%s)
-"$PY" tools/misc/make_demo_data.py --out data/demo
+"$PY" tools/demo/make_demo_data.py --out data/demo
 echo "[demo] training $CONFIG in $NPROC processes; console: progress only," \
     "everything in $WORK_DIR/train_console.log"
 bash tools/dist_train.sh "$CONFIG" "$NPROC" --work-dir "$WORK_DIR" 2>&1 \
     | tee "$WORK_DIR/train_console.log" \
-    | "$PY" tools/misc/demo_console.py --full-log "$WORK_DIR/train_console.log"
+    | "$PY" tools/demo/demo_console.py --full-log "$WORK_DIR/train_console.log"
 trained=$(date +%s)
 CKPT="$WORK_DIR/$(xargs basename < "$WORK_DIR/last_checkpoint")"
 # Test with the config as training used it (mmengine's copy in the work dir).
@@ -87,7 +87,7 @@ echo "[demo] testing $CKPT with tools/test.py; drawing every validation image"
 "$PY" tools/test.py "$TRAINED_CONFIG" "$CKPT" --work-dir "$WORK_DIR/test" \
     --out "$WORK_DIR/test/results.pkl" --show-dir "$PRED_DIR" 2>&1 \
     | tee "$WORK_DIR/test_console.log" \
-    | "$PY" tools/misc/demo_console.py --full-log "$WORK_DIR/test_console.log"
+    | "$PY" tools/demo/demo_console.py --full-log "$WORK_DIR/test_console.log"
 end=$(date +%s)
-"$PY" tools/misc/demo_summary.py "$WORK_DIR" --task "$TASK" --pred-dir "$PRED_DIR" \
+"$PY" tools/demo/demo_summary.py "$WORK_DIR" --task "$TASK" --pred-dir "$PRED_DIR" \
     --train-seconds $((trained - start)) --total-seconds $((end - start)) --nproc "$NPROC"

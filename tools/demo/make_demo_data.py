@@ -2,7 +2,7 @@
 
 Example::
 
-    python tools/misc/make_demo_data.py --out data/demo \
+    python tools/demo/make_demo_data.py --out data/demo \
         --num-train 64 --num-val 16 --seed 0
 
 Writes ``<out>/coco`` (COCO instances) and ``<out>/seg`` (mmseg label maps);
@@ -12,13 +12,7 @@ Re-running with the same parameters is a no-op unless ``--force``.
 
 import argparse
 
-try:
-    from mmdsnet.testing.synthetic_data import generate_demo_data
-except ModuleNotFoundError as error:
-    raise SystemExit(
-        f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
-        'into an mmdet/mmseg environment (README, Install)'
-    ) from error
+from mmdsnet.testing.synthetic_data import generate_demo_data
 
 
 def parse_args(argv=None):
