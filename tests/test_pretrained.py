@@ -10,9 +10,8 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
+from mmdsnet.checkpoint import LINEAR_LAYERS, detect_layout, dsnet_convert, read_checkpoint
 from mmdsnet.models import DSNet
-from mmdsnet.models.utils import detect_layout, dsnet_convert, read_checkpoint
-from mmdsnet.models.utils.ckpt_convert import LINEAR_LAYERS
 from mmdsnet.testing import randomize_norm_stats, reference_for
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -30,9 +30,9 @@ import torch
 from mmengine.config import Config, DictAction
 
 try:  # importing mmdsnet registers the models
+    from mmdsnet.checkpoint import is_url
     from mmdsnet.models import DSNet
     from mmdsnet.models.backbones.pretrained import load_pretrained_dsnet
-    from mmdsnet.utils.compat import is_url
     from mmdsnet.utils.config import resolve_config_path
 except ModuleNotFoundError as error:
     raise SystemExit(

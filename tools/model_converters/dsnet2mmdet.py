@@ -16,7 +16,7 @@ import os.path as osp
 from mmengine.logging import MMLogger
 
 try:
-    from mmdsnet.models.utils import convert_file
+    from mmdsnet.checkpoint import convert_file
 except ModuleNotFoundError as error:
     raise SystemExit(
         f'{error}: install mmdsnet with `make install`, or `pip install -e .` '
