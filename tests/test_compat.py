@@ -177,7 +177,7 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=4, by_epoch=False),
     logger=dict(type='LoggerHook', interval=1))
 log_processor = dict(by_epoch=False, window_size=1)
-# as in mmdet/mmseg configs; compat switches to gloo on CPU
+# as in mmdet/mmseg configs; mmdsnet.engine switches to gloo on CPU
 env_cfg = dict(dist_cfg=dict(backend='nccl'))
 randomness = dict(seed=0)
 """
@@ -258,7 +258,7 @@ def test_train_single_vs_dist_cpu(toy_project, single_run):
         env,
     )
     out = proc.stdout + proc.stderr
-    assert 'gloo' in out  # compat warned that nccl was replaced
+    assert 'gloo' in out  # patch_cpu_distributed warned that nccl was replaced
 
     single = load_from_local_weights_only(str(single_run / 'iter_4.pth'))
     dist = load_from_local_weights_only(str(work_dist / 'iter_4.pth'))

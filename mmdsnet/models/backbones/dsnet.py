@@ -293,6 +293,8 @@ class DSNet(BaseModule):
             return
         pretrained = pretrained_checkpoint_of(self.init_cfg)
         other_inits = other_init_cfgs(self.init_cfg)
+        # mmengine's initialisers log what they set per parameter, as in BaseModule;
+        # the reference init (no other entries) stays silent, as it always was.
         with init_info_recorded(self) if other_inits else contextlib.nullcontext():
             if other_inits:
                 print_log(
