@@ -3,11 +3,11 @@
 ``import mmdsnet`` registers ``DSNet`` and ``DSFPN`` in mmdet's and mmseg's
 ``MODELS`` (whichever are installed), the checkpoint hooks in mmengine's
 ``HOOKS``, mmengine's weights-only loaders for Runner checkpoints (local files
-and http(s) URLs), and the guards of :func:`mmdsnet.utils.compat.guard_checkpoint_routes`.
+and http(s) URLs), and the guards of :func:`mmdsnet.engine.guard_checkpoint_routes`.
 """
 
 from . import engine, models  # noqa: F401  (registers the hooks and models)
-from .utils.compat import allow_runner_checkpoint_globals, guard_checkpoint_routes
+from .engine import allow_runner_checkpoint_globals, guard_checkpoint_routes
 from .version import __version__
 
 # Runner checkpoints (resume, load_from, tools/test.py, inferencers) load with

@@ -200,7 +200,8 @@ def claim_work_dir(cfg: Config) -> None:
     otherwise stops ``--resume`` there). Rank 0 alone does both in a
     multi-process launch.
     """
-    from .engine import lock_work_dir, remove_interrupted_saves
+    from .checkpoint import remove_interrupted_saves
+    from .engine import lock_work_dir
 
     if launch_rank(cfg) != 0:
         return
@@ -240,8 +241,7 @@ def build_runner(cfg: Config):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from .engine import use_atomic_checkpoint_hook
-    from .utils.compat import patch_cpu_distributed
+    from .engine import patch_cpu_distributed, use_atomic_checkpoint_hook
 
     use_atomic_checkpoint_hook(cfg)
     if cfg.get('launcher', 'none') != 'none':

@@ -9,9 +9,9 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmdsnet.analysis import commuted_conv_macs, count_flops, count_spec_flops, saved_activations_mb
+from mmdsnet.checkpoint import dsnet_convert
 from mmdsnet.models import DSNet
 from mmdsnet.models.layers import DSBlock
-from mmdsnet.models.utils import dsnet_convert
 from mmdsnet.testing import randomize_norm_stats, reference_for
 from mmdsnet.testing.reference_dsnet import ReferenceBlock
 

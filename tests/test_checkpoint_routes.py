@@ -181,6 +181,41 @@ def test_backbone_pretrained_url(served):
     assert served.requests.count('/tiny.pth') == 1
 
 
+def test_backbone_pretrained_url_fails_like_a_local_file(served, tmp_path):
+    """A URL takes the local file's route once downloaded: a checkpoint missing most
+    of the backbone, or holding a NaN, fails with the local file's error."""
+    reference = reference_for('tiny').state_dict()
+    half = {k: v for k, v in reference.items() if not k.startswith('blocks3.')}
+    diverged = dict(reference, **{'blocks4.0.mlp.fc2.bias': torch.full((512,), float('nan'))})
+    for name, state, error, start in [
+        (
+            'half.pth',
+            half,
+            CheckpointMismatchError,
+            'Only 238/422 DSNet tensors found weights in FILE',
+        ),
+        (
+            'diverged.pth',
+            diverged,
+            ValueError,
+            "FILE: weight 'stages.3.0.mlp.fc2.bias' (512,) holds NaN",
+        ),
+    ]:
+        local = tmp_path / name
+        torch.save(state, local)
+        torch.save(state, served.root / name)
+        messages = []
+        for source, path in [(str(local), str(local)), (served.url + name, None)]:
+            model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=source))
+            with pytest.raises(error) as raised:
+                model.init_weights()
+            path = path or str(served.cache / name)  # a URL's errors name its download
+            messages.append(str(raised.value).replace(path, 'FILE'))
+        assert messages[0] == messages[1], messages
+        assert messages[0].startswith(start), messages[0]
+        assert served.requests.count('/' + name) == 1
+
+
 @pytest.mark.slow
 def test_tools_test_with_a_url_runs_no_code(served, tmp_path):
     config = tmp_path / 'toy.py'

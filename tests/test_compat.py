@@ -1,4 +1,5 @@
-"""Tests for mmdsnet.utils.compat and the train/test tools (CPU only).
+"""Tests for the Runner checkpoint loaders and CPU distributed patches of
+mmdsnet.engine, and the train/test tools (CPU only).
 
 * Runner checkpoints load with ``torch.load(weights_only=True)`` once mmdsnet
   is imported, and resume continues exactly where training stopped.
@@ -26,7 +27,7 @@ from mmengine.runner import Runner
 from toy_task import ToyRegressionDataset, ToyRegressor
 
 import mmdsnet  # noqa: F401  (registers the checkpoint safe globals)
-from mmdsnet.utils.compat import allow_runner_checkpoint_globals, load_from_local_weights_only
+from mmdsnet.engine import allow_runner_checkpoint_globals, load_from_local_weights_only
 
 TESTS_DIR = osp.join(REPO_ROOT, 'tests')
 PYTHON = sys.executable
@@ -176,7 +177,7 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=4, by_epoch=False),
     logger=dict(type='LoggerHook', interval=1))
 log_processor = dict(by_epoch=False, window_size=1)
-# as in mmdet/mmseg configs; compat switches to gloo on CPU
+# as in mmdet/mmseg configs; mmdsnet.engine switches to gloo on CPU
 env_cfg = dict(dist_cfg=dict(backend='nccl'))
 randomness = dict(seed=0)
 """
@@ -257,7 +258,7 @@ def test_train_single_vs_dist_cpu(toy_project, single_run):
         env,
     )
     out = proc.stdout + proc.stderr
-    assert 'gloo' in out  # compat warned that nccl was replaced
+    assert 'gloo' in out  # patch_cpu_distributed warned that nccl was replaced
 
     single = load_from_local_weights_only(str(single_run / 'iter_4.pth'))
     dist = load_from_local_weights_only(str(work_dist / 'iter_4.pth'))
@@ -328,7 +329,7 @@ from torch import nn
 from mmengine.model import BaseModel, MMDistributedDataParallel
 from mmengine.optim import OptimWrapper
 from mmengine.runner import Runner
-from mmdsnet.utils.compat import patch_cpu_distributed
+from mmdsnet.engine import patch_cpu_distributed
 
 assert patch_cpu_distributed() is True
 assert patch_cpu_distributed() is True  # idempotent
@@ -365,7 +366,7 @@ device_utils.DEVICE = 'cuda'  # pretend mmengine found a GPU
 import mmengine.dist.utils as dist_utils
 from mmengine.runner import Runner
 init_before, wrap_before = dist_utils._init_dist_pytorch, Runner.wrap_model
-from mmdsnet.utils.compat import patch_cpu_distributed
+from mmdsnet.engine import patch_cpu_distributed
 assert patch_cpu_distributed() is False
 assert dist_utils._init_dist_pytorch is init_before
 assert Runner.wrap_model is wrap_before

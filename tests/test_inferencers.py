@@ -94,7 +94,7 @@ def test_det_inferencer_from_the_checkpoint_alone(image, det_checkpoint, tmp_pat
     as the stored config runs as Python, the file declared trusted."""
     from mmdet.apis import DetInferencer
 
-    from mmdsnet.utils.compat import TRUST_CONFIG_ENV
+    from mmdsnet.engine import TRUST_CONFIG_ENV
 
     checkpoint, _ = det_checkpoint
     monkeypatch.setenv(TRUST_CONFIG_ENV, '1')

@@ -1,5 +1,6 @@
 """Public DS-Net checkpoints -> DSNet: conversion, loading, and loud failures."""
 
+import os
 import os.path as osp
 import pickle
 import subprocess
@@ -10,9 +11,8 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
+from mmdsnet.checkpoint import LINEAR_LAYERS, detect_layout, dsnet_convert, read_checkpoint
 from mmdsnet.models import DSNet
-from mmdsnet.models.utils import detect_layout, dsnet_convert, read_checkpoint
-from mmdsnet.models.utils.ckpt_convert import LINEAR_LAYERS
 from mmdsnet.testing import randomize_norm_stats, reference_for
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -259,6 +259,27 @@ def test_init_cfg_list_goes_through_the_converter(tmp_path, reference):
         model.init_weights()
 
 
+def test_init_weights_reads_init_cfg_when_it_runs(tmp_path, reference):
+    """DSNet keeps no copy of its Pretrained entry: init_cfg set after the build is
+    what init_weights loads; a second call warns and changes nothing, as in mmengine."""
+    path = tmp_path / 'timm.pth'
+    torch.save(reference.state_dict(), path)
+    model = DSNet('tiny')
+    model.init_cfg = [
+        dict(type='Constant', layer='Linear', val=0.25, bias=0.0),
+        dict(type='Pretrained', checkpoint=str(path)),
+    ]
+    given = [dict(entry) for entry in model.init_cfg]
+    model.init_weights()
+    assert_loaded_from(model, reference.state_dict())
+    assert model.init_cfg == given and model.is_init
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.init_cfg = dict(type='Constant', layer='Conv2d', val=0.0)
+    model.init_weights()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_init_cfg_list_without_pretrained_runs_through_mmengine():
     model = DSNet('tiny', init_cfg=[dict(type='Constant', layer='Linear', val=0.25, bias=0.0)])
     model.init_weights()
@@ -363,6 +384,27 @@ def test_cli_converter_refuses_what_is_not_a_ds_net_checkpoint(tmp_path):
         assert message in result.stderr, result.stderr
         assert 'Traceback' not in result.stderr
         assert not dst.exists()
+
+
+def test_converter_on_a_full_disk_leaves_nothing(tmp_path, reference, monkeypatch):
+    """The converter writes atomically: a full disk raises CheckpointSaveError and
+    leaves neither the destination nor a partial file."""
+    import errno
+
+    from mmdsnet.checkpoint import CheckpointSaveError, convert_file
+
+    src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'
+    torch.save(reference.state_dict(), src)
+
+    def full_disk_save(obj, path):
+        with open(path, 'wb') as f:
+            f.write(b'PK\x03\x04 half a checkpoint')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(torch, 'save', full_disk_save)
+    with pytest.raises(CheckpointSaveError, match=r'writing .*dst\.pth failed \(No space left'):
+        convert_file(str(src), str(dst))
+    assert os.listdir(tmp_path) == ['src.pth']
 
 
 def test_runner_checkpoint_of_a_detector_seeds_the_backbone(tmp_path, reference):

@@ -3,7 +3,7 @@
 # runs tools/SCRIPT in NPROC processes per node with torchrun (--launcher pytorch).
 # Env: NNODES (1), NODE_RANK (0), PORT (29500), MASTER_ADDR (127.0.0.1),
 # PYTHON (default: the repo's .venv/bin/python if present, else python).
-# Without a GPU the processes run on CPU with gloo (mmdsnet/utils/compat.py)
+# Without a GPU the processes run on CPU with gloo (mmdsnet/engine/cpu_distributed.py)
 # and share the cores through OMP_NUM_THREADS (cores / NPROC, at least 1).
 set -eo pipefail
 

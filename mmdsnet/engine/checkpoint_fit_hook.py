@@ -8,40 +8,18 @@ loads it (``after_load_checkpoint`` runs between reading and loading).
 """
 
 import re
-from typing import Dict, List, Mapping, Tuple
+from typing import Mapping
 
-import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from ..models.utils.ckpt_convert import check_tensors, check_weight_value
-
-
-class CheckpointMismatchError(RuntimeError):
-    """The checkpoint does not fit the model (or holds non-finite weights)."""
-
-
-def _sample(keys: List[str], limit: int = 5) -> str:
-    keys = sorted(keys)
-    more = f', ... ({len(keys)} in all)' if len(keys) > limit else ''
-    return ', '.join(keys[:limit]) + more
-
-
-def compare_state_dicts(
-    model_state: Dict[str, torch.Tensor], checkpoint_state: Dict[str, object]
-) -> Tuple[list, list, list]:
-    """(missing, mismatched, unexpected) keys of a checkpoint against a model."""
-    mismatched = [
-        f'{key}: checkpoint {tuple(value.shape)} vs model {tuple(model_state[key].shape)}'
-        for key, value in checkpoint_state.items()
-        if key in model_state
-        and isinstance(value, torch.Tensor)
-        and value.shape != model_state[key].shape
-    ]
-    missing = [key for key in model_state if key not in checkpoint_state]
-    unexpected = [key for key in checkpoint_state if key not in model_state]
-    return missing, mismatched, unexpected
+from ..checkpoint import (
+    CheckpointMismatchError,
+    StateDictFit,
+    check_tensor_layouts,
+    sample_keys,
+)
 
 
 @HOOKS.register_module()
@@ -82,27 +60,23 @@ class CheckpointFitHook(Hook):
                 "a Runner checkpoint ({'state_dict': {name: tensor}, ...}) is expected"
             )
         state = {re.sub(r'^module\.', '', key): value for key, value in state.items()}
-        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
         try:
             # Layouts and storage sizes first: nothing is materialised yet.
-            check_tensors(tensors, source)
+            check_tensor_layouts(state, source)
         except ValueError as err:
             raise CheckpointMismatchError(str(err)) from err
         model_state = model.state_dict()
-        missing, mismatched, unexpected = compare_state_dicts(model_state, state)
-        if unexpected:
+        fit = StateDictFit(model_state, state)
+        if fit.unexpected:
             runner.logger.info(
-                f'{len(unexpected)} checkpoint weights have no place in the '
-                f'model and are ignored: {_sample(unexpected)}'
+                f'{len(fit.unexpected)} checkpoint weights have no place in the '
+                f'model and are ignored: {sample_keys(fit.unexpected)}'
             )
-        if missing or mismatched:
-            self._report_misfit(runner, source, len(model_state), missing, mismatched)
+        if fit.missing or fit.mismatched:
+            self._report_misfit(runner, source, len(model_state), fit.missing, fit.mismatch_lines())
         try:
             # Values of what will be loaded, cast to the model's dtypes.
-            for key, value in tensors.items():
-                target = model_state.get(key)
-                if target is not None and value.shape == target.shape:
-                    check_weight_value(key, value, source, target.dtype)
+            fit.check_values(source)
         except ValueError as err:
             raise CheckpointMismatchError(str(err)) from err
 
@@ -110,9 +84,9 @@ class CheckpointFitHook(Hook):
         summary = (
             f'{source} does not fit the model: {len(missing)} of {total} '
             f'model weights are missing from it'
-            + (f' (e.g. {_sample(missing)})' if missing else '')
+            + (f' (e.g. {sample_keys(missing)})' if missing else '')
             + f'; {len(mismatched)} have another shape'
-            + (f' (e.g. {_sample(mismatched, 3)})' if mismatched else '')
+            + (f' (e.g. {sample_keys(mismatched, 3)})' if mismatched else '')
             + '. A backbone-only file, another arch or another config?'
         )
         if self.allow_partial:

@@ -30,9 +30,10 @@ import torch
 from mmengine.config import Config, DictAction
 
 # importing mmdsnet registers the models
+from mmdsnet.analysis.attention import TargetNames, attention_targets, record_attention_targets
+from mmdsnet.checkpoint import is_url
 from mmdsnet.models import DSNet
 from mmdsnet.models.backbones.pretrained import load_pretrained_dsnet
-from mmdsnet.utils.compat import is_url
 from mmdsnet.utils.config import resolve_config_path
 
 # mmdet/mmseg's ImageNet normalisation, for configs without a data_preprocessor.
@@ -355,7 +356,6 @@ def parse_args(argv=None):
 def check_choice(model: DSNet, args):
     """The CLI's choice of blocks (numbers from 1) as ``AttentionTargets``
     (indices from 0), checked by ``attention_targets`` like the Python API's."""
-    from mmdsnet.analysis.attention import TargetNames, attention_targets
 
     names = TargetNames(
         stage='--stage', block='--block', ratio_blocks='--ratio-block', first=1, takes_none=False
@@ -379,8 +379,6 @@ def check_choice(model: DSNet, args):
 
 
 def main(argv=None):
-    from mmdsnet.analysis.attention import record_attention_targets
-
     args = parse_args(argv)
     try:
         cfg = Config.fromfile(resolve_config_path(args.config))

@@ -15,7 +15,7 @@ import os.path as osp
 
 from mmengine.logging import MMLogger
 
-from mmdsnet.models.utils import convert_file
+from mmdsnet.checkpoint import convert_file
 
 
 def main(argv=None):

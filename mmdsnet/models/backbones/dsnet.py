@@ -7,15 +7,17 @@ every block runs on a fixed grid (1/32 of the input in stages 1-3, 1/64 in
 stage 4 with the default ``global_resize``).
 """
 
+import contextlib
+import logging
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.logging import MMLogger
+from mmengine.logging import MMLogger, print_log
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import constant_init, trunc_normal_init
+from mmengine.model.weight_init import constant_init, initialize, trunc_normal_init
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
@@ -30,7 +32,12 @@ from ..utils.validation import (
     check_positive_int,
     check_rate,
 )
-from .pretrained import load_pretrained_dsnet, other_init_cfgs, pretrained_checkpoint_of
+from .pretrained import (
+    init_info_recorded,
+    load_pretrained_dsnet,
+    other_init_cfgs,
+    pretrained_checkpoint_of,
+)
 
 
 @register_model
@@ -121,7 +128,7 @@ class DSNet(BaseModule):
         init_cfg: Optional[Union[dict, List[dict]]] = None,
     ):
         super().__init__(init_cfg=init_cfg)
-        self.pretrained_checkpoint = pretrained_checkpoint_of(init_cfg)
+        pretrained_checkpoint_of(init_cfg)  # a bad Pretrained entry fails at build
         settings = self.parse_arch(arch)
         self.embed_dims = tuple(settings['embed_dims'])
         self.depths = tuple(settings['depths'])
@@ -268,32 +275,51 @@ class DSNet(BaseModule):
         return [self.embed_dims[i] for i in self.out_indices]
 
     def init_weights(self) -> None:
-        """Initialise, then load the DS-Net checkpoint named in ``init_cfg``.
+        """Initialise as mmengine's ``BaseModule`` does, then load the ``init_cfg`` checkpoint.
 
-        The non-``Pretrained`` entries of ``init_cfg`` (if any) run through
-        mmengine; without them linear layers get the truncated-normal init of
-        the reference code. A ``Pretrained`` entry, given as a dict or inside
-        a list, always goes through the converter and its checks.
+        ``init_cfg`` is read now. Its entries other than ``Pretrained`` (if
+        any) run through mmengine's initialisers, recorded in mmengine's
+        per-parameter init log; without them linear layers get the
+        truncated-normal init of the reference code. Children with their own
+        ``init_weights`` run it next. The ``Pretrained`` entry, a dict or inside
+        a list, comes last and goes through :func:`load_pretrained_dsnet`
+        (read, convert, fit, load). A second call only warns, as for every
+        ``BaseModule``.
         """
+        if self._is_init:
+            print_log(
+                f'init_weights of {type(self).__name__} has been called more than once.',
+                logger='current',
+                level=logging.WARNING,
+            )
+            return
+        pretrained = pretrained_checkpoint_of(self.init_cfg)
         other_inits = other_init_cfgs(self.init_cfg)
-        if other_inits:
-            given, self.init_cfg = self.init_cfg, other_inits
-            try:
-                super().init_weights()
-            finally:
-                self.init_cfg = given
-        else:
-            for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    trunc_normal_init(module, std=0.02, bias=0.0)
-                elif isinstance(module, nn.LayerNorm):
-                    constant_init(module, val=1.0, bias=0.0)
-        if self.pretrained_checkpoint is not None:
+        # mmengine's initialisers log what they set per parameter, as in BaseModule;
+        # the reference init (no other entries) stays silent, as it always was.
+        with init_info_recorded(self) if other_inits else contextlib.nullcontext():
+            if other_inits:
+                print_log(
+                    f'initialize {type(self).__name__} with init_cfg {other_inits}',
+                    logger='current',
+                    level=logging.DEBUG,
+                )
+                initialize(self, other_inits)
+            else:
+                for module in self.modules():
+                    if isinstance(module, nn.Linear):
+                        trunc_normal_init(module, std=0.02, bias=0.0)
+                    elif isinstance(module, nn.LayerNorm):
+                        constant_init(module, val=1.0, bias=0.0)
+            for child in self.children():  # none today: the stages are plain ModuleLists
+                if hasattr(child, 'init_weights') and not getattr(child, 'is_init', False):
+                    child.init_weights()
+        if pretrained is not None:
             load_pretrained_dsnet(
                 self,
-                self.pretrained_checkpoint['checkpoint'],
+                pretrained['checkpoint'],
                 logger=MMLogger.get_current_instance(),
-                prefix=self.pretrained_checkpoint['prefix'],
+                prefix=pretrained['prefix'],
             )
         self._is_init = True
 

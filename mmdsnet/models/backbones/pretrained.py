@@ -1,27 +1,38 @@
-"""Load a DS-Net checkpoint into a ``DSNet`` and say exactly what loaded.
+"""From a ``DSNet``'s ``init_cfg`` to weights on the model, saying exactly what loaded.
 
 Every form of ``init_cfg`` that names a checkpoint (a ``Pretrained`` dict,
-alone or in a list) comes here. Fails loudly (naming the file and the likely
-cause) on a missing, empty or unreadable file, non-tensor or non-finite
-values, shape mismatches (another arch) or when most of the backbone finds
-no weights (a checkpoint of another model); partial loads are logged key by
-key.
+alone or in a list; a local path or an http(s) URL) takes one route,
+:func:`load_pretrained_dsnet`, through :mod:`mmdsnet.checkpoint`:
+
+1. read - the file (a URL downloaded once into torch hub's cache) is
+   checked, loaded weights-only, narrowed to ``prefix`` and its tensor
+   layouts checked;
+2. convert - public timm / PaddleClas keys become this package's;
+3. fit - shapes, coverage of the backbone, surplus layers and finite values
+   are checked against the model;
+4. load - ``load_state_dict`` and a log of what loaded and what did not.
+
+Each step fails loudly, naming the file and the likely cause.
 """
 
-import os.path as osp
-from typing import List, Optional, Union
+import contextlib
+from collections import defaultdict
+from typing import Dict, Iterator, List, Optional, Set, Tuple, Union
 
-import torch
 import torch.nn as nn
 
-from ...utils.compat import download_checkpoint, is_url
-from ..utils.ckpt_convert import (
-    check_tensors,
-    check_weight_value,
+from ...checkpoint import (
+    CheckpointMismatchError,
+    StateDictFit,
+    check_all_tensors,
+    check_tensor_layouts,
     detect_layout,
+    download_checkpoint,
     dsnet_convert,
+    is_url,
     read_checkpoint,
-    unwrap_state_dict,
+    sample_keys,
+    select_prefix,
 )
 
 # Below this share of loaded backbone tensors the load is treated as wrong.
@@ -81,112 +92,118 @@ def other_init_cfgs(init_cfg: Union[None, dict, List[dict]]) -> Optional[List[di
     return others or None
 
 
-def _sample(keys, limit=5):
-    keys = sorted(keys)
-    more = f', ... ({len(keys)} in all)' if len(keys) > limit else ''
-    return ', '.join(keys[:limit]) + more
+@contextlib.contextmanager
+def init_info_recorded(module: nn.Module) -> Iterator[None]:
+    """Keep mmengine's per-parameter record of what initialised it while the block runs.
 
-
-def _select_prefix(raw: dict, prefix: str, path: str) -> dict:
-    state_dict, _ = unwrap_state_dict(raw)
-    selected = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    if not selected:
-        raise RuntimeError(
-            f'No key of {path} starts with prefix {prefix!r} (init_cfg '
-            f'Pretrained prefix); keys: {_sample(state_dict) or "none"}'
-        )
-    return selected
-
-
-def load_pretrained_dsnet(
-    model: nn.Module, checkpoint_path: str, logger, prefix: Optional[str] = None
-) -> None:
-    """Convert and load ``checkpoint_path`` into ``model`` (a DSNet).
-
-    ``prefix`` keeps only the keys that start with it (stripped), as
-    mmengine's ``Pretrained`` init does. An http(s) URL is downloaded once
-    into torch hub's cache and then read like a local file (weights-only).
+    mmengine's initialisers write into ``_params_init_info`` when a module has
+    it. Inside a model the top-level ``BaseModule`` keeps that record and logs
+    it after its ``init_weights``; when ``module`` is itself the top level,
+    the record is made here and logged at the end, as ``BaseModule`` does.
     """
-    path = str(checkpoint_path)
-    if is_url(path):
-        path = download_checkpoint(path)
-    if not osp.lexists(path):
+    if hasattr(module, '_params_init_info'):
+        yield
+        return
+    record = defaultdict(dict)
+    for param in module.parameters():
+        record[param]['init_info'] = (
+            'The value is the same before and after calling `init_weights` of '
+            f'{type(module).__name__} '
+        )
+        record[param]['tmp_mean_value'] = param.data.mean().cpu()
+    for submodule in module.modules():
+        submodule._params_init_info = record
+    try:
+        yield
+        module._dump_init_info()
+    finally:
+        for submodule in module.modules():
+            del submodule._params_init_info
+
+
+def _read(checkpoint: str, prefix: Optional[str]) -> Tuple[str, dict]:
+    """Step 1: (the local file read, its weights) with their tensor layouts checked."""
+    path = download_checkpoint(checkpoint) if is_url(checkpoint) else checkpoint
+    try:
+        raw = read_checkpoint(path)
+    except FileNotFoundError:
         raise FileNotFoundError(
             f'DSNet pretrained checkpoint not found: {path}. Convert the public '
             'weights with tools/model_converters/dsnet2mmdet.py (README, "Pretrained '
             'weights") or set init_cfg=None to train from scratch.'
-        )
-    try:
-        raw = read_checkpoint(path)
-    except OSError:  # not found, a directory: already say so
+        ) from None
+    except OSError:  # a directory: already says so
         raise
     except Exception as err:  # corrupt file, refused unpickling, ...
         raise RuntimeError(
             f'Could not read DS-Net checkpoint {path}: {type(err).__name__}: {err}'
         ) from err
     if prefix is not None:
-        raw = _select_prefix(raw, prefix, path)
-    # Layouts first, before any conversion copies a value (memory stays bounded).
-    tensors = unwrap_state_dict(raw)[0]
-    check_tensors({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}, path)
-    state_dict = dsnet_convert(raw, logger=logger)
-    check_tensors(state_dict, path)
-    expected = model.state_dict()
-    layout = detect_layout(state_dict)
+        raw = select_prefix(raw, prefix, path)
+    # Layouts before the conversion copies any value (memory stays bounded).
+    check_tensor_layouts(raw, path)
+    return path, raw
 
-    mismatched = {
-        k: (tuple(v.shape), tuple(expected[k].shape))
-        for k, v in state_dict.items()
-        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
-    }
-    if mismatched:
-        key, (got, want) = next(iter(sorted(mismatched.items())))
-        raise RuntimeError(
-            f'{len(mismatched)} tensors of {path} do not fit this DSNet (e.g. {key}: '
-            f'checkpoint {got} vs model {want}); the checkpoint is probably another '
+
+def _fit(model: nn.Module, state_dict: Dict[str, object], path: str) -> Tuple[StateDictFit, Set]:
+    """Step 3: the converted weights against the model; (the fit, unbuilt-stage keys)."""
+    check_all_tensors(state_dict, path)
+    expected = model.state_dict()
+    fit = StateDictFit(expected, state_dict)
+    if fit.mismatched:
+        raise CheckpointMismatchError(
+            f'{len(fit.mismatched)} tensors of {path} do not fit this DSNet (e.g. '
+            f'{fit.mismatch_lines()[0]}); the checkpoint is probably another '
             f'arch than {model.depths} / {model.embed_dims}.'
         )
-
-    loadable = {k: v for k, v in state_dict.items() if k in expected}
-    missing = set(expected) - set(loadable)
-    unexpected = set(state_dict) - set(expected)
-    fraction = len(loadable) / max(1, len(expected))
-    if fraction < MIN_LOADED_FRACTION:
-        raise RuntimeError(
-            f'Only {len(loadable)}/{len(expected)} DSNet tensors found weights in {path} '
-            f'(layout after conversion: {layout!r}): it holds another DS-Net arch '
-            f"(depths {model.depths} expected) or another model's weights. "
-            f'Checkpoint keys: '
-            f'{_sample(state_dict) or "none"}'
+    if len(fit.loadable) / max(1, len(expected)) < MIN_LOADED_FRACTION:
+        raise CheckpointMismatchError(
+            f'Only {len(fit.loadable)}/{len(expected)} DSNet tensors found weights in {path} '
+            f'(layout after conversion: {detect_layout(state_dict)!r}): it holds another '
+            f"DS-Net arch (depths {model.depths} expected) or another model's weights. "
+            f'Checkpoint keys: {sample_keys(state_dict) or "none"}'
         )
-
     # Keys of stages that are not built (out_indices stops early) are expected;
     # any other surplus key means the checkpoint has layers this model lacks.
     unbuilt = {
         k
-        for k in unexpected
+        for k in fit.unexpected
         if k.startswith(('stages.', 'patch_embeds.'))
         and int(k.split('.')[1]) >= model.num_built_stages
     }
-    surplus = unexpected - unbuilt
+    surplus = set(fit.unexpected) - unbuilt
     if surplus:
-        raise RuntimeError(
+        raise CheckpointMismatchError(
             f'{len(surplus)} tensors of {path} have no place in this DSNet '
             f'(depths {model.depths}, with_alignment={model.with_alignment}): '
-            f'{_sample(surplus)}; the checkpoint is another arch or variant.'
+            f'{sample_keys(surplus)}; the checkpoint is another arch or variant.'
         )
     # Values last: only those that will be loaded, cast to the model's dtypes.
-    for key, value in loadable.items():
-        check_weight_value(key, value, path, expected[key].dtype)
-    model.load_state_dict(loadable, strict=False)
-    logger.info(f'DSNet: loaded {len(loadable)}/{len(expected)} tensors from {path}')
+    fit.check_values(path)
+    return fit, unbuilt
+
+
+def load_pretrained_dsnet(
+    model: nn.Module, checkpoint_path: str, logger, prefix: Optional[str] = None
+) -> None:
+    """Read, convert, fit and load ``checkpoint_path`` into ``model`` (a DSNet).
+
+    ``prefix`` keeps only the keys that start with it (stripped), as
+    mmengine's ``Pretrained`` init does. An http(s) URL is downloaded once
+    into torch hub's cache and then read like a local file (weights-only).
+    """
+    path, raw = _read(str(checkpoint_path), prefix)
+    state_dict = dsnet_convert(raw, logger=logger)
+    fit, unbuilt = _fit(model, state_dict, path)
+    model.load_state_dict(fit.loadable, strict=False)
+    logger.info(f'DSNet: loaded {len(fit.loadable)}/{len(fit.model_state)} tensors from {path}')
     if unbuilt:
         logger.info(
             f'DSNet: skipped {len(unbuilt)} tensors of stages not built for '
             f'out_indices={model.out_indices}'
         )
-    if missing:
+    if fit.missing:
         logger.warning(
-            f'DSNet: {len(missing)} tensors kept their initial values '
-            f'(missing in the checkpoint): {_sample(missing, 20)}'
+            f'DSNet: {len(fit.missing)} tensors kept their initial values '
+            f'(missing in the checkpoint): {sample_keys(fit.missing, 20)}'
         )

@@ -1,3 +1,1 @@
-from .ckpt_convert import convert_file, detect_layout, dsnet_convert, read_checkpoint
-
-__all__ = ['dsnet_convert', 'read_checkpoint', 'detect_layout', 'convert_file']
+"""Helpers shared by the models: argument checks (``validation``) and norm layers (``norm``)."""

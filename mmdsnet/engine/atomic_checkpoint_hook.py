@@ -14,7 +14,6 @@ partial file is removed, the previous checkpoint and ``last_checkpoint``
 stay as they were, and the error says how many bytes a save needs.
 """
 
-import glob
 import os
 import os.path as osp
 import shutil
@@ -24,51 +23,8 @@ from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
+from ..checkpoint import remove_interrupted_saves, write_atomically, write_text_atomically
 from .work_dir_lock import lock_work_dir
-
-PARTIAL_SUFFIX = '.partial'
-
-
-class CheckpointSaveError(OSError):
-    """A checkpoint could not be written (e.g. a full disk); nothing of it was kept."""
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-def remove_interrupted_saves(directory: str, logger=None) -> list:
-    """Delete the ``*.partial`` files of saves cut short in ``directory``.
-
-    Only safe while this process holds the work dir's run lock
-    (:func:`~mmdsnet.engine.work_dir_lock.lock_work_dir`): a live run's save in
-    progress has the same name. Returns the removed paths.
-    """
-    removed = []
-    for leftover in sorted(glob.glob(osp.join(directory, f'*{PARTIAL_SUFFIX}'))):
-        if logger is not None:
-            logger.info(f'removing {leftover}, left by an interrupted save')
-        _remove_quietly(leftover)
-        removed.append(leftover)
-    return removed
-
-
-def replace_text_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader sees the old or the new file
-    (on failure the temporary file is removed and ``path`` is untouched)."""
-    tmp = path + PARTIAL_SUFFIX
-    try:
-        with open(tmp, 'w') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
 
 
 @HOOKS.register_module()
@@ -102,13 +58,15 @@ class AtomicCheckpointHook(CheckpointHook):
             runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
 
         filename = self.filename_tmpl.format(step)
-        self.last_ckpt = osp.join(self.out_dir, filename)
+        new_ckpt = self.last_ckpt = osp.join(self.out_dir, filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-        partial = self.last_ckpt + PARTIAL_SUFFIX
-        try:
+        if not is_main_process():
+            return  # Runner.save_checkpoint writes on the main process only
+
+        def save(partial: str) -> None:
             runner.save_checkpoint(
                 self.out_dir,
-                filename + PARTIAL_SUFFIX,
+                osp.relpath(partial, self.out_dir),
                 self.file_client_args,
                 save_optimizer=self.save_optimizer,
                 save_param_scheduler=self.save_param_scheduler,
@@ -117,23 +75,27 @@ class AtomicCheckpointHook(CheckpointHook):
                 backend_args=self.backend_args,
                 **self.args,
             )
-            if not is_main_process():
-                return
-            os.replace(partial, self.last_ckpt)
-            replace_text_atomically(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
-        except OSError as error:
-            written = osp.getsize(partial) if osp.isfile(partial) else 0
-            _remove_quietly(partial)
-            new_ckpt, self.last_ckpt = self.last_ckpt, previous_ckpt
+
+        try:
+            write_atomically(
+                new_ckpt,
+                save,
+                lambda error, written: self._save_failure(new_ckpt, previous_ckpt, written, error),
+            )
+            write_text_atomically(
+                osp.join(runner.work_dir, 'last_checkpoint'),
+                new_ckpt,
+                lambda error, _: self._save_failure(new_ckpt, previous_ckpt, 0, error),
+            )
+        except OSError:
+            self.last_ckpt = previous_ckpt
             if previous_ids is not None:
                 self.keep_ckpt_ids.clear()
                 self.keep_ckpt_ids.extend(previous_ids)
                 runner.message_hub.update_info('keep_ckpt_ids', previous_ids)
             if previous_ckpt is not None:
                 runner.message_hub.update_info('last_ckpt', previous_ckpt)
-            raise CheckpointSaveError(
-                error.errno, self._save_failure(new_ckpt, previous_ckpt, written, error)
-            ) from error
+            raise
         for old_step in stale:
             old = osp.join(self.out_dir, self.filename_tmpl.format(old_step))
             if osp.isfile(old):

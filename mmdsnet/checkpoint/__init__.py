@@ -1,0 +1,68 @@
+"""Checkpoint files: reading them safely, converting their keys, checking that
+they fit a model, and writing them atomically. One module per step:
+
+* :mod:`.reading` - file checks, weights-only loading (with
+  :mod:`.unpickling`'s allow-lists), ``.pdparams``, http(s) downloads, tensor
+  layouts;
+* :mod:`.conversion` - the public timm / PaddleClas layouts mapped to this
+  package's keys (no I/O);
+* :mod:`.fitting` - a state dict compared with a model (missing, unexpected,
+  shapes, dtypes, finite values);
+* :mod:`.writing` - atomic writes and the clean-up of interrupted ones;
+* :mod:`.converter` - the converter CLI's route through the four.
+
+It imports neither ``mmdsnet.models`` nor ``mmdsnet.engine``; both use it.
+"""
+
+from .conversion import LINEAR_LAYERS, detect_layout, dsnet_convert, unwrap_state_dict
+from .converter import convert_file
+from .fitting import (
+    CheckpointMismatchError,
+    StateDictFit,
+    check_all_tensors,
+    check_weight_value,
+    sample_keys,
+)
+from .reading import (
+    check_checkpoint_file,
+    check_tensor_layouts,
+    download_checkpoint,
+    is_url,
+    read_checkpoint,
+    select_prefix,
+    torch_load_weights_only,
+)
+from .unpickling import runner_checkpoint_globals
+from .writing import (
+    PARTIAL_SUFFIX,
+    CheckpointSaveError,
+    remove_interrupted_saves,
+    write_atomically,
+    write_text_atomically,
+)
+
+__all__ = [
+    'LINEAR_LAYERS',
+    'PARTIAL_SUFFIX',
+    'CheckpointMismatchError',
+    'CheckpointSaveError',
+    'StateDictFit',
+    'check_all_tensors',
+    'check_checkpoint_file',
+    'check_tensor_layouts',
+    'check_weight_value',
+    'convert_file',
+    'detect_layout',
+    'download_checkpoint',
+    'dsnet_convert',
+    'is_url',
+    'read_checkpoint',
+    'remove_interrupted_saves',
+    'runner_checkpoint_globals',
+    'sample_keys',
+    'select_prefix',
+    'torch_load_weights_only',
+    'unwrap_state_dict',
+    'write_atomically',
+    'write_text_atomically',
+]
