@@ -11,7 +11,7 @@ _base_ = [
 crop_size = (512, 512)
 # SyncBN across GPUs (batch 8 per GPU, statistics are trained). On CPU it
 # becomes BN: mmengine reverts SyncBN in non-distributed runs and
-# mmdsnet.utils.compat does it in CPU multi-process (gloo) runs.
+# mmdsnet.engine (patch_cpu_distributed) does it in CPU multi-process (gloo) runs.
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
     data_preprocessor=dict(size=crop_size),
