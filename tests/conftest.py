@@ -1,25 +1,12 @@
-"""What several test files share: the repository root, a free TCP port for
-multi-process runs, and the registry scope that models are built under.
-
-Test modules import the plain names (``from conftest import REPO_ROOT``);
-the fixtures are found by pytest.
+"""Fixtures every test folder shares: the registry scope models are built
+under, and forgetting what an in-process Runner leaves behind. Plain helpers
+(REPO_ROOT, load_tool, free_port) are in helpers.py.
 """
 
 import importlib
-import os.path as osp
-import socket
+import os
 
 import pytest
-
-#: The checkout's root: configs/, tools/ and README.md live here.
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (MASTER_PORT of a launch)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def _default_scope(name):
@@ -66,3 +53,16 @@ def drop_runner_globals():
             for handler in list(getattr(instance, 'handlers', [])):
                 handler.close()
                 instance.removeHandler(handler)
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrize ``config_path`` / ``det_config_path`` / ``seg_config_path``
+    over the configs found when the tests are collected (helpers.CONFIG_KINDS),
+    so a new config is tested without being listed anywhere."""
+    from helpers import CONFIG_KINDS, REPO_ROOT, config_paths
+
+    for name, patterns in CONFIG_KINDS.items():
+        if name in metafunc.fixturenames:
+            paths = config_paths(*patterns)
+            ids = [os.path.relpath(p, os.path.join(REPO_ROOT, 'configs')) for p in paths]
+            metafunc.parametrize(name, paths, ids=ids)

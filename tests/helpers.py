@@ -1,6 +1,7 @@
 """Plain helpers the test modules import (``from helpers import REPO_ROOT``):
 the checkout's root, loading a tool script as a module, and a free TCP port."""
 
+import glob
 import importlib.util
 import os.path as osp
 import socket
@@ -34,3 +35,26 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+#: tests/: toy_task.py and this module live here (PYTHONPATH of child processes).
+TESTS_ROOT = osp.dirname(osp.abspath(__file__))
+
+
+#: Which configs a test is parametrized over, by argument name (see conftest.py).
+CONFIG_KINDS = {
+    'config_path': ('**/*.py',),
+    'det_config_path': ('*_coco.py', 'demo/mask_rcnn_*.py'),
+    'seg_config_path': ('*_ade20k-512x512.py', 'demo/*-seg.py'),
+    'dsfpn_config_path': ('**/*dsfpn*.py',),
+}
+
+
+def config_paths(*patterns: str) -> list:
+    """The configs under configs/ matching ``patterns`` (glob, relative to
+    configs/), shared bases left out, sorted."""
+    root = osp.join(REPO_ROOT, 'configs')
+    found = set()
+    for pattern in patterns:
+        found.update(glob.glob(osp.join(root, pattern), recursive=True))
+    return sorted(p for p in found if '_base_' not in osp.relpath(p, root).split(osp.sep))

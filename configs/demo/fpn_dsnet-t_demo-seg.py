@@ -71,7 +71,7 @@ test_evaluator = val_evaluator
 # for any number of processes or GPUs: 30 epochs are 240 iterations with 2
 # processes x 4 images, 60 with 8. The warm-up (2.5 epochs, 20 iterations with 2
 # processes) and the poly decay are converted to iterations from epochs
-# (tests/test_demo_schedule.py).
+# (tests/configs/test_demo_schedule.py).
 max_epochs = 30
 warmup_epochs = 2.5
 train_cfg = dict(_delete_=True, type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=5)

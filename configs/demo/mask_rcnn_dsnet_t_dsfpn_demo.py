@@ -91,7 +91,7 @@ optim_wrapper = dict(
 # objects / (4 x processes), rounded up).
 # The warm-up is given in epochs too and converted to iterations, so it stays
 # 6.25 / 20 of the run: 50 of 160 iterations with 2 processes, 12 of 40 with 8
-# (tests/test_demo_schedule.py).
+# (tests/configs/test_demo_schedule.py).
 warmup_epochs = 6.25
 param_scheduler = [
     dict(

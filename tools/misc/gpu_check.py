@@ -22,7 +22,7 @@ Steps:
              checked against the CPU kernels. Later steps put that folder and
              the repository on PYTHONPATH: the preinstalled torch is used as it is.
   env        versions of the machine and the stack as installed.
-  tests      the ``gpu`` tests (tests/test_gpu.py); skipped with their reason
+  tests      the ``gpu`` tests (tests/gpu/test_gpu.py); skipped with their reason
              without CUDA.
   attention  the SDPA backend of every DS-Block attention of DS-Net-T/S/B in
              fp32, fp16 and bf16 (tools/analysis_tools/attention_backends.py).
@@ -327,7 +327,7 @@ class Check:
                 select = f'({select}) and ({self.tests_k})'
             xml = osp.join(self.out, 'results', f'gpu_tests_{part}.xml')
             commands.append(
-                self.py('-m', 'pytest', 'tests/test_gpu.py', '-m', 'gpu', '-k', select, '-rs',
+                self.py('-m', 'pytest', 'tests/gpu/test_gpu.py', '-m', 'gpu', '-k', select, '-rs',
                         '-v', '--tb=short', '-p', 'no:cacheprovider', f'--junitxml={xml}')
             )  # fmt: skip
         self.run('tests', commands, LIMITS['tests'], keep_going=True)

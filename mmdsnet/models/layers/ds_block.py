@@ -81,7 +81,7 @@ def attention(
     The fused kernels never materialise the (Lq, Lk) map, which at 800x1344
     is 67,200 x 1,050 per head for the stage-1 co-attention. Every DS-Net
     attention qualifies (head size 32, unit stride on the head dimension);
-    tests/test_gpu.py checks it in fp32, fp16 and bf16.
+    tests/gpu/test_gpu.py checks it in fp32, fp16 and bf16.
     """
     if query.is_cuda and torch.backends.cuda.cudnn_sdp_enabled():
         backends = cuda_sdpa_backends()

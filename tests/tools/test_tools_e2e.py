@@ -12,10 +12,13 @@ import sys
 import time
 
 import pytest
-from conftest import REPO_ROOT, free_port
+from helpers import REPO_ROOT, free_port
 
 from mmdsnet.engine import load_from_local_weights_only
 from mmdsnet.testing.synthetic_data import generate_demo_data
+
+# Every test here starts processes or trains.
+pytestmark = pytest.mark.integration
 
 DET_DEMO = osp.join(REPO_ROOT, 'configs', 'demo', 'mask_rcnn_dsnet_t_dsfpn_demo.py')
 SEG_DEMO = osp.join(REPO_ROOT, 'configs', 'demo', 'fpn_dsnet-t_demo-seg.py')

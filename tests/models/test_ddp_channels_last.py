@@ -22,7 +22,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import REPO_ROOT, free_port
+from helpers import REPO_ROOT, TESTS_ROOT, free_port
 
 from mmdsnet.models.backbones.dsnet import DSNet
 from mmdsnet.models.necks.ds_fpn import DSFPN
@@ -98,6 +98,7 @@ def test_gradients_have_the_parameters_strides(batch, size):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason='needs gloo')
+@pytest.mark.integration
 def test_two_process_ddp_no_stride_warning_and_same_gradients(tmp_path):
     """Two gloo processes, one DDP step each of DSNet-T and DSNet-T + DSFPN:
     no stride warning, every gradient with its parameter's strides, and the
@@ -107,7 +108,9 @@ def test_two_process_ddp_no_stride_warning_and_same_gradients(tmp_path):
         WORLD_SIZE='2',
         MASTER_ADDR='127.0.0.1',
         MASTER_PORT=str(free_port()),
-        PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get('PYTHONPATH')])),
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [REPO_ROOT, TESTS_ROOT, os.environ.get('PYTHONPATH')])
+        ),
     )
     procs = [
         subprocess.Popen(

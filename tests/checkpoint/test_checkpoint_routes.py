@@ -8,7 +8,6 @@ each test starts and stops; nothing leaves the machine."""
 import functools
 import http.server
 import os
-import os.path as osp
 import pickle
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import types
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT, TESTS_ROOT
 from mmengine.logging import HistoryBuffer, MMLogger
 from mmengine.runner.checkpoint import _load_checkpoint
 
@@ -27,8 +26,6 @@ from mmdsnet.models import DSNet
 from mmdsnet.testing import reference_for
 
 TRUST_CONFIG_ENV = 'MMDSNET_TRUST_CHECKPOINT_CONFIG'  # the documented opt-in
-
-TESTS_DIR = osp.dirname(osp.abspath(__file__))
 
 
 class Payload:
@@ -217,6 +214,7 @@ def test_backbone_pretrained_url_fails_like_a_local_file(served, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_tools_test_with_a_url_runs_no_code(served, tmp_path):
     config = tmp_path / 'toy.py'
     config.write_text(
@@ -230,7 +228,7 @@ def test_tools_test_with_a_url_runs_no_code(served, tmp_path):
         "test_cfg = dict(type='TestLoop')\n"
     )
     env = dict(os.environ, TORCH_HOME=str(served.hub / 'torch_home'))
-    env['PYTHONPATH'] = os.pathsep.join(p for p in (TESTS_DIR, env.get('PYTHONPATH')) if p)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (TESTS_ROOT, env.get('PYTHONPATH')) if p)
     result = subprocess.run(
         [sys.executable, 'tools/test.py', str(config), served.url + 'evil.pth']
         + ['--work-dir', str(tmp_path / 'work')],

@@ -1,20 +1,11 @@
 """tools/analysis_tools: FLOPs counting of configs and the benchmark's report."""
 
-import importlib.util
 import json
 import os.path as osp
 
 import pytest
 import torch
-from conftest import REPO_ROOT
-
-
-def load_tool(name):
-    path = osp.join(REPO_ROOT, 'tools', 'analysis_tools', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import REPO_ROOT, load_tool
 
 
 @pytest.mark.parametrize(
@@ -22,7 +13,9 @@ def load_tool(name):
     [('mask_rcnn_dsnet_t_fpn_1x_coco.py', 1.8), ('retinanet_dsnet_s_fpn_1x_coco.py', 3.5)],
 )
 def test_get_flops_backbone_matches_paper_at_224(config, paper_gflops, capsys):
-    result = load_tool('get_flops').main([osp.join(REPO_ROOT, 'configs', config), '--shape', '224'])
+    result = load_tool('tools/analysis_tools/get_flops.py').main(
+        [osp.join(REPO_ROOT, 'configs', config), '--shape', '224']
+    )
     assert abs(result['backbone_flops'] / 1e9 - paper_gflops) / paper_gflops < 0.03
     # The implementation runs the global conv halves on the small grid.
     assert result['backbone_flops_executed'] < result['backbone_flops']
@@ -37,16 +30,17 @@ def test_get_flops_backbone_matches_paper_at_224(config, paper_gflops, capsys):
 
 
 def test_get_flops_segmentor_default_shape():
-    result = load_tool('get_flops').main(
+    result = load_tool('tools/analysis_tools/get_flops.py').main(
         [osp.join(REPO_ROOT, 'configs', 'fpn_dsnet-t_4xb8-40k_ade20k-512x512.py')]
     )
     assert (result['height'], result['width']) == (512, 512)
     assert result['model_flops'] > result['backbone_flops'] > 0
 
 
+@pytest.mark.integration
 def test_benchmark_reports_every_entry(tmp_path):
     out = tmp_path / 'bench.json'
-    report = load_tool('benchmark').main(
+    report = load_tool('tools/analysis_tools/benchmark.py').main(
         [
             '--suites',
             'backbone',
@@ -79,7 +73,9 @@ def test_benchmark_refuses_an_empty_selection(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip('the throughput suite runs on a GPU')
     with pytest.raises(SystemExit):
-        load_tool('benchmark').main(['--suites', 'throughput', '--out', str(tmp_path / 'b.json')])
+        load_tool('tools/analysis_tools/benchmark.py').main(
+            ['--suites', 'throughput', '--out', str(tmp_path / 'b.json')]
+        )
     assert 'throughput on a CPU needs --throughput-setting' in capsys.readouterr().err
     assert not (tmp_path / 'b.json').exists()
 
@@ -101,7 +97,7 @@ def test_saved_activation_count_releases_the_graph():
 def test_profile_backbone_attributes_time_to_attention_and_convolution(capsys):
     from mmdsnet.analysis.profiling import FAMILIES
 
-    shares = load_tool('profile_backbone').main(
+    shares = load_tool('tools/analysis_tools/profile_backbone.py').main(
         ['--arch', 'tiny', '--shape', '64', '96', '--mode', 'train', '--top', '3']
     )
     # Every DS-Block runs three attentions and several convolutions, forward and back.
@@ -111,7 +107,7 @@ def test_profile_backbone_attributes_time_to_attention_and_convolution(capsys):
 
 
 def test_attention_kernels_shapes_follow_the_architecture():
-    tool = load_tool('attention_kernels')
+    tool = load_tool('tools/analysis_tools/attention_kernels.py')
     shapes = tool.attention_shapes('small', 800, 1344)
     # Stage 1: 200x336 local tokens against the 25x42 global grid, one head of 32;
     # stage 4 shrinks its 25x42 map by 2 again, to 12x21.
@@ -153,7 +149,9 @@ def test_benchmark_builds_every_detector():
         if depth is None:  # DS-Net: trains every stage unless the entry says otherwise
             assert model.backbone.frozen_stages == (1 if 'frozen_stages=1' in name else -1), name
     with pytest.raises(SystemExit):
-        load_tool('benchmark').main(['--suites', 'detector', '--detectors', 'MaskRCNN R-101'])
+        load_tool('tools/analysis_tools/benchmark.py').main(
+            ['--suites', 'detector', '--detectors', 'MaskRCNN R-101']
+        )
 
 
 def test_benchmark_modes_select_detector_groups():

@@ -1,7 +1,6 @@
 """Issue 20, items 6 and 7: saves on a full disk, and two runs in one work dir."""
 
 import errno
-import importlib.util
 import os
 import os.path as osp
 import signal
@@ -11,9 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO_ROOT
-
-TESTS_DIR = osp.dirname(osp.abspath(__file__))
+from helpers import REPO_ROOT, TESTS_ROOT, load_tool
 
 TOY_CONFIG = """
 custom_imports = dict(imports=['toy_task', 'slow_hook'], allow_failed_imports=False)
@@ -45,15 +42,6 @@ class SlowHook(Hook):
 """
 
 
-def load_train_tool():
-    spec = importlib.util.spec_from_file_location(
-        'train_tool', osp.join(REPO_ROOT, 'tools/train.py')
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def small_disk(monkeypatch):
     """Local file writes of checkpoints see a disk that holds 1.5 checkpoints:
@@ -80,6 +68,7 @@ def small_disk(monkeypatch):
     monkeypatch.setattr(LocalBackend, 'put', put)
 
 
+@pytest.mark.integration
 def test_full_disk_save_keeps_the_last_checkpoint_and_says_what_it_needs(tmp_path, small_disk):
     from mmengine.runner import Runner
     from toy_task import ToyRegressor  # noqa: F401 (registers the toy task)
@@ -119,7 +108,7 @@ def test_train_tool_cleans_interrupted_saves_before_building_the_runner(tmp_path
     partial = work / 'epoch_2.pth.partial'
     partial.write_bytes(b'x' * 1000)
     (tmp_path / 'cfg.py').write_text('work_dir = None\n')
-    tool = load_train_tool()
+    tool = load_tool('tools/train.py')
     seen = {}
 
     def full_disk_runner(cfg):
@@ -136,7 +125,7 @@ def toy_env(tmp_path):
     (tmp_path / 'slow_hook.py').write_text(SLOW_HOOK)
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(
-        p for p in (TESTS_DIR, str(tmp_path), env.get('PYTHONPATH')) if p
+        p for p in (TESTS_ROOT, str(tmp_path), env.get('PYTHONPATH')) if p
     )
     return env
 
@@ -151,6 +140,7 @@ def train(config, work, env, *extra, wait=True):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_second_run_in_a_live_work_dir_is_refused_and_a_killed_one_frees_it(tmp_path):
     env = toy_env(tmp_path)
     slow = tmp_path / 'slow.py'
@@ -207,6 +197,7 @@ class NoisyToyDataset(ToyRegressionDataset):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_resumed_run_with_random_augmentation_ends_like_the_uninterrupted_one(tmp_path):
     """Issue 20, item 12: train 3 epochs; separately resume from the epoch-1
     checkpoint (as after a kill in epoch 2); the final weights must be equal."""

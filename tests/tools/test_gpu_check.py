@@ -8,7 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
+
+# Every test here starts processes or trains.
+pytestmark = pytest.mark.integration
 
 STEPS = ['install', 'env', 'tests', 'attention', 'benchmark', 'profile', 'demo']
 

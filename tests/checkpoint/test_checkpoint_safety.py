@@ -12,9 +12,10 @@ import time
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT, TESTS_ROOT
 
-TESTS_DIR = osp.dirname(osp.abspath(__file__))
+# Every test here starts processes or trains.
+pytestmark = pytest.mark.integration
 
 # A toy regressor whose 384 MB buffer makes each save take long enough to be
 # killed while the file is being written.
@@ -59,7 +60,7 @@ def toy_configs(tmp_path):
         configs[model].write_text(CONFIG.format(model=model))
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(
-        p for p in (TESTS_DIR, str(tmp_path), env.get('PYTHONPATH')) if p
+        p for p in (TESTS_ROOT, str(tmp_path), env.get('PYTHONPATH')) if p
     )
     return configs, env
 

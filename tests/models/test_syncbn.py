@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from mmengine.config import Config
 from mmengine.model import convert_sync_batchnorm, revert_sync_batchnorm
 from mmengine.model.utils import _BatchNormXd

@@ -2,22 +2,12 @@
 confusing failure (empty dataset, unwritable --out, misspelt config keys)."""
 
 import argparse
-import importlib.util
 import json
 import os.path as osp
 import warnings
 
 import pytest
-from conftest import REPO_ROOT
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'{name}_tool', osp.join(REPO_ROOT, f'tools/{name}.py')
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import REPO_ROOT, load_tool
 
 
 def test_misspelt_top_level_key_warns_with_the_known_one(tmp_path):
@@ -55,7 +45,7 @@ def test_shipped_demo_configs_give_no_key_warning():
 
 
 def test_test_tool_checks_out_before_the_evaluation(tmp_path, monkeypatch):
-    tool = load_tool('test')
+    tool = load_tool('tools/test.py')
     built = []
     monkeypatch.setattr(tool, 'build_runner', lambda cfg: built.append(cfg) or 1 / 0)
     config = tmp_path / 'cfg.py'
@@ -83,7 +73,7 @@ def test_train_tool_names_an_empty_dataset(tmp_path, monkeypatch):
         def train(self):
             BaseDataset(ann_file=str(ann_file))  # what the Runner's dataloader build does
 
-    tool = load_tool('train')
+    tool = load_tool('tools/train.py')
     monkeypatch.setattr(tool, 'build_runner', lambda cfg: Runner())
     config = tmp_path / 'cfg.py'
     config.write_text('work_dir = None\n')

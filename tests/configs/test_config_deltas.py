@@ -2,27 +2,15 @@
 to the constructor's default unless it overrides a different value of its base."""
 
 import ast
-import glob
 import inspect
 import os.path as osp
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from mmengine.config import Config
 
 from mmdsnet.models import DSFPN, DSNet
 
 CLASSES = {'DSNet': DSNet, 'DSFPN': DSFPN}
-
-
-def config_paths():
-    paths = glob.glob(osp.join(REPO_ROOT, 'configs', '**', '*.py'), recursive=True)
-    return sorted(p for p in paths if '_base_' not in p.split(osp.sep))
-
-
-def pytest_generate_tests(metafunc):
-    if 'config_path' in metafunc.fixturenames:
-        paths = config_paths()
-        metafunc.parametrize('config_path', paths, ids=[osp.relpath(p, REPO_ROOT) for p in paths])
 
 
 def own_source(path):

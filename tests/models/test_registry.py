@@ -6,6 +6,9 @@ import textwrap
 
 import pytest
 
+# Every test here starts processes or trains.
+pytestmark = pytest.mark.integration
+
 
 def run_python(code, cwd):
     result = subprocess.run(

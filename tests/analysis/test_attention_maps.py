@@ -1,7 +1,6 @@
 """Attention maps on request, recorded from outside the model:
 mmdsnet.analysis.attention and tools/analysis_tools/visualize_attention.py."""
 
-import importlib.util
 import math
 import os
 import os.path as osp
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO_ROOT, load_tool
 
 from mmdsnet.analysis.attention import (
     attention_targets,
@@ -21,8 +21,7 @@ from mmdsnet.analysis.attention import (
 from mmdsnet.models import DSNet
 from mmdsnet.models.layers import DSBlock
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'visualize_attention.py')
+TOOL = osp.join(REPO_ROOT, 'tools', 'analysis_tools', 'visualize_attention.py')
 # Narrow DS-Net with two heads in stages 2-4: fast, and the head axis is exercised.
 TINY_ARCH = dict(embed_dims=[16, 32, 40, 64], depths=[1, 2, 1, 1], num_heads=[1, 2, 2, 2])
 
@@ -37,13 +36,6 @@ def random_dsnet(**kwargs):
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 2.0)
     return model.eval()
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location('visualize_attention', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def hooked_modules(model):
@@ -286,15 +278,18 @@ def tiny_backbone_config(tmp_path, **extra):
     return str(config)
 
 
+@pytest.mark.integration
 def test_tool_writes_pngs_in_a_fresh_process(tmp_path):
     image = write_image(tmp_path / 'image.png', 97, 130)
     out_dir = tmp_path / 'maps'
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, os.environ.get('PYTHONPATH', '')])
+    )
     proc = subprocess.run(
         [
             sys.executable,
             TOOL,
-            osp.join(ROOT, 'configs', 'mask_rcnn_dsnet_t_fpn_1x_coco.py'),
+            osp.join(REPO_ROOT, 'configs', 'mask_rcnn_dsnet_t_fpn_1x_coco.py'),
             'none',
             image,
             '--out-dir',
@@ -324,7 +319,7 @@ def test_tool_writes_pngs_in_a_fresh_process(tmp_path):
 
 
 def test_tool_loads_a_runner_checkpoint(tmp_path):
-    tool = load_tool()
+    tool = load_tool('tools/analysis_tools/visualize_attention.py')
     config = tiny_backbone_config(tmp_path)
     trained = random_dsnet()
     with torch.no_grad():
@@ -345,7 +340,7 @@ def test_tool_loads_a_runner_checkpoint(tmp_path):
 
 
 def test_tool_refuses_a_checkpoint_of_another_model(tmp_path):
-    tool = load_tool()
+    tool = load_tool('tools/analysis_tools/visualize_attention.py')
     config = tiny_backbone_config(tmp_path)
     from mmengine.config import Config
 
@@ -361,7 +356,7 @@ def test_tool_refuses_a_checkpoint_of_another_model(tmp_path):
 
 
 def test_tool_resizes_and_normalises_like_the_config(tmp_path):
-    tool = load_tool()
+    tool = load_tool('tools/analysis_tools/visualize_attention.py')
     image = write_image(tmp_path / 'image.png', 60, 200)
     config = tiny_backbone_config(
         tmp_path, test_pipeline=[dict(type='Resize', scale=(100, 100), keep_ratio=True)]
@@ -392,7 +387,7 @@ def test_tool_resizes_and_normalises_like_the_config(tmp_path):
     ],
 )
 def test_tool_bad_choices_exit_with_a_message(tmp_path, argv, message):
-    tool = load_tool()
+    tool = load_tool('tools/analysis_tools/visualize_attention.py')
     image = write_image(tmp_path / 'image.png', 97, 130)
     config = tiny_backbone_config(tmp_path)
     if '--stage' not in argv:
@@ -402,7 +397,7 @@ def test_tool_bad_choices_exit_with_a_message(tmp_path, argv, message):
 
 
 def test_tool_refuses_a_backbone_that_is_not_dsnet(tmp_path):
-    tool = load_tool()
+    tool = load_tool('tools/analysis_tools/visualize_attention.py')
     image = write_image(tmp_path / 'image.png', 64, 64)
     with pytest.raises(SystemExit, match='its backbone is ResNet, not DSNet'):
         tool.main(

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT, free_port
+from helpers import REPO_ROOT, free_port
 from torch.nn.attention import sdpa_kernel
 
 from mmdsnet.analysis.sdpa import FUSED_BACKENDS, attention_backends
@@ -86,6 +86,7 @@ def test_every_attention_runs_on_a_fused_kernel(arch, setting, precision):
     assert calls and {c['backend'] for c in calls} == {expected}
 
 
+@pytest.mark.integration
 def test_amp_mask_rcnn_training_step_is_finite(mmdet_scope):
     """Steps through mmengine's AmpOptimWrapper (fp16, dynamic scale): losses and
     weights stay finite and the weights move. The first steps may overflow at
@@ -145,6 +146,7 @@ def test_mmcv_cuda_ops_match_the_cpu():
     assert torch.allclose(got.cpu(), expected, rtol=1e-4)
 
 
+@pytest.mark.integration
 def test_dist_train_nccl_amp_two_epochs(tmp_path):
     """tools/dist_train.sh with one process: NCCL, --amp, two epochs, finite losses."""
     data = tmp_path / 'data'

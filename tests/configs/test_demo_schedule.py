@@ -13,7 +13,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from mmengine.config import Config
 
 CONFIGS = {

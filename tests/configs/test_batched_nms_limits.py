@@ -13,7 +13,6 @@ The R-CNN stage (``multiclass_nms``, up to proposals x classes boxes) is not
 counted: its softmax scores run in float32 under autocast, like its boxes.
 """
 
-import glob
 import inspect
 import math
 import os.path as osp
@@ -21,17 +20,11 @@ import re
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from mmcv.ops import batched_nms
 from mmengine.config import Config
 
 pytestmark = pytest.mark.usefixtures('mmdet_scope')
-
-# Every detection config: Mask R-CNN (RPN) and RetinaNet, as test_det_configs.
-CONFIGS = sorted(
-    glob.glob(osp.join(REPO_ROOT, 'configs', '*_coco.py'))
-    + glob.glob(osp.join(REPO_ROOT, 'configs', 'demo', 'mask_rcnn_*.py'))
-)
 
 
 def mmcv_split_thr() -> int:
@@ -149,11 +142,10 @@ def test_split_branch_fails_with_float16_scores():
         batched_nms(boxes, scores, levels, nms_cfg)
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.relpath(p, REPO_ROOT))
-def test_configs_stay_below_split_thr(path):
-    cfg = Config.fromfile(path)
+def test_configs_stay_below_split_thr(det_config_path):
+    cfg = Config.fromfile(det_config_path)
     counts = boxes_to_nms(cfg)
-    assert counts, path
+    assert counts, det_config_path
     head = cfg.model.get('rpn_head', cfg.model.get('bbox_head'))
     for stage, boxes in counts.items():
         if stage == 'rpn train':
@@ -163,6 +155,7 @@ def test_configs_stay_below_split_thr(path):
         else:
             nms_cfg = cfg.model.test_cfg.nms
         split_thr = nms_cfg.get('split_thr', mmcv_split_thr())
-        print(f'{osp.basename(path)} {head.type} {stage}: {boxes} boxes (split_thr {split_thr})')
+        name = osp.basename(det_config_path)
+        print(f'{name} {head.type} {stage}: {boxes} boxes (split_thr {split_thr})')
         assert boxes < split_thr, (stage, boxes)
         assert count_nms_calls(boxes, dict(nms_cfg, type='nms')) == 1

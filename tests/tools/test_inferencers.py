@@ -8,15 +8,15 @@ import mmcv
 import numpy as np
 import pytest
 import torch
+from helpers import REPO_ROOT
 from mmengine.config import Config
 from mmengine.logging import MessageHub
 from mmengine.registry import DefaultScope
 
 import mmdsnet  # noqa: F401  (registers DSNet/DSFPN; allows Runner checkpoint types)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DET_CONFIG = osp.join(ROOT, 'configs', 'demo', 'mask_rcnn_dsnet_t_dsfpn_demo.py')
-SEG_CONFIG = osp.join(ROOT, 'configs', 'demo', 'fpn_dsnet-t_demo-seg.py')
+DET_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'mask_rcnn_dsnet_t_dsfpn_demo.py')
+SEG_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'fpn_dsnet-t_demo-seg.py')
 
 
 def random_checkpoint(config_path, path):

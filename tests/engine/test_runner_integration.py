@@ -20,16 +20,15 @@ import textwrap
 
 import pytest
 import torch
-from conftest import REPO_ROOT, free_port
+from helpers import REPO_ROOT, TESTS_ROOT, free_port
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import Runner
 from toy_task import ToyRegressionDataset, ToyRegressor
 
 import mmdsnet  # noqa: F401  (registers the checkpoint safe globals)
-from mmdsnet.engine import allow_runner_checkpoint_globals, load_from_local_weights_only
+from mmdsnet.engine import load_from_local_weights_only
 
-TESTS_DIR = osp.join(REPO_ROOT, 'tests')
 PYTHON = sys.executable
 CUDA = torch.cuda.is_available()
 
@@ -80,6 +79,7 @@ def _make_runner(work_dir, name, max_epochs, resume=False, hook=None):
     )
 
 
+@pytest.mark.integration
 def test_runner_checkpoint_weights_only_and_resume(tmp_path):
     work = tmp_path / 'resume'
     runner = _make_runner(work, 'compat_first', max_epochs=2)
@@ -149,12 +149,6 @@ def test_getattr_allowlist_is_restricted(tmp_path):
         load_from_local_weights_only(str(denied))
 
 
-def test_runner_types_stay_out_of_the_process_wide_allow_list():
-    assert allow_runner_checkpoint_globals() is True
-    assert allow_runner_checkpoint_globals() is True
-    assert HistoryBuffer not in torch.serialization.get_safe_globals()
-
-
 # --------------------------------------------------------------------------
 # (b) tools/train.py (1 process) vs tools/dist_train.sh (2 CPU processes)
 # --------------------------------------------------------------------------
@@ -213,7 +207,7 @@ def toy_project(tmp_path_factory):
     config = root / 'toy_config.py'
     config.write_text(TOY_CONFIG)
     env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(p for p in (TESTS_DIR, env.get('PYTHONPATH')) if p)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (TESTS_ROOT, env.get('PYTHONPATH')) if p)
     env['PYTHON'] = PYTHON
     env.pop('OMP_NUM_THREADS', None)
     return root, config, env
@@ -240,6 +234,7 @@ def single_run(toy_project):
 
 
 @pytest.mark.skipif(CUDA, reason='checks the CPU (gloo) path')
+@pytest.mark.integration
 def test_train_single_vs_dist_cpu(toy_project, single_run):
     root, config, env = toy_project
     work_dist = root / 'work_dist'
@@ -279,6 +274,7 @@ def test_train_single_vs_dist_cpu(toy_project, single_run):
         )
 
 
+@pytest.mark.integration
 def test_tools_test_out(toy_project, single_run):
     root, config, env = toy_project
     out_file = root / 'preds.pkl'
@@ -301,6 +297,7 @@ def test_tools_test_out(toy_project, single_run):
     assert len(preds) == 16 and set(preds[0]) == {'pred', 'target'}
 
 
+@pytest.mark.integration
 def test_train_amp_on_cpu_says_gpu_needed(toy_project):
     if CUDA:
         pytest.skip('AMP is available with a GPU')
@@ -375,6 +372,7 @@ print('NOOP_OK')
 
 
 @pytest.mark.skipif(CUDA, reason='checks the CPU (gloo) path')
+@pytest.mark.integration
 def test_patch_cpu_distributed_gloo_and_syncbn(tmp_path):
     script = tmp_path / 'syncbn.py'
     script.write_text(textwrap.dedent(SYNCBN_SCRIPT))
@@ -391,6 +389,7 @@ def test_patch_cpu_distributed_gloo_and_syncbn(tmp_path):
     assert 'using the gloo backend' in out
 
 
+@pytest.mark.integration
 def test_patch_cpu_distributed_noop_with_gpu(tmp_path):
     proc = subprocess.run(
         [PYTHON, '-c', GPU_NOOP_SCRIPT], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT

@@ -31,7 +31,7 @@ import importlib
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from mmengine.config import Config
 from mmengine.optim import AmpOptimWrapper
 

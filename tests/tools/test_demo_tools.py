@@ -2,21 +2,10 @@
 tools/demo/demo_summary.py (curves, summary, learning check) on small
 hand-made logs."""
 
-import importlib.util
 import json
-import os.path as osp
 
 import pytest
-from conftest import REPO_ROOT
-
-
-def load_tool(name):
-    path = osp.join(REPO_ROOT, 'tools', 'demo', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from helpers import load_tool
 
 PROGRESS = (
     '11/24 13:49:23 - mmengine - INFO - Epoch(train) [1][4/8]  lr: 7.0612e-05  '
@@ -44,7 +33,7 @@ CONSOLE = [
 
 
 def test_console_keeps_progress_and_drops_dumps():
-    console = load_tool('demo_console').ConsoleFilter()
+    console = load_tool('tools/demo/demo_console.py').ConsoleFilter()
     shown = list(console.run(CONSOLE))
     assert shown == [CONSOLE[2], PROGRESS, 'something a library printed\n']
     assert console.dropped == {
@@ -58,7 +47,7 @@ def test_console_keeps_progress_and_drops_dumps():
 
 
 def test_console_never_hides_an_error_inside_a_dump():
-    console = load_tool('demo_console').ConsoleFilter()
+    console = load_tool('tools/demo/demo_console.py').ConsoleFilter()
     lines = [
         '11/24 13:48:38 - mmengine - INFO - Config:\n',
         'model = dict(\n',
@@ -111,7 +100,7 @@ def write_run(work_dir, bbox_maps, losses, test_bbox_map, pictures=2):
 
 def run_summary(work_dir, predictions, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        load_tool('demo_summary').main(
+        load_tool('tools/demo/demo_summary.py').main(
             [str(work_dir), '--task', 'det', '--pred-dir', str(predictions), '--nproc', '2']
         )
     return exit_info.value.code, capsys.readouterr().out
