@@ -74,7 +74,7 @@ def test_readme_and_metafile_paths_exist():
     import yaml
 
     text = open(osp.join(REPO_ROOT, 'README.md')).read()
-    paths = set(re.findall(r'\b((?:configs|tools)/[\w./-]+\.(?:py|sh|yml))', text))
+    paths = set(re.findall(r'(?<![\w/])((?:configs|tools)/[\w./-]+\.(?:py|sh|yml))', text))
     assert paths, 'README names no configs/ or tools/ files'
     assert not [p for p in paths if not osp.exists(osp.join(REPO_ROOT, p))]
     with open(osp.join(REPO_ROOT, 'configs', 'metafile.yml')) as f:

@@ -69,7 +69,9 @@ def small_disk(monkeypatch):
 
 
 @pytest.mark.integration
-def test_full_disk_save_keeps_the_last_checkpoint_and_says_what_it_needs(tmp_path, small_disk):
+def test_full_disk_save_keeps_the_last_checkpoint_and_says_what_it_needs(
+    tmp_path, small_disk, drop_runner_globals
+):
     from mmengine.runner import Runner
     from toy_task import ToyRegressor  # noqa: F401 (registers the toy task)
 
