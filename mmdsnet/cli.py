@@ -135,10 +135,25 @@ def warn_near_miss_keys(cfg: Config) -> list:
 def check_output_writable(path: str, option: str = '--out') -> None:
     """Fail now, not after a whole evaluation, when ``path`` cannot be written.
 
-    Opens the file for appending (which creates it, and is removed again if it
-    did not exist), so a missing or read-only directory, a directory at that
-    path, or a missing permission are all reported before the run.
+    mmengine creates missing directories when it writes the file, so those
+    must only be creatable: the nearest existing ancestor must be a writable
+    directory. An existing directory is tested by opening the file for
+    appending (which creates it, and is removed again if it did not exist), so
+    a read-only directory, a directory at that path, a file where a directory
+    should be, or a missing permission are all reported before the run.
     """
+    parent = osp.dirname(osp.abspath(path))
+    ancestor = parent
+    while not osp.lexists(ancestor):
+        ancestor = osp.dirname(ancestor)
+    if ancestor != parent:
+        if not osp.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
+            what = 'not a directory' if not osp.isdir(ancestor) else 'not writable'
+            raise SystemExit(
+                f'{option} {path}: cannot be written ({ancestor} is {what}, so the missing '
+                'directories cannot be created); give a path in a writable directory'
+            )
+        return
     existed = osp.exists(path)
     try:
         with open(path, 'ab'):

@@ -61,6 +61,20 @@ def test_test_tool_checks_out_before_the_evaluation(tmp_path, monkeypatch):
     with pytest.raises(ZeroDivisionError):
         tool.main([str(config), 'ckpt.pth', '--out', str(ok), '--work-dir', str(tmp_path / 'w')])
     assert len(built) == 1 and not ok.exists()
+    # Missing directories are fine where mmengine can create them (make demo's
+    # WORK_DIR/test/results.pkl), not under a file.
+    nested = tmp_path / 'new' / 'dirs' / 'results.pkl'
+    with pytest.raises(ZeroDivisionError):
+        tool.main(
+            [str(config), 'ckpt.pth', '--out', str(nested), '--work-dir', str(tmp_path / 'w')]
+        )
+    assert len(built) == 2 and not (tmp_path / 'new').exists()
+    under_a_file = not_a_dir / 'sub' / 'results.pkl'
+    with pytest.raises(SystemExit, match=f'{not_a_dir} is not a directory'):
+        tool.main(
+            [str(config), 'ckpt.pth', '--out', str(under_a_file), '--work-dir', str(tmp_path / 'w')]
+        )
+    assert len(built) == 2
 
 
 def test_train_tool_names_an_empty_dataset(tmp_path, monkeypatch):
