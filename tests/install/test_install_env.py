@@ -824,15 +824,7 @@ def test_install_env_sh_stops_before_the_build_on_nvcc_mismatch(tmp_path):
 def test_install_env_sh_provisions_nvcc_then_builds_without_a_gpu(tmp_path):
     # torch 2.13 (CUDA 13.0), no GPU, no nvcc: FORCE_CUDA=1 installs the toolkit torch pins,
     # assembles .venv/cuda and plans again, finding nvcc 13.0 there.
-    before = machine(
-        torch_version='2.13.0',
-        torch_cuda='13.0',
-        torch_requires=TORCH_213_REQUIRES,
-        gpus=(),
-        nvcc=None,
-        nvcc_version=None,
-        nvcc_arches=None,
-    )
+    before = cuda13_machine()
     nvcc, nvcc_log = fake_nvcc(tmp_path, version=NVCC_13_0, arches=ARCHES_13_0)
     after = dataclasses.replace(before, nvcc=nvcc, nvcc_version=NVCC_13_0, nvcc_arches=ARCHES_13_0)
     fake = FakeVenv(tmp_path, before)

@@ -280,9 +280,10 @@ class DSNet(BaseModule):
         ``init_cfg`` is read now. Its entries other than ``Pretrained`` (if
         any) run through mmengine's initialisers, recorded in mmengine's
         per-parameter init log; without them linear layers get the
-        truncated-normal init of the reference code. Children with their own
-        ``init_weights`` run it next. The ``Pretrained`` entry, a dict or inside
-        a list, comes last and goes through :func:`load_pretrained_dsnet`
+        truncated-normal init of the reference code (DSNet's children are
+        plain containers: no child ``init_weights`` to run). The
+        ``Pretrained`` entry, a dict or inside a list, comes last and goes
+        through :func:`load_pretrained_dsnet`
         (read, convert, fit, load). A second call only warns, as for every
         ``BaseModule``.
         """
@@ -311,9 +312,6 @@ class DSNet(BaseModule):
                         trunc_normal_init(module, std=0.02, bias=0.0)
                     elif isinstance(module, nn.LayerNorm):
                         constant_init(module, val=1.0, bias=0.0)
-            for child in self.children():  # none today: the stages are plain ModuleLists
-                if hasattr(child, 'init_weights') and not getattr(child, 'is_init', False):
-                    child.init_weights()
         if pretrained is not None:
             load_pretrained_dsnet(
                 self,
