@@ -20,7 +20,8 @@ from helpers import REPO_ROOT, free_port
 from torch.nn.attention import sdpa_kernel
 
 from mmdsnet.analysis.sdpa import FUSED_BACKENDS, attention_backends
-from mmdsnet.models import DSNet
+from mmdsnet.models import DSFPN, DSNet
+from mmdsnet.models.layers.fused_attention import attention_folds, folded_attention, sdpa
 
 pytestmark = [
     pytest.mark.gpu,
@@ -81,9 +82,55 @@ def test_every_attention_runs_on_a_fused_kernel(arch, setting, precision):
         sum(o.float().mean() for o in outs).backward()
     model.eval()
     calls = attention_backends(model, x, None if precision == 'fp32' else dtype)
-    # DS-Net's own choice (mmdsnet.models.layers.ds_block.attention): no cuDNN, no math
+    # DS-Net's own choice (mmdsnet.models.layers.fused_attention): no cuDNN, no math
     expected = 'efficient' if precision == 'fp32' else 'flash'
     assert calls and {c['backend'] for c in calls} == {expected}
+
+
+@pytest.mark.parametrize('precision', ['fp32', 'fp16'])
+def test_the_stage_1_co_attention_is_folded_and_equal_on_cuda(precision):
+    """Local queries over global keys at 800x1344 (2 images, 1 head): folded
+    for the backward, same output and gradients as one unfolded call."""
+    dtype = DTYPES[precision]
+    gen = torch.Generator(device='cuda').manual_seed(0)
+
+    def leaf(length):
+        return torch.randn(2, 1, length, 32, device='cuda', dtype=dtype, generator=gen)
+
+    q, k, v = (t.requires_grad_() for t in (leaf(67_200), leaf(1_050), leaf(1_050)))
+    folds = attention_folds(q, k, v)
+    assert folds > 1 and 67_200 % folds == 0
+    expected = sdpa(q, k, v, 0.0)
+    grad_out = torch.randn(expected.shape, device='cuda', dtype=dtype, generator=gen)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), grad_out)
+    out = folded_attention(q, k, v, 0.0, folds)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    tolerance = dict(rtol=1e-3, atol=1e-4) if precision == 'fp32' else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out, expected, **tolerance)
+    for name, got, want in zip('qkv', grads, expected_grads):
+        torch.testing.assert_close(got, want, **tolerance, msg=f'grad of {name}')
+
+
+@pytest.mark.parametrize('precision', ['fp32', 'fp16'])
+def test_gradients_keep_their_parameters_strides_on_cuda(precision):
+    """DDP warns 'Grad strides do not match bucket view strides' otherwise
+    (seen on the H100 before match_grad_strides landed)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        DSNet('tiny', drop_path_rate=0.0), DSFPN([64, 128, 320, 512], 256, 5)
+    ).cuda()
+    model.train()
+    dtype = DTYPES[precision]
+    x = torch.randn(2, 3, 256, 320, device='cuda')
+    with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+        outs = model(x)
+    sum(o.float().mean() for o in outs).backward()
+    mismatched = {
+        name: (tuple(p.grad.stride()), tuple(p.stride()))
+        for name, p in model.named_parameters()
+        if p.grad is not None and p.grad.stride() != p.stride()
+    }
+    assert not mismatched, mismatched
 
 
 @pytest.mark.integration

@@ -15,7 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mmdsnet.analysis.sdpa import attention_backends, backend_of_call
 from mmdsnet.models import DSNet
-from mmdsnet.models.layers.ds_block import cuda_sdpa_backends
+from mmdsnet.models.layers.fused_attention import cuda_sdpa_backends
 
 CASES = [('tiny', 224, 224), ('small', 224, 224), ('base', 224, 224), ('tiny', 800, 1344)]
 

@@ -7,7 +7,7 @@ of operations follows ``docs/architecture.md``, "The DS-Block", exactly.
 """
 
 import weakref
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..utils.norm import allow_one_value_groups
 from ..utils.validation import (
@@ -27,6 +26,7 @@ from ..utils.validation import (
     check_rate,
 )
 from .activation_checkpointing import checkpointed
+from .fused_attention import attention
 
 
 def to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
@@ -53,42 +53,6 @@ def merge_heads(tokens: torch.Tensor) -> torch.Tensor:
     """(B, heads, L, d) -> (B, L, heads * d)."""
     batch, heads, length, head_dims = tokens.shape
     return tokens.transpose(1, 2).reshape(batch, length, heads * head_dims)
-
-
-def cuda_sdpa_backends() -> List[SDPBackend]:
-    """The SDPA backends enabled now, less cuDNN's.
-
-    On CUDA DS-Net's attention runs on flash (fp16/bf16) or memory-efficient
-    attention (fp32). cuDNN's kernel builds a graph for every new input shape
-    (detection batches change shape all the time) and costs more host time per
-    call (docs/performance.md, "SDPA backends"). A restriction the caller set
-    with ``torch.nn.attention.sdpa_kernel`` is kept; if it allows cuDNN alone,
-    cuDNN is used.
-    """
-    flags = (
-        (SDPBackend.FLASH_ATTENTION, torch.backends.cuda.flash_sdp_enabled()),
-        (SDPBackend.EFFICIENT_ATTENTION, torch.backends.cuda.mem_efficient_sdp_enabled()),
-        (SDPBackend.MATH, torch.backends.cuda.math_sdp_enabled()),
-    )
-    return [backend for backend, enabled in flags if enabled]
-
-
-def attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float
-) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v through PyTorch's fused kernels.
-
-    The fused kernels never materialise the (Lq, Lk) map, which at 800x1344
-    is 67,200 x 1,050 per head for the stage-1 co-attention. Every DS-Net
-    attention qualifies (head size 32, unit stride on the head dimension);
-    tests/gpu/test_gpu.py checks it in fp32, fp16 and bf16.
-    """
-    if query.is_cuda and torch.backends.cuda.cudnn_sdp_enabled():
-        backends = cuda_sdpa_backends()
-        if backends:
-            with sdpa_kernel(backends):
-                return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
-    return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)
 
 
 class _GradStridesOfParam:
