@@ -124,6 +124,26 @@ def test_attention_kernels_shapes_follow_the_architecture():
     assert all(r['forward_ms'] > 0 and r['backward_gflops_per_s'] > 0 for r in rows)
 
 
+def test_attention_kernels_times_the_folded_calls_and_reports_refusals(tmp_path):
+    tool = load_tool('tools/analysis_tools/attention_kernels.py')
+    out = tmp_path / 'kernels.json'
+    argv = ['--arch', 'tiny', '--shape', '256', '320', '--kernels', 'flash', 'efficient',
+            '--batch', '2', '--fold', '--trials', '1', '--out', str(out)]  # fmt: skip
+    rows = tool.main(argv)
+    # stage 1: 64x80 local queries over 8x10 global keys; 2 images x 2 key
+    # blocks fill 132 SMs with 5 chunks of 1,024 queries (the largest divisor)
+    folded = [r for r in rows if r['folds'] > 1]
+    assert [(r['stage'], r['attention'], r['folds'], r['kernel']) for r in folded] == [
+        (1, 'local q, global kv', 5, 'flash'),
+        (1, 'local q, global kv', 5, 'efficient'),
+    ]
+    assert folded[0]['backward_ms'] > 0
+    # the CPU has no memory-efficient kernel: every such call is refused, not fatal
+    assert all('refused' in r for r in rows if r['kernel'] == 'efficient')
+    saved = json.loads(out.read_text())
+    assert saved['rows'] == rows and saved['sms_for_folding'] == 132
+
+
 def test_configs_resolve_by_package_prefix(tmp_path):
     from mmdsnet.utils import load_config_file, resolve_config_path
 

@@ -1,17 +1,23 @@
 """Throughput of the DS-Block attentions per PyTorch SDPA kernel, per stage.
 
     python tools/analysis_tools/attention_kernels.py [--arch small]
-        [--shape 800 1344] [--kernels flash math] [--trials 3]
+        [--shape 800 1344] [--kernels flash math] [--precisions fp32]
+        [--batch 1] [--fold] [--trials 3] [--out rows.json]
 
 For every stage it times the three attentions of one block (global
 self-attention, local queries on global keys, global queries on local keys)
 forward and backward, and prints GFLOP/s (4 * Lq * Lk * d per head forward,
 twice that backward), and the fp32 matrix-multiply rate of the same device:
 a kernel near that rate means the time is the FLOPs of the co-attention, not
-the kernel.
+the kernel. ``--fold`` also times each call the way DS-Net runs it in
+training on CUDA, with its queries folded into the batch where
+``query_folds`` says so (on a CPU with ``--sms``'s count, default an H100's
+132), so the two can be compared in one run. A kernel that refuses a
+precision (flash in fp32 on CUDA) is reported as refused.
 """
 
 import argparse
+import json
 import time
 
 import torch
@@ -19,12 +25,14 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mmdsnet.models import DSNet
+from mmdsnet.models.layers.fused_attention import folded_attention, query_folds
 
 KERNELS = {
     'flash': SDPBackend.FLASH_ATTENTION,
     'math': SDPBackend.MATH,
     'efficient': SDPBackend.EFFICIENT_ATTENTION,
 }
+PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 def attention_shapes(arch, height, width):
@@ -52,16 +60,27 @@ def attention_shapes(arch, height, width):
     return shapes
 
 
-def time_kernel(kernel, heads, len_q, len_k, head_dims, trials, device):
-    """Median forward and backward seconds of one SDPA call."""
-    q = torch.randn(1, heads, len_q, head_dims, device=device, requires_grad=True)
-    k = torch.randn(1, heads, len_k, head_dims, device=device, requires_grad=True)
-    v = torch.randn(1, heads, len_k, head_dims, device=device, requires_grad=True)
+def time_kernel(kernel, shape, trials, device, dtype=torch.float32, folds=1):
+    """Median forward and backward seconds of one attention call.
+
+    ``shape`` is (batch, heads, Lq, Lk, head_dims); ``folds`` > 1 times
+    ``folded_attention`` with that many query chunks.
+    """
+    batch, heads, len_q, len_k, head_dims = shape
+
+    def leaf(length):
+        size = (batch, heads, length, head_dims)
+        return torch.randn(size, device=device, dtype=dtype, requires_grad=True)
+
+    q, k, v = leaf(len_q), leaf(len_k), leaf(len_k)
     forward, backward = [], []
     with sdpa_kernel(KERNELS[kernel]):
         for _ in range(trials + 1):  # the first is warm-up
             start = time.perf_counter()
-            out = F.scaled_dot_product_attention(q, k, v)
+            if folds > 1:
+                out = folded_attention(q, k, v, 0.0, folds)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v)
             if device.type == 'cuda':
                 torch.cuda.synchronize()
             middle = time.perf_counter()
@@ -91,43 +110,77 @@ def main(argv=None):
     parser.add_argument('--arch', default='small', choices=sorted(DSNet.arch_settings))
     parser.add_argument('--shape', type=int, nargs=2, default=[800, 1344], metavar=('H', 'W'))
     parser.add_argument('--kernels', nargs='+', default=['flash', 'math'], choices=sorted(KERNELS))
+    parser.add_argument('--precisions', nargs='+', default=['fp32'], choices=list(PRECISIONS))
+    parser.add_argument('--batch', type=int, default=1, help='images per call')
+    parser.add_argument('--fold', action='store_true', help='also time the folded calls')
+    parser.add_argument(
+        '--sms', type=int, help="SM count for the folding rule (default: the GPU's, or 132)"
+    )
     parser.add_argument('--trials', type=int, default=3)
+    parser.add_argument('--out', help='write the rows as JSON')
     args = parser.parse_args(argv)
-    if args.trials < 1:
-        parser.error(f'--trials must be at least 1, got {args.trials}')
+    for name in ('trials', 'batch'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    sms = args.sms or (
+        torch.cuda.get_device_properties(device).multi_processor_count
+        if device.type == 'cuda'
+        else 132
+    )
     rows = []
     print(
-        f'{"stage":5s} {"attention":20s} {"heads":5s} {"Lq x Lk":>15s} {"kernel":7s} '
-        f'{"fwd ms":>8s} {"GFLOP/s":>7s} {"bwd ms":>8s} {"GFLOP/s":>7s}'
+        f'{"stage":5s} {"attention":20s} {"heads":5s} {"Lq x Lk":>15s} {"kernel":9s} '
+        f'{"prec":4s} {"folds":>5s} {"fwd ms":>8s} {"GFLOP/s":>7s} {"bwd ms":>8s} {"GFLOP/s":>7s}'
     )
     for stage, name, heads, len_q, len_k, head_dims in attention_shapes(args.arch, *args.shape):
-        flops = 4 * len_q * len_k * head_dims * heads
+        flops = 4 * args.batch * len_q * len_k * head_dims * heads
+        shape = (args.batch, heads, len_q, len_k, head_dims)
+        folds_here = [1]
+        if args.fold:
+            folds_here += [f for f in [query_folds(args.batch * heads, len_q, len_k, sms)] if f > 1]
         for kernel in args.kernels:
-            fwd, bwd = time_kernel(kernel, heads, len_q, len_k, head_dims, args.trials, device)
-            rows.append(
-                dict(
-                    stage=stage + 1,
-                    attention=name,
-                    heads=heads,
-                    len_q=len_q,
-                    len_k=len_k,
-                    head_dims=head_dims,
-                    kernel=kernel,
-                    forward_ms=fwd * 1e3,
-                    backward_ms=bwd * 1e3,
-                    forward_gflops_per_s=flops / fwd / 1e9,
-                    backward_gflops_per_s=2 * flops / bwd / 1e9,
-                )
-            )
-            row = rows[-1]
-            print(
-                f'{stage + 1:5d} {name:20s} {heads:5d} {f"{len_q}x{len_k}":>15s} {kernel:7s} '
-                f'{row["forward_ms"]:8.1f} {row["forward_gflops_per_s"]:7.1f} '
-                f'{row["backward_ms"]:8.1f} {row["backward_gflops_per_s"]:7.1f}'
-            )
-    print(f'fp32 matmul 2048^3 on the same device: {matmul_gflops(device):.1f} GFLOP/s')
+            for precision in args.precisions:
+                for folds in folds_here:
+                    row = dict(
+                        stage=stage + 1, attention=name, batch=args.batch, heads=heads,
+                        len_q=len_q, len_k=len_k, head_dims=head_dims, kernel=kernel,
+                        precision=precision, folds=folds,
+                    )  # fmt: skip
+                    label = (
+                        f'{stage + 1:5d} {name:20s} {heads:5d} {f"{len_q}x{len_k}":>15s} '
+                        f'{kernel:9s} {precision:4s} {folds:5d}'
+                    )
+                    try:
+                        fwd, bwd = time_kernel(
+                            kernel, shape, args.trials, device, PRECISIONS[precision], folds
+                        )
+                    except RuntimeError as error:  # the kernel does not take this call
+                        row['refused'] = str(error).splitlines()[0]
+                        rows.append(row)
+                        print(f'{label} refused: {row["refused"][:60]}')
+                        continue
+                    row.update(
+                        forward_ms=fwd * 1e3,
+                        backward_ms=bwd * 1e3,
+                        forward_gflops_per_s=flops / fwd / 1e9,
+                        backward_gflops_per_s=2 * flops / bwd / 1e9,
+                    )
+                    rows.append(row)
+                    print(
+                        f'{label} {row["forward_ms"]:8.1f} {row["forward_gflops_per_s"]:7.1f} '
+                        f'{row["backward_ms"]:8.1f} {row["backward_gflops_per_s"]:7.1f}'
+                    )
+    matmul = matmul_gflops(device)
+    print(f'fp32 matmul 2048^3 on the same device: {matmul:.1f} GFLOP/s')
     print(f'device: {device.type}, {torch.get_num_threads()} threads; torch {torch.__version__}')
+    if args.out:
+        with open(args.out, 'w') as f:
+            summary = dict(
+                rows=rows, matmul_gflops_per_s=matmul, device=device.type,
+                sms_for_folding=sms, arch=args.arch, shape=args.shape,
+            )  # fmt: skip
+            json.dump(summary, f, indent=1)
     return rows
 
 
