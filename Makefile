@@ -27,8 +27,8 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 # Check and measure a GPU machine in one command (docs/install-gpu.md): the
-# gpu tests, the GPU benchmark suite, the SDPA backends, a profile and the
-# NCCL + AMP demo, everything written to OUT. Offline: WHEELS=folder of wheels
+# gpu tests, the NCCL + AMP demo, the SDPA backends and attention kernels, the
+# GPU benchmark suite and a profile, everything written to OUT. Offline: WHEELS=folder of wheels
 # (e.g. ../shared/gpu-wheels), MMCV_WHEEL=prebuilt mmcv CUDA wheel (else mmcv
 # is built from WHEELS/mmcv-2.1.0.tar.gz). It uses the machine's own torch:
 # GPU_PYTHON (default: .venv's python if there is one, else python3). Without

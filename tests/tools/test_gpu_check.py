@@ -13,7 +13,7 @@ from helpers import REPO_ROOT
 # Every test here starts processes or trains.
 pytestmark = pytest.mark.integration
 
-STEPS = ['install', 'env', 'tests', 'attention', 'benchmark', 'profile', 'demo']
+STEPS = ['install', 'env', 'tests', 'demo', 'attention', 'benchmark', 'profile']
 
 
 @pytest.fixture(scope='module')
@@ -42,6 +42,8 @@ def test_cpu_mode_runs_every_step_and_writes_the_files(cpu_run):
     tests = next(s for s in steps if s['step'] == 'tests')['tests']
     assert tests['skipped'] >= 20 and tests['passed'] == tests['failed'] == 0
     assert {c['reason'] for c in tests['cases']} == {'needs a CUDA GPU'}
+    # the dist_train.sh test is left to the demo step, which runs it to the end
+    assert not any('dist_train' in c['name'] for c in tests['cases'])
     for name in ('env.json', 'summary.md', 'profile_dsnet-s_maskrcnn_fp32.txt'):
         assert (out / name).is_file(), name
     for step in STEPS:
@@ -74,12 +76,19 @@ def test_cpu_mode_figures_reach_the_summary(cpu_run):
     with open(out / 'results' / 'demo.json') as f:
         demo = json.load(f)
     assert demo['processes'] == 1 and demo['train_seconds'] > 0 and demo['test_seconds'] > 0
+    assert demo['grad_stride_warnings'] == 0
+    with open(out / 'results' / 'attention_kernels.json') as f:
+        kernels = json.load(f)
+    # DS-Net-T at 256x320: the stage-1 local queries are folded in 5 (132 SMs' rule)
+    assert [(r['stage'], r['folds']) for r in kernels['rows'] if r['folds'] > 1] == [(1, 5)]
     summary = (out / 'summary.md').read_text()
     for heading in ('## Machine', '## Steps', '## Targets', '## Backbones', '## Mask R-CNN',
-                    '## SDPA backend', '## GPU tests', '## Demo', '## Profile'):  # fmt: skip
+                    '## SDPA backend', '## Query folding', '## GPU tests', '## Demo',
+                    '## Profile'):  # fmt: skip
         assert heading in summary, heading
     assert 'not run' not in summary
     assert '| DS-Net-T | 64 b1 | fp32 | flash 27 |' in summary
+    assert '| 1 | local q, global kv | 5120x80 | flash | fp32 | 5 |' in summary
 
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path):

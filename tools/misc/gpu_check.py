@@ -1,7 +1,7 @@
 """Check and measure a GPU machine in one command: `make gpu-check`.
 
     python tools/misc/gpu_check.py --out OUT [--wheels DIR] [--mmcv-wheel FILE]
-        [--cpu] [--steps env,install,tests,attention,benchmark,profile,demo]
+        [--cpu] [--steps install,env,tests,demo,attention,benchmark,profile]
 
 Runs each step in its own process with a time limit and writes everything
 into OUT: ``env.json`` (GPU, driver, torch, CUDA, cuDNN, NCCL), ``steps.json``
@@ -9,7 +9,8 @@ into OUT: ``env.json`` (GPU, driver, torch, CUDA, cuDNN, NCCL), ``steps.json``
 ``results/*.json`` (every figure), ``profile_*.txt`` (torch.profiler tables)
 and ``summary.md`` (the tables as they go into the README and
 docs/performance.md, and the targets checked). A failed or timed-out step is
-recorded and the next one runs.
+recorded and the next one runs. The steps run in the order below: what no
+earlier GPU run has finished (the demo) before what re-measures.
 
 Steps:
   install    skipped when mmcv (with ops), mmdet, mmseg and mmengine import and,
@@ -23,9 +24,17 @@ Steps:
              the repository on PYTHONPATH: the preinstalled torch is used as it is.
   env        versions of the machine and the stack as installed.
   tests      the ``gpu`` tests (tests/gpu/test_gpu.py); skipped with their reason
-             without CUDA.
+             without CUDA. With the demo step in the run, the one-process
+             ``dist_train.sh`` test is left to the demo, which runs the same
+             path to the end.
+  demo       the demo detector (configs/demo/mask_rcnn_dsnet_t_dsfpn_demo.py)
+             trained with tools/dist_train.sh (one process per GPU, NCCL,
+             ``--amp``), then tools/test.py; the bbox mAP must reach 0.3.
+             DDP's "Grad strides do not match" warnings in its log are counted.
   attention  the SDPA backend of every DS-Block attention of DS-Net-T/S/B in
-             fp32, fp16 and bf16 (tools/analysis_tools/attention_backends.py).
+             fp32, fp16 and bf16 (tools/analysis_tools/attention_backends.py),
+             and each DS-Net-S attention at 800x1344 (2 images) timed per
+             kernel, unfolded and folded (tools/analysis_tools/attention_kernels.py).
   benchmark  tools/analysis_tools/benchmark.py: backbones (DS-Net-T/S/B,
              ResNet-50, Swin-T, PVTv2-b2) images/s at 224 batch 64 in fp32,
              bf16 and fp16 autocast and training step time and peak memory at
@@ -34,9 +43,6 @@ Steps:
              fp32 inference on 2 images of 800x1333. Interleaved trials, medians.
   profile    torch.profiler table of one DS-Net-S Mask R-CNN training
              iteration, fp32 and AMP (tools/analysis_tools/profile_detector.py).
-  demo       the demo detector (configs/demo/mask_rcnn_dsnet_t_dsfpn_demo.py)
-             trained with tools/dist_train.sh (one process per GPU, NCCL,
-             ``--amp``), then tools/test.py; the bbox mAP must reach 0.3.
 
 ``--cpu`` (or a machine without CUDA) runs the same steps and writes the same
 files with tiny settings on the CPU, in a few minutes: fewer models, small
@@ -60,9 +66,10 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from gpu_check_summary import write_summary  # noqa: E402 - the module beside this one
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-STEPS = ('install', 'env', 'tests', 'attention', 'benchmark', 'profile', 'demo')
+STEPS = ('install', 'env', 'tests', 'demo', 'attention', 'benchmark', 'profile')
 DEMO_CONFIG = 'configs/demo/mask_rcnn_dsnet_t_dsfpn_demo.py'
 DEMO_MAP_TARGET = 0.3
+GRAD_STRIDE_WARNING = 'Grad strides do not match bucket view strides'
 MMCV_VERSION = '2.1.0'
 
 # What each step runs with, on a GPU and in the CPU mode.
@@ -75,11 +82,28 @@ GPU_SETTINGS = dict(
     'MaskRCNN Swin-T+FPN',
     det_size='800x1333',
     det_precisions='fp32,amp',
-    trials='5',
-    warmup='2',
+    trials='3',
+    warmup='1',
     attention_archs='tiny,small,base',
     attention_settings='224 b1,800x1344 b1',
     attention_precisions='fp32,fp16,bf16',
+    kernels=[
+        '--arch',
+        'small',
+        '--shape',
+        '800',
+        '1344',
+        '--batch',
+        '2',
+        '--kernels',
+        'efficient',
+        'flash',
+        '--precisions',
+        'fp32',
+        'fp16',
+        '--trials',
+        '3',
+    ],
     profile_size='800x1333',
     profile_warmup='2',
     profile_amp=True,
@@ -99,6 +123,21 @@ CPU_SETTINGS = dict(
     attention_archs='tiny',
     attention_settings='64 b1',
     attention_precisions='fp32,bf16',
+    kernels=[
+        '--arch',
+        'tiny',
+        '--shape',
+        '256',
+        '320',
+        '--batch',
+        '2',
+        '--kernels',
+        'flash',
+        '--precisions',
+        'fp32',
+        '--trials',
+        '1',
+    ],
     profile_size='64x96',
     profile_warmup='1',
     profile_amp=False,
@@ -119,23 +158,30 @@ CPU_SETTINGS = dict(
 )
 # Seconds each step may take before it is stopped (the GPU check must end in
 # under 9 minutes with a prebuilt mmcv; building mmcv takes about 5 more).
+# On the H100 of 2026-11-27: install 28-47 s, env 4-6, the AMP Mask R-CNN
+# test 24, attention 34, benchmark 112 (5 trials), profile 57; the demo's
+# iterations took 0.26 s (300 of them) once cuDNN's graph builds were gone.
 LIMITS = dict(
     env=60,
     install=120,
     install_build=900,
-    tests=240,
-    attention=90,
+    tests=180,
+    attention=120,
     benchmark=220,
     profile=90,
-    demo=200,
+    demo=240,
 )
 
 
 class Check:
     """Runs the steps, keeps their records and writes OUT."""
 
-    def __init__(self, out, python, cpu, wheels=None, mmcv_wheel=None, budget=None, tests_k=None):
+    def __init__(
+        self, out, python, cpu, wheels=None, mmcv_wheel=None, budget=None, tests_k=None,
+        steps=STEPS,
+    ):  # fmt: skip
         self.tests_k = tests_k
+        self.steps = steps
         self.out = osp.abspath(out)
         self.deadline = None if budget is None else time.monotonic() + budget
         self.python = python
@@ -320,9 +366,13 @@ class Check:
 
     def step_tests(self):
         """The gpu tests in two runs, the training one last: a run stopped at the
-        step's limit keeps the report of the first."""
+        step's limit keeps the report of the first. The training one only
+        without the demo step (which runs dist_train.sh to the end)."""
         commands = []
-        for part, select in (('fast', 'not dist_train'), ('train', 'dist_train')):
+        parts = [('fast', 'not dist_train')]
+        if 'demo' not in self.steps:
+            parts.append(('train', 'dist_train'))
+        for part, select in parts:
             if self.tests_k:
                 select = f'({select}) and ({self.tests_k})'
             xml = osp.join(self.out, 'results', f'gpu_tests_{part}.xml')
@@ -331,6 +381,8 @@ class Check:
                         '-v', '--tb=short', '-p', 'no:cacheprovider', f'--junitxml={xml}')
             )  # fmt: skip
         self.run('tests', commands, LIMITS['tests'], keep_going=True)
+        if 'demo' in self.steps:
+            self.records[-1]['note'] = 'test_dist_train_nccl_amp_two_epochs: left to the demo step'
         counts = None
         for part in ('fast', 'train'):
             xml = osp.join(self.out, 'results', f'gpu_tests_{part}.xml')
@@ -349,7 +401,11 @@ class Check:
             '--precisions', s['attention_precisions'],
             '--out', osp.join(self.out, 'results', 'attention_backends.json'),
         )  # fmt: skip
-        self.run('attention', [command], LIMITS['attention'])
+        kernels = self.py(
+            'tools/analysis_tools/attention_kernels.py', *s['kernels'], '--fold',
+            '--out', osp.join(self.out, 'results', 'attention_kernels.json'),
+        )  # fmt: skip
+        self.run('attention', [command, kernels], LIMITS['attention'], keep_going=True)
 
     def step_benchmark(self):
         s = self.settings
@@ -417,6 +473,8 @@ class Check:
         record = self.records[-1]
         record.update(metrics)
         record['amp'] = s['demo_amp']
+        with open(osp.join(self.out, 'logs', 'demo.log'), errors='replace') as log:
+            record['grad_stride_warnings'] = log.read().count(GRAD_STRIDE_WARNING)
         if ok and not self.cpu:
             reached = metrics.get('bbox_mAP', 0) >= DEMO_MAP_TARGET
             record['target'] = f'bbox mAP >= {DEMO_MAP_TARGET}: {"met" if reached else "missed"}'
@@ -617,8 +675,9 @@ def main(argv=None):
             parser.error(f'{name} {path} does not exist')
     cpu = args.cpu or not has_cuda(sys.executable)
     check = Check(
-        args.out, sys.executable, cpu, args.wheels, args.mmcv_wheel, args.budget, args.tests_k
-    )
+        args.out, sys.executable, cpu, args.wheels, args.mmcv_wheel, args.budget, args.tests_k,
+        steps,
+    )  # fmt: skip
     start = time.monotonic()
     print(f'[gpu-check] {"CPU mode (tiny settings)" if cpu else "GPU"}; writing {check.out}')
     for step in STEPS:

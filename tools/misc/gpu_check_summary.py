@@ -73,7 +73,8 @@ def steps_section(out, total) -> List[str]:
         note = step.get('note', '')
         if 'tests' in step:
             t = step['tests']
-            note = f'{t["passed"]} passed, {t["failed"]} failed, {t["skipped"]} skipped'
+            counts = f'{t["passed"]} passed, {t["failed"]} failed, {t["skipped"]} skipped'
+            note = f'{counts}; {note}' if note else counts
         if step['step'] == 'install' and step.get('mmcv'):
             note = (note + '; ' if note else '') + f'mmcv: {osp.basename(str(step["mmcv"]))}'
         if step['step'] == 'demo' and step.get('target'):
@@ -249,16 +250,54 @@ def demo_section(out) -> List[str]:
             _fmt(demo.get('bbox_mAP'), 3),
             _fmt(demo.get('bbox_mAP_50'), 3),
             _fmt(demo.get('segm_mAP'), 3),
+            demo.get('grad_stride_warnings', 'n/a'),
             demo.get('status'),
         ]
     ]
+    header = ['processes', 'AMP', 'train s', 'test s', 'bbox mAP', 'AP50', 'segm mAP',
+              'grad-stride warnings', 'status']  # fmt: skip
     return [
         '## Demo (tools/dist_train.sh, then tools/test.py)',
         '',
-        *_table(
-            ['processes', 'AMP', 'train s', 'test s', 'bbox mAP', 'AP50', 'segm mAP', 'status'],
-            rows,
-        ),
+        *_table(header, rows),
+        '',
+    ]
+
+
+def folding_section(out) -> List[str]:
+    """Each attention that DS-Net folds in training, timed unfolded and folded."""
+    title = '## Query folding of the DS-Block attentions (attention_kernels.py)'
+    data = _load(out, 'results/attention_kernels.json')
+    if data is None:
+        return [title, '', 'not run', '']
+    timed = [r for r in data['rows'] if 'refused' not in r]
+    rows = []
+    for folded in (r for r in timed if r['folds'] > 1):
+        same = ('stage', 'attention', 'kernel', 'precision')
+        plain = next(
+            (r for r in timed if r['folds'] == 1 and all(r[k] == folded[k] for k in same)), None
+        )
+        if plain is None:
+            continue
+        rows.append(
+            [folded['stage'], folded['attention'], f"{folded['len_q']}x{folded['len_k']}",
+             folded['kernel'], folded['precision'], folded['folds'],
+             f"{_fmt(plain['forward_ms'], 2)} / {_fmt(folded['forward_ms'], 2)}",
+             f"{_fmt(plain['backward_ms'], 2)} / {_fmt(folded['backward_ms'], 2)}",
+             _fmt(_ratio(folded['backward_ms'], plain['backward_ms']), 2)]
+        )  # fmt: skip
+    if not rows:
+        return [title, '', 'no attention was folded', '']
+    header = ['stage', 'attention', 'Lq x Lk', 'kernel', 'precision', 'folds',
+              'fwd ms (plain / folded)', 'bwd ms (plain / folded)', 'x backward']  # fmt: skip
+    batch = data['rows'][0]['batch']
+    return [
+        title,
+        '',
+        f'{data["arch"]} at {data["shape"][0]}x{data["shape"][1]}, {batch} images per call; '
+        f'folds for {data["sms_for_folding"]} SMs.',
+        '',
+        *_table(header, rows),
         '',
     ]
 
@@ -324,6 +363,7 @@ def write_summary(out: str, total_seconds: float, cpu: bool, title: Optional[str
         backbone_section(out),
         detector_section(out),
         attention_section(out),
+        folding_section(out),
         tests_section(out),
         demo_section(out),
         profile_section(out),
