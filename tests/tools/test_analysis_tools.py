@@ -106,6 +106,18 @@ def test_profile_backbone_attributes_time_to_attention_and_convolution(capsys):
     assert 'self time by family' in capsys.readouterr().out
 
 
+def test_profile_backbone_under_autocast_writes_its_table(tmp_path):
+    out = tmp_path / 'profile.txt'
+    shares = load_tool('tools/analysis_tools/profile_backbone.py').main(
+        ['--arch', 'tiny', '--shape', '64', '64', '--batch', '2', '--precision', 'bf16',
+         '--top', '3', '--out', str(out)]
+    )  # fmt: skip
+    text = out.read_text()
+    assert text.startswith('DS-Net-T eval at 2x64x64, bf16, on cpu')
+    assert 'wall time (median of 3, unprofiled)' in text and 'Self CPU' in text
+    assert shares['convolution'] > 0
+
+
 def test_attention_kernels_shapes_follow_the_architecture():
     tool = load_tool('tools/analysis_tools/attention_kernels.py')
     shapes = tool.attention_shapes('small', 800, 1344)

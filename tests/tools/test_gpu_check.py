@@ -44,7 +44,8 @@ def test_cpu_mode_runs_every_step_and_writes_the_files(cpu_run):
     assert {c['reason'] for c in tests['cases']} == {'needs a CUDA GPU'}
     # the dist_train.sh test is left to the demo step, which runs it to the end
     assert not any('dist_train' in c['name'] for c in tests['cases'])
-    for name in ('env.json', 'summary.md', 'profile_dsnet-s_maskrcnn_fp32.txt'):
+    for name in ('env.json', 'summary.md', 'profile_dsnet-s_maskrcnn_fp32.txt',
+                 'profile_dsnet-t_inference_64b2_bf16.txt'):  # fmt: skip
         assert (out / name).is_file(), name
     for step in STEPS:
         assert (out / 'logs' / f'{step}.log').is_file(), step
@@ -89,6 +90,7 @@ def test_cpu_mode_figures_reach_the_summary(cpu_run):
     assert 'not run' not in summary
     assert '| DS-Net-T | 64 b1 | fp32 | flash 27 |' in summary
     assert '| 1 | local q, global kv | 5120x80 | flash | fp32 | 5 |' in summary
+    assert 'DS-Net-T eval at 2x64x64, bf16, on cpu' in summary  # the inference profile
 
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path):

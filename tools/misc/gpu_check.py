@@ -42,7 +42,10 @@ Steps:
              R-50 + FPN and Swin-T + FPN: training iteration (fp32 and AMP) and
              fp32 inference on 2 images of 800x1333. Interleaved trials, medians.
   profile    torch.profiler table of one DS-Net-S Mask R-CNN training
-             iteration, fp32 and AMP (tools/analysis_tools/profile_detector.py).
+             iteration, fp32 and AMP (tools/analysis_tools/profile_detector.py),
+             and of DS-Net-S inference at 224 batch 64 in fp32 and bf16 autocast
+             with the share of the wall time the kernels fill
+             (tools/analysis_tools/profile_backbone.py).
 
 ``--cpu`` (or a machine without CUDA) runs the same steps and writes the same
 files with tiny settings on the CPU, in a few minutes: fewer models, small
@@ -107,6 +110,9 @@ GPU_SETTINGS = dict(
     profile_size='800x1333',
     profile_warmup='2',
     profile_amp=True,
+    # the inference throughput case whose autocast figure missed its target
+    profile_backbone=dict(arch='small', size=224, batch=64),
+    profile_backbone_precisions=['fp32', 'bf16'],
     demo_options=[],
     demo_amp=True,
 )
@@ -141,6 +147,8 @@ CPU_SETTINGS = dict(
     profile_size='64x96',
     profile_warmup='1',
     profile_amp=False,
+    profile_backbone=dict(arch='tiny', size=64, batch=2),
+    profile_backbone_precisions=['bf16'],
     # one epoch on 8 training and 4 validation images of 96 px
     demo_options=[
         'train_cfg.max_epochs=1',
@@ -168,7 +176,7 @@ LIMITS = dict(
     tests=180,
     attention=120,
     benchmark=220,
-    profile=90,
+    profile=120,
     demo=240,
 )
 
@@ -448,7 +456,16 @@ class Check:
             commands.append(
                 base + ['--amp', '--out', osp.join(self.out, 'profile_dsnet-s_maskrcnn_amp.txt')]
             )
-        self.run('profile', commands, LIMITS['profile'])
+        inference = s['profile_backbone']
+        arch, size, batch = inference['arch'], str(inference['size']), str(inference['batch'])
+        for precision in s['profile_backbone_precisions']:
+            name = f'profile_dsnet-{arch[0]}_inference_{size}b{batch}_{precision}.txt'
+            commands.append(
+                self.py('tools/analysis_tools/profile_backbone.py', '--arch', arch,
+                        '--shape', size, size, '--batch', batch, '--precision', precision,
+                        '--out', osp.join(self.out, name))
+            )  # fmt: skip
+        self.run('profile', commands, LIMITS['profile'], keep_going=True)
 
     def step_demo(self):
         s = self.settings

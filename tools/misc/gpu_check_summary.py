@@ -6,6 +6,7 @@ measured. Ratios are against the peers measured in the same run. Standard
 library only (tools/misc/gpu_check.py runs before anything is installed).
 """
 
+import glob
 import json
 import os.path as osp
 from typing import List, Optional
@@ -224,9 +225,11 @@ def detector_section(out) -> List[str]:
 
 
 def profile_section(out) -> List[str]:
-    lines = ['## Profile of one DS-Net-S Mask R-CNN training iteration', '']
+    lines = ['## Profiles: one DS-Net-S Mask R-CNN training iteration; DS-Net inference', '']
     found = False
-    for name in ('profile_dsnet-s_maskrcnn_fp32.txt', 'profile_dsnet-s_maskrcnn_amp.txt'):
+    detector = ['profile_dsnet-s_maskrcnn_fp32.txt', 'profile_dsnet-s_maskrcnn_amp.txt']
+    inference = glob.glob(osp.join(out, 'profile_dsnet-*_inference_*.txt'))
+    for name in detector + sorted(osp.basename(p) for p in inference):
         path = osp.join(out, name)
         if not osp.isfile(path):
             continue
