@@ -47,10 +47,10 @@ def test_folds_always_divide_the_queries():
         assert len_q % folds == 0 and (folds == 1 or len_q // folds >= 1024)
 
 
-def block_qkv(heads, len_k):
+def block_qkv(heads, len_k, batch=2):
     """q, k, v laid out as a DS-Block hands them over: views of one packed buffer."""
     torch.manual_seed(0)
-    packed = to_tokens(torch.randn(2, 96, 40, 32).to(memory_format=torch.channels_last))
+    packed = to_tokens(torch.randn(batch, 96, 40, 32).to(memory_format=torch.channels_last))
     q, k, v = split_heads(packed, heads)
     return (
         q.detach().requires_grad_(),
@@ -59,9 +59,10 @@ def block_qkv(heads, len_k):
     )
 
 
+@pytest.mark.parametrize('batch', [1, 2])
 @pytest.mark.parametrize('heads', [1, 2])
-def test_folded_attention_equals_the_attention(heads):
-    q, k, v = block_qkv(heads, len_k=50)
+def test_folded_attention_equals_the_attention(heads, batch):
+    q, k, v = block_qkv(heads, len_k=50, batch=batch)
     expected = F.scaled_dot_product_attention(q, k, v)
     grad_out = torch.randn_like(expected)
     expected_grads = torch.autograd.grad(expected, (q, k, v), grad_out)

@@ -6,9 +6,10 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import time
 
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, load_tool
 
 # Every test here starts processes or trains.
 pytestmark = pytest.mark.integration
@@ -105,3 +106,61 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path):
             text=True,
         )
         assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_step_past_its_limit_stops_every_process_it_started(tmp_path):
+    """Also a grandchild in a session of its own, as torchrun starts its workers:
+    a demo stopped at its limit must not train on while the next steps measure."""
+    gpu_check = load_tool('tools/misc/gpu_check.py')
+    check = gpu_check.Check(str(tmp_path / 'out'), sys.executable, cpu=True)
+    pid_file = tmp_path / 'worker.pid'
+    spawn = (
+        'import subprocess, sys, time; '
+        "w = subprocess.Popen(['sleep', '120'], start_new_session=True); "
+        f"open({str(pid_file)!r}, 'w').write(str(w.pid)); time.sleep(120)"
+    )
+    start = time.monotonic()
+    assert not check.run('probe', [[sys.executable, '-c', spawn]], limit=3)
+    assert time.monotonic() - start < 60
+    assert check.records[-1]['status'] == 'timeout'
+    worker = int(pid_file.read_text())
+    for _ in range(50):  # SIGKILL is delivered asynchronously
+        if not running(worker):
+            break
+        time.sleep(0.1)
+    assert not running(worker), f'worker {worker} survived the stopped step'
+
+
+def running(pid):
+    """Alive and not a zombie waiting for its reaper."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+def test_a_reused_out_keeps_nothing_of_the_earlier_run_and_skipped_steps_write_a_summary(
+    tmp_path,
+):
+    out = tmp_path / 'out'
+    (out / 'results').mkdir(parents=True)
+    (out / 'results' / 'attention_kernels.json').write_text('{"rows": []}')
+    (out / 'profile_dsnet-s_maskrcnn_fp32.txt').write_text('an earlier run')
+    script = osp.join(REPO_ROOT, 'tools', 'misc', 'gpu_check.py')
+    # a budget of 1 s: the steps are skipped, the demo's warning count included
+    result = subprocess.run(
+        [sys.executable, script, '--out', str(out), '--cpu', '--budget', '1',
+         '--steps', 'env,demo,attention'],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    steps = json.loads((out / 'steps.json').read_text())
+    assert [(s['step'], s['status']) for s in steps] == [
+        ('env', 'skipped'),
+        ('demo', 'skipped'),
+        ('attention', 'skipped'),
+    ]
+    assert not (out / 'results' / 'attention_kernels.json').exists()
+    assert not (out / 'profile_dsnet-s_maskrcnn_fp32.txt').exists()
+    assert '## Demo' in (out / 'summary.md').read_text()

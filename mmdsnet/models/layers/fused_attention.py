@@ -87,7 +87,10 @@ def folded_attention(
     chunks = query.unflatten(2, (folds, len_q // folds)).transpose(1, 2).flatten(0, 1)
 
     def repeat(tensor):
-        return tensor.unsqueeze(1).expand(batch, folds, *tensor.shape[1:]).flatten(0, 1)
+        # contiguous: with one image the flattened expand is a stride-0 view,
+        # which no kernel should have to read (a copy of a few MB at most)
+        expanded = tensor.unsqueeze(1).expand(batch, folds, *tensor.shape[1:])
+        return expanded.flatten(0, 1).contiguous()
 
     out = sdpa(chunks, repeat(key), repeat(value), dropout_p)
     return out.unflatten(0, (batch, folds)).transpose(1, 2).flatten(2, 3)
@@ -98,6 +101,7 @@ def attention_folds(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor)
     CPU kernel and the forward kernels already split the work by query)."""
     if not (
         query.is_cuda
+        and query.numel() > 0
         and torch.is_grad_enabled()
         and (query.requires_grad or key.requires_grad or value.requires_grad)
     ):
