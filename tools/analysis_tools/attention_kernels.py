@@ -136,9 +136,8 @@ def main(argv=None):
     for stage, name, heads, len_q, len_k, head_dims in attention_shapes(args.arch, *args.shape):
         flops = 4 * args.batch * len_q * len_k * head_dims * heads
         shape = (args.batch, heads, len_q, len_k, head_dims)
-        folds_here = [1]
-        if args.fold:
-            folds_here += [f for f in [query_folds(args.batch * heads, len_q, len_k, sms)] if f > 1]
+        training_folds = query_folds(args.batch * heads, len_q, len_k, sms) if args.fold else 1
+        folds_here = [1, training_folds] if training_folds > 1 else [1]
         for kernel in args.kernels:
             for precision in args.precisions:
                 for folds in folds_here:

@@ -98,23 +98,14 @@ GPU_SETTINGS = dict(
     attention_archs='tiny,small,base',
     attention_settings='224 b1,800x1344 b1',
     attention_precisions='fp32,fp16,bf16',
-    kernels=[
-        '--arch',
-        'small',
-        '--shape',
-        '800',
-        '1344',
-        '--batch',
-        '2',
-        '--kernels',
-        'efficient',
-        'flash',
-        '--precisions',
-        'fp32',
-        'fp16',
-        '--trials',
-        '3',
-    ],
+    kernels=dict(
+        arch='small',
+        size=(800, 1344),
+        batch=2,
+        kernels=('efficient', 'flash'),
+        precisions=('fp32', 'fp16'),
+        trials=3,
+    ),  # fmt: skip
     profile_size='800x1333',
     profile_warmup='2',
     profile_amp=True,
@@ -137,21 +128,9 @@ CPU_SETTINGS = dict(
     attention_archs='tiny',
     attention_settings='64 b1',
     attention_precisions='fp32,bf16',
-    kernels=[
-        '--arch',
-        'tiny',
-        '--shape',
-        '256',
-        '320',
-        '--batch',
-        '2',
-        '--kernels',
-        'flash',
-        '--precisions',
-        'fp32',
-        '--trials',
-        '1',
-    ],
+    kernels=dict(
+        arch='tiny', size=(256, 320), batch=2, kernels=('flash',), precisions=('fp32',), trials=1
+    ),  # fmt: skip
     profile_size='64x96',
     profile_warmup='1',
     profile_amp=False,
@@ -176,7 +155,8 @@ CPU_SETTINGS = dict(
 # under 9 minutes with a prebuilt mmcv; building mmcv takes about 5 more).
 # On the H100 of 2026-11-27: install 28-47 s, env 4-6, the AMP Mask R-CNN
 # test 24, attention 34, benchmark 112 (5 trials), profile 57; the demo's
-# iterations took 0.26 s (300 of them) once cuDNN's graph builds were gone.
+# iterations took 0.26 s (300 of them) between cuDNN's graph builds (3.8-9.4 s),
+# which DS-Net's attention no longer uses.
 LIMITS = dict(
     env=60,
     install=120,
@@ -428,8 +408,12 @@ class Check:
             '--precisions', s['attention_precisions'],
             '--out', osp.join(self.out, 'results', 'attention_backends.json'),
         )  # fmt: skip
+        k = s['kernels']
         kernels = self.py(
-            'tools/analysis_tools/attention_kernels.py', *s['kernels'], '--fold',
+            'tools/analysis_tools/attention_kernels.py', '--arch', k['arch'],
+            '--shape', *map(str, k['size']), '--batch', str(k['batch']),
+            '--kernels', *k['kernels'], '--precisions', *k['precisions'],
+            '--trials', str(k['trials']), '--fold',
             '--out', osp.join(self.out, 'results', 'attention_kernels.json'),
         )  # fmt: skip
         self.run('attention', [command, kernels], LIMITS['attention'], keep_going=True)
