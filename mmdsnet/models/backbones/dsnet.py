@@ -21,9 +21,10 @@ from mmengine.model.weight_init import constant_init, initialize, trunc_normal_i
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
-from ..layers import DSBlock, linear_drop_path_rates
+from ..layers import ATTN_SPLIT_MODES, DSBlock, linear_drop_path_rates
 from ..utils.validation import (
     check_bool,
+    check_choice,
     check_heads,
     check_int_in,
     check_mlp_ratio,
@@ -72,6 +73,11 @@ class DSNet(BaseModule):
         attn_drop_rate (float): Dropout on attention maps (0.1 in ImageNet
             pre-training).
         drop_path_rate (float): Stochastic depth, linear over all blocks.
+        attn_split (str): How the attention calls fill a GPU: 'auto' (fold
+            queries and split keys where a call would start too few thread
+            blocks on CUDA; not yet measured on a GPU), 'never' (plain SDPA),
+            'always' (every call, on any device: for tests and benchmarks).
+            See docs/configs.md.
         channels_last (bool): Run the stages in channels-last layout, where
             the token views of the attention need no copies and oneDNN convs
             are fastest. Outputs are standard contiguous NCHW either way.
@@ -125,6 +131,7 @@ class DSNet(BaseModule):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         channels_last: bool = True,
+        attn_split: str = 'auto',
         init_cfg: Optional[Union[dict, List[dict]]] = None,
     ):
         super().__init__(init_cfg=init_cfg)
@@ -152,6 +159,7 @@ class DSNet(BaseModule):
             ('channels_last', channels_last),
         ):
             check_bool(f'DSNet {name}', switch)
+        check_choice('DSNet attn_split', attn_split, ATTN_SPLIT_MODES)
         check_mlp_ratio('DSNet arch mlp_ratio', self.mlp_ratio, min(self.embed_dims))
         if norm_cfg is not None:
             check_nchw_norm_cfg('DSNet norm_cfg', norm_cfg)
@@ -196,6 +204,7 @@ class DSNet(BaseModule):
                             drop_path_rate=rates[first + j],
                             norm_cfg=self.norm_cfg,
                             with_cp=with_cp,
+                            attn_split=attn_split,
                         )
                         for j in range(self.depths[i])
                     ]

@@ -19,6 +19,7 @@ from mmengine.model import BaseModule
 from ..utils.norm import allow_one_value_groups
 from ..utils.validation import (
     check_bool,
+    check_choice,
     check_heads,
     check_mlp_ratio,
     check_nchw_norm_cfg,
@@ -26,7 +27,7 @@ from ..utils.validation import (
     check_rate,
 )
 from .activation_checkpointing import checkpointed
-from .fused_attention import attention
+from .fused_attention import ATTN_SPLIT_MODES, attention
 
 
 def to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
@@ -138,6 +139,11 @@ class DSBlock(BaseModule):
         with_cp (bool): Activation checkpointing: while the input needs a
             gradient, keep only the block's input for backward and recompute
             the rest then (one more forward, BN statistics updated once).
+        attn_split (str): How the attention calls fill a GPU
+            (``fused_attention.attention``): 'auto' folds queries and splits
+            keys where a call would start too few thread blocks on CUDA,
+            'never' runs plain SDPA, 'always' folds and splits every call on
+            any device (for tests and benchmarks).
     """
 
     def __init__(
@@ -152,6 +158,7 @@ class DSBlock(BaseModule):
         drop_path_rate: float = 0.0,
         norm_cfg: Optional[dict] = None,
         with_cp: bool = False,
+        attn_split: str = 'auto',
         init_cfg=None,
     ):
         super().__init__(init_cfg=init_cfg)
@@ -171,12 +178,14 @@ class DSBlock(BaseModule):
         check_rate('DSBlock drop_rate', drop_rate)
         check_rate('DSBlock attn_drop_rate', attn_drop_rate)
         check_rate('DSBlock drop_path_rate', drop_path_rate)
+        check_choice('DSBlock attn_split', attn_split, ATTN_SPLIT_MODES)
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.global_resize = global_resize
         self.with_alignment = with_alignment
         self.attn_drop_rate = attn_drop_rate
         self.with_cp = with_cp
+        self.attn_split = attn_split
 
         def norm(num_features):
             return allow_one_value_groups(build_norm_layer(norm_cfg, num_features)[1])
@@ -217,13 +226,14 @@ class DSBlock(BaseModule):
         """Grid of the global stream for a (height, width) map."""
         return (max(1, height // self.global_resize), max(1, width // self.global_resize))
 
-    def _attn_dropout(self) -> float:
-        return self.attn_drop_rate if self.training else 0.0
+    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        dropout = self.attn_drop_rate if self.training else 0.0
+        return attention(q, k, v, dropout, self.attn_split)
 
     def _global_self_attention(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens + MHSA(LN(tokens)) without output projection; (B, M, C/2)."""
         q, k, v = split_heads(self.channel_up(self.norm_sa1(tokens)), self.num_heads)
-        return tokens + merge_heads(attention(q, k, v, self._attn_dropout()))
+        return tokens + merge_heads(self._attention(q, k, v))
 
     def _align(
         self, local: torch.Tensor, tokens: torch.Tensor
@@ -241,9 +251,8 @@ class DSBlock(BaseModule):
         # the N x M attention maps.
         q_l, k_l, v_l = split_heads(to_tokens(local_qkv), self.num_heads)
         q_g, k_g, v_g = split_heads(self.cross_channel_up_sa(self.norm_sa2(tokens)), self.num_heads)
-        dropout = self._attn_dropout()
-        global_to_local = merge_heads(attention(q_l, k_g, v_g, dropout))
-        local_to_global = merge_heads(attention(q_g, k_l, v_l, dropout))
+        global_to_local = merge_heads(self._attention(q_l, k_g, v_g))
+        local_to_global = merge_heads(self._attention(q_g, k_l, v_l))
         local = local + to_map(self.fuse_channel_conv(global_to_local), height, width)
         tokens = tokens + self.fuse_channel_sa(local_to_global)
         return local, tokens

@@ -18,10 +18,11 @@ from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 
 from ...registry import register_model
-from ..layers import DSBlock
+from ..layers import ATTN_SPLIT_MODES, DSBlock
 from ..utils.norm import allow_one_value_groups
 from ..utils.validation import (
     check_bool,
+    check_choice,
     check_heads,
     check_mlp_ratio,
     check_nchw_norm_cfg,
@@ -73,6 +74,8 @@ class DSFPN(BaseModule):
         ds_with_cp (bool): Activation checkpointing in every DS-Block
             (``DSBlock(with_cp=True)``): less training memory for one more
             forward of the blocks. Off by default.
+        attn_split (str): How the DS-Blocks' attention calls fill a GPU:
+            'auto', 'never' or 'always' (see ``DSBlock``).
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class DSFPN(BaseModule):
         ds_norm_cfg: Optional[dict] = None,
         ds_drop_path_rate: float = 0.0,
         ds_with_cp: bool = False,
+        attn_split: str = 'auto',
         init_cfg: Optional[Union[dict, List[dict]]] = FPN_INIT,
     ):
         super().__init__(init_cfg=init_cfg)
@@ -112,6 +116,7 @@ class DSFPN(BaseModule):
         check_bool('no_norm_on_lateral', no_norm_on_lateral)
         check_bool('ds_with_alignment', ds_with_alignment)
         check_bool('ds_with_cp', ds_with_cp)
+        check_choice('attn_split', attn_split, ATTN_SPLIT_MODES)
         if norm_cfg is not None:
             check_nchw_norm_cfg('norm_cfg', norm_cfg)
         if ds_norm_cfg is not None:
@@ -225,6 +230,7 @@ class DSFPN(BaseModule):
                             drop_path_rate=ds_drop_path_rate,
                             norm_cfg=ds_norm_cfg,
                             with_cp=ds_with_cp,
+                            attn_split=attn_split,
                         )
                         for _ in range(num_ds_blocks)
                     ]

@@ -68,6 +68,13 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
+def check_choice(name: str, value, choices) -> str:
+    """One of the strings ``choices`` (a mode switch such as ``attn_split``)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f'{name} must be one of {tuple(choices)}, got {value!r}')
+    return value
+
+
 def check_int_in(name: str, value, low: int, high: int) -> int:
     """An int in ``low..high`` inclusive (bools refused: ``True`` is not a stage)."""
     if (
