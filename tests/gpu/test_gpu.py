@@ -21,7 +21,7 @@ from torch.nn.attention import sdpa_kernel
 
 from mmdsnet.analysis.sdpa import FUSED_BACKENDS, attention_backends
 from mmdsnet.models import DSFPN, DSNet
-from mmdsnet.models.layers.fused_attention import attention_folds, folded_attention, sdpa
+from mmdsnet.models.layers.fused_attention import attention, choose_plan, sdpa
 
 pytestmark = [
     pytest.mark.gpu,
@@ -88,28 +88,65 @@ def test_every_attention_runs_on_a_fused_kernel(arch, setting, precision):
 
 
 @pytest.mark.parametrize('batch', [1, 2])
-@pytest.mark.parametrize('precision', ['fp32', 'fp16'])
-def test_the_stage_1_co_attention_is_folded_and_equal_on_cuda(precision, batch):
-    """Local queries over global keys at 800x1344 (1 head): folded for the
-    backward, same output and gradients as one unfolded call."""
+@pytest.mark.parametrize('precision', ['fp32', 'fp16', 'bf16'])
+@pytest.mark.parametrize(
+    'len_q,len_k,rewrite',
+    [(67_200, 1_050, 'folds'), (1_050, 67_200, 'splits'), (1_050, 1_050, 'both')],
+    ids=['local-q-folded', 'global-q-split', 'global-self-both'],
+)
+def test_the_stage_1_attentions_are_rewritten_and_equal_on_cuda(
+    len_q, len_k, rewrite, precision, batch
+):
+    """The stage-1 attentions at 800x1344 (1 head) under attn_split='auto':
+    queries folded, keys split (merged by log-sum-exp on the fused CUDA
+    kernels), or both; same output and gradients as one plain call."""
     dtype = DTYPES[precision]
     gen = torch.Generator(device='cuda').manual_seed(0)
 
     def leaf(length):
         return torch.randn(batch, 1, length, 32, device='cuda', dtype=dtype, generator=gen)
 
-    q, k, v = (t.requires_grad_() for t in (leaf(67_200), leaf(1_050), leaf(1_050)))
-    folds = attention_folds(q, k, v)
-    assert folds > 1 and 67_200 % folds == 0
+    q, k, v = (t.requires_grad_() for t in (leaf(len_q), leaf(len_k), leaf(len_k)))
+    plan = choose_plan(q, k, v, 0.0, 'auto')
+    expected_rewrite = dict(folds=plan.folds > 1, splits=plan.splits > 1)
+    if rewrite == 'both':
+        assert plan.folds > 1 and plan.splits > 1, plan
+    else:
+        assert expected_rewrite[rewrite], plan
     expected = sdpa(q, k, v, 0.0)
     grad_out = torch.randn(expected.shape, device='cuda', dtype=dtype, generator=gen)
     expected_grads = torch.autograd.grad(expected, (q, k, v), grad_out)
-    out = folded_attention(q, k, v, 0.0, folds)
+    out = attention(q, k, v, 0.0, 'auto')
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
     tolerance = dict(rtol=1e-3, atol=1e-4) if precision == 'fp32' else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(out, expected, **tolerance)
     for name, got, want in zip('qkv', grads, expected_grads):
         torch.testing.assert_close(got, want, **tolerance, msg=f'grad of {name}')
+
+
+@pytest.mark.parametrize('precision', ['fp32', 'fp16'])
+def test_dsnet_s_trains_the_same_with_and_without_attn_split_on_cuda(precision, exact_fp32):
+    """DSNet-S at 512x640, 2 images: 'auto' (rewrites on) against 'never'."""
+    dtype = DTYPES[precision]
+    x = torch.randn(2, 3, 512, 640, device='cuda')
+    results = {}
+    for mode in ('never', 'auto'):
+        torch.manual_seed(0)
+        model = DSNet('small', drop_path_rate=0.0, attn_split=mode).cuda()
+        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+            outs = model(x)
+        sum(o.float().square().mean() for o in outs).backward()
+        results[mode] = (
+            [o.float() for o in outs],
+            {n: p.grad.float() for n, p in model.named_parameters()},
+        )
+    tolerance = dict(rtol=1e-3, atol=1e-4) if precision == 'fp32' else dict(rtol=5e-2, atol=5e-2)
+    for got, want in zip(results['auto'][0], results['never'][0]):
+        torch.testing.assert_close(got, want, **tolerance)
+    for name, want in results['never'][1].items():
+        got = results['auto'][1][name]
+        scale = want.abs().max().clamp_min(1e-12)
+        assert float((got - want).abs().max() / scale) < 1e-2, name
 
 
 @pytest.mark.parametrize('precision', ['fp32', 'fp16'])

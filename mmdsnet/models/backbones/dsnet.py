@@ -73,6 +73,12 @@ class DSNet(BaseModule):
         attn_drop_rate (float): Dropout on attention maps (0.1 in ImageNet
             pre-training).
         drop_path_rate (float): Stochastic depth, linear over all blocks.
+        compile_blocks (bool | dict): Compile every DS-Block with
+            ``torch.compile`` (regional compilation: blocks of one width share
+            one compiled graph; dynamic shapes, so new image sizes do not
+            recompile). A dict gives ``torch.compile``'s arguments (e.g.
+            ``dict(backend='aot_eager')``). Off by default: not yet measured
+            on a GPU (docs/configs.md).
         attn_split (str): How the attention calls fill a GPU: 'auto' (fold
             queries and split keys where a call would start too few thread
             blocks on CUDA; not yet measured on a GPU), 'never' (plain SDPA),
@@ -132,6 +138,7 @@ class DSNet(BaseModule):
         drop_path_rate: float = 0.1,
         channels_last: bool = True,
         attn_split: str = 'auto',
+        compile_blocks: Union[bool, dict] = False,
         init_cfg: Optional[Union[dict, List[dict]]] = None,
     ):
         super().__init__(init_cfg=init_cfg)
@@ -160,6 +167,11 @@ class DSNet(BaseModule):
         ):
             check_bool(f'DSNet {name}', switch)
         check_choice('DSNet attn_split', attn_split, ATTN_SPLIT_MODES)
+        if not isinstance(compile_blocks, (bool, dict)):
+            raise TypeError(
+                'DSNet compile_blocks must be True, False or a dict of torch.compile '
+                f'arguments, got {compile_blocks!r}'
+            )
         check_mlp_ratio('DSNet arch mlp_ratio', self.mlp_ratio, min(self.embed_dims))
         if norm_cfg is not None:
             check_nchw_norm_cfg('DSNet norm_cfg', norm_cfg)
@@ -211,7 +223,18 @@ class DSNet(BaseModule):
                 )
             )
             prev_channels = self.embed_dims[i]
+        self.compile_blocks = compile_blocks
+        if compile_blocks:
+            self._compile_blocks({} if compile_blocks is True else dict(compile_blocks))
         self._freeze_stages()
+
+    def _compile_blocks(self, options: dict) -> None:
+        """``torch.compile`` each DS-Block in place (``nn.Module.compile``;
+        the state dict keeps its keys), with dynamic shapes by default."""
+        options.setdefault('dynamic', True)
+        for stage in self.stages:
+            for block in stage:
+                block.compile(**options)
 
     @classmethod
     def parse_arch(cls, arch: Union[str, dict]) -> dict:

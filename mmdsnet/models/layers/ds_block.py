@@ -290,8 +290,12 @@ class DSBlock(BaseModule):
         tokens = self._global_self_attention(tokens)
         if self.with_alignment:
             local, tokens = self._align(local, tokens)
-        # conv2's input: local channels first, global channels second.
-        global_out = F.conv2d(to_map(tokens, *grid), self.conv2.weight[:, half:])
+        # conv2's input: local channels first, global channels second. The
+        # global half as a linear map of the tokens: the same 1x1 conv,
+        # without a channels-last view of the grid going into a conv (which
+        # torch.compile's inductor cannot order the strides of when the grid
+        # size is symbolic).
+        global_out = to_map(F.linear(tokens, self.conv2.weight[:, half:].flatten(1)), *grid)
         fused = F.conv2d(local, self.conv2.weight[:, :half], self.conv2.bias)
         fused = fused + F.interpolate(
             global_out, size=(height, width), mode='bilinear', align_corners=False
