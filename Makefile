@@ -37,6 +37,6 @@ lint: install
 OUT ?= work_dirs/gpu-check/out
 GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
-	$(GPU_PYTHON) tools/misc/gpu_check.py --out $(OUT) \
+	$(GPU_PYTHON) tools/gpu_check/gpu_check.py --out $(OUT) \
 		$(if $(WHEELS),--wheels $(WHEELS)) $(if $(MMCV_WHEEL),--mmcv-wheel $(MMCV_WHEEL)) \
 		$(if $(filter 1,$(CPU)),--cpu) $(if $(BUDGET),--budget $(BUDGET))
