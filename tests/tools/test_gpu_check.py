@@ -195,3 +195,48 @@ def test_out_without_the_marker_is_refused_and_left_as_it_is(tmp_path):
     (tmp_path / 'empty').mkdir()
     assert run_skipping_every_step(tmp_path / 'empty').returncode == 1
     assert (tmp_path / 'empty' / 'summary.md').is_file()
+
+
+def test_install_step_installs_the_wheels_and_builds_mmcv_only_through_install_env_sh(
+    tmp_path, monkeypatch
+):
+    gpu_check = load_gpu_check(monkeypatch)
+    wheels = tmp_path / 'wheels'
+    wheels.mkdir()
+    for name in ('setuptools-80.10.2-py3-none-any.whl', 'mmengine-0.10.7-py3-none-any.whl',
+                 'mmcv-2.1.0-cp312-cp312-linux_x86_64.whl'):  # fmt: skip
+        (wheels / name).write_bytes(b'')
+    runs = []
+
+    def install(mmcv_wheel, passes):
+        check = gpu_check.Check(str(tmp_path / 'out'), sys.executable, False, str(wheels),
+                                mmcv_wheel)  # fmt: skip
+        check.site = str(tmp_path / 'site')
+
+        def run(step, commands, limit, env=None, **kwargs):
+            runs.append((commands, limit, env))
+            check.record(step, 'passed' if passes else 'failed', 0.0)
+            return passes
+
+        check.run = run
+        check.step_install()
+        return check.records[-1]
+
+    install(None, passes=True)
+    commands, limit, env = runs[-1]
+    assert [osp.basename(c[-1]) for c in commands[:2]] == [
+        'setuptools-80.10.2-py3-none-any.whl',  # first: mmcv's build needs its pkg_resources
+        'mmengine-0.10.7-py3-none-any.whl',  # the prebuilt mmcv wheel is not taken unasked
+    ]
+    # the source build goes through the installer (its decision and patch), offline, into site
+    assert commands[2] == ['bash', 'tools/install/install_env.sh', 'mmcv']
+    assert env == dict(PIP_NO_INDEX='1', PIP_FIND_LINKS=str(wheels),
+                       PIP_TARGET=str(tmp_path / 'site'), PIP_UPGRADE='1')  # fmt: skip
+    assert limit == gpu_check.LIMITS['install_build']
+    assert commands[3][1:3] == ['tools/install/cuda_build_env.py', '--verify-ops']
+
+    wheel = str(wheels / 'mmcv-2.1.0-cp312-cp312-linux_x86_64.whl')
+    record = install(wheel, passes=False)
+    commands, limit, env = runs[-1]
+    assert commands[2][-1] == wheel and not env and limit == gpu_check.LIMITS['install']
+    assert record['note'].startswith('mmcv-2.1.0-cp312-cp312-linux_x86_64.whl does not install')

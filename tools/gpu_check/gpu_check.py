@@ -208,7 +208,7 @@ class Check:
             return
         wheels = sorted(glob.glob(osp.join(self.wheels, '*.whl')))
         setuptools = [w for w in wheels if osp.basename(w).startswith('setuptools-')]
-        others = [w for w in wheels if w not in setuptools and '/mmcv-' not in w]
+        others = [w for w in wheels if not osp.basename(w).startswith(('setuptools-', 'mmcv-'))]
         pip = self.py('-m', 'pip', 'install', '--no-index', '--no-deps', '--upgrade',
                       '--disable-pip-version-check', '--target', self.site)  # fmt: skip
         os.makedirs(self.site, exist_ok=True)
@@ -279,8 +279,9 @@ class Check:
                           **{k.split('/')[-1]: v for k, v in summary['test'].items()})  # fmt: skip
             if not self.cpu:  # the tiny CPU run is not meant to learn
                 check = summary['check']
+                value = 'n/a' if check['value'] is None else f'{check["value"]:.3f}'
                 record['target'] = (
-                    f'{check["metric"]} {check["value"]:.3f} (needs >= {check["threshold"]}), '
+                    f'{check["metric"]} {value} (needs >= {check["threshold"]}), '
                     f'loss falls: {check["loss_falls"]}: {"met" if check["passed"] else "missed"}'
                 )
         console = osp.join(work_dir, 'train_console.log')
