@@ -87,7 +87,7 @@ def test_cpu_mode_figures_reach_the_summary(cpu_run):
         demo = json.load(f)
     # the figures of tools/demo/demo.sh's demo_summary.json
     assert demo['processes'] == 1 and demo['total_seconds'] > demo['train_seconds'] > 0
-    assert demo['grad_stride_warnings'] == 0 and 0 <= demo['bbox_mAP'] <= 1
+    assert demo['grad_stride_warnings'] == 0
     assert demo['status'] == 'passed' and 'target' not in demo  # no mAP target on the CPU
     with open(out / 'results' / 'attention_kernels.json') as f:
         kernels = json.load(f)

@@ -153,17 +153,20 @@ def backbone_section(out) -> List[str]:
     throughput = {g: cases for g, cases in groups.items() if g.startswith('throughput')}
     if throughput:
         names = list(dict.fromkeys(n for cases in throughput.values() for n in cases))
+        peers = [p for p in peers if p in names]
         rows = []
         for name in names:
             row = [name]
             for cases in throughput.values():
                 rate = cases.get(name, {}).get('images_per_s')
                 ratios = [_ratio(rate, cases[p].get('images_per_s')) for p in peers if p in cases]
-                row.append(f'{_fmt(rate)} ({", ".join(f"{_fmt(x, 2)}x" for x in ratios)})')
+                ratios = ', '.join(f'{_fmt(x, 2)}x' for x in ratios)
+                row.append(f'{_fmt(rate)} ({ratios})' if ratios else _fmt(rate))
             rows.append(row)
         setting = ' '.join(next(iter(throughput)).split()[1:3])
         precisions = [g.split()[-1] for g in throughput]
-        lines += [f'Inference images/s at {setting} (x {", ".join(peers)}):', '',
+        against = f' (x {", ".join(peers)})' if peers else ''
+        lines += [f'Inference images/s at {setting}{against}:', '',
                   *_table(['backbone', *precisions], rows), '']  # fmt: skip
     for group, cases in groups.items():
         if group.startswith('backbone'):
