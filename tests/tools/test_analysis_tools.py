@@ -119,16 +119,16 @@ def test_profile_backbone_under_autocast_writes_its_table(tmp_path):
 
 
 def test_attention_kernels_shapes_follow_the_architecture():
+    from mmdsnet.analysis import attention_shapes
+
     tool = load_tool('tools/analysis_tools/attention_kernels.py')
-    shapes = tool.attention_shapes('small', 800, 1344)
+    shapes = attention_shapes('small', 800, 1344)
     # Stage 1: 200x336 local tokens against the 25x42 global grid, one head of 32;
     # stage 4 shrinks its 25x42 map by 2 again, to 12x21.
     assert (0, 'local q, global kv', 1, 67200, 1050, 32) in shapes
     assert (3, 'global q, local kv', 8, 252, 1050, 32) in shapes
     # Sizes that are not multiples of 32 are padded up, as the backbone does.
-    assert (0, 'local q, global kv', 1, 28 * 35, 3 * 4, 32) in tool.attention_shapes(
-        'tiny', 112, 137
-    )
+    assert (0, 'local q, global kv', 1, 28 * 35, 3 * 4, 32) in attention_shapes('tiny', 112, 137)
     rows = tool.main(
         ['--arch', 'tiny', '--shape', '64', '64', '--kernels', 'flash', 'math', '--trials', '1']
     )
@@ -173,8 +173,8 @@ def test_benchmark_builds_every_detector():
     from mmdsnet.analysis.benchmark import DETECTORS
     from mmdsnet.analysis.inputs import build_detector
 
-    for name, (config, overrides) in DETECTORS.items():
-        model = build_detector(config, overrides)
+    for name, (config, options) in DETECTORS.items():
+        model = build_detector(config, options, config_dir=osp.join(REPO_ROOT, 'configs'))
         depth = getattr(model.backbone, 'depth', None)
         assert (depth == 50) == name.startswith('MaskRCNN R-50'), name
         assert getattr(model.backbone, 'with_cp', False) == ('with_cp' in name), name

@@ -30,7 +30,7 @@ import torch
 from mmengine.config import Config, DictAction
 
 # importing mmdsnet registers the models
-from mmdsnet.analysis.attention import TargetNames, attention_targets, record_attention_targets
+from mmdsnet.analysis.attention_maps import TargetNames, attention_targets, record_attention_targets
 from mmdsnet.checkpoint import is_url
 from mmdsnet.models import DSNet
 from mmdsnet.models.backbones.pretrained import load_pretrained_dsnet
