@@ -395,4 +395,3 @@ def record_attention_targets(
         maps=results[chosen],
         stage_ratios={i: (j, results[(i, j)]) for i, j in targets.ratio_blocks.items()},
     )
-
