@@ -211,3 +211,49 @@ def test_benchmark_modes_select_detector_groups():
         'Mask R-CNN 2x64x96 train amp',
         'Mask R-CNN 2x64x96 eval fp32',
     ]
+
+
+def test_benchmark_table_shows_the_columns_its_first_entry_has():
+    """Saved activations and images/s are columns only where the group's first
+    entry measures them; a missing memory figure reads nan, not a crash."""
+    from mmdsnet.analysis.benchmark import Case, format_group
+
+    def case(name, times, batch=None, memory=None, saved=None):
+        made = Case('g', name, '64 b1', build=None, step=None, batch=batch)
+        made.times, made.memory_mb, made.saved_mb = times, memory, saved
+        return made
+
+    lines = format_group('g', [case('a', [0.1, 0.3, 0.2], memory=10.0, saved=4.0),
+                               case('b', [0.4], memory=5.0, saved=1.0)]).splitlines()  # fmt: skip
+    assert lines[1:] == [
+        'g (ratios to a)',
+        '| model                          | median ms | x time | peak MB | x mem | saved MB | x saved |',  # noqa: E501
+        '|--------------------------------|-----------|--------|---------|-------|----------|---------|',
+        '| a                              |     200.0 |   1.00 |      10 |  1.00 |        4 |    1.00 |',  # noqa: E501
+        '| b                              |     400.0 |   2.00 |       5 |  0.50 |        1 |    0.25 |',  # noqa: E501
+    ]  # fmt: skip
+    rated = format_group('g', [case('a', [0.5], batch=2), case('b', [0.25], batch=2)])
+    assert rated.splitlines()[2].endswith('| x mem | img/s |')
+    assert rated.splitlines()[-1].endswith('|     nan |   nan |     8 |')
+
+
+def test_benchmark_selection_names_what_is_accepted():
+    from mmdsnet.analysis.benchmark import select_cases
+
+    choices = dict(suites='backbone', backbones='DS-Net-T', settings='64 b1', modes='eval',
+                   detectors='', precisions='fp32', det_precisions='fp32',
+                   det_size='64x96')  # fmt: skip
+    cpu = torch.device('cpu')
+    assert [c.name for c in select_cases(cpu, **choices)] == ['DS-Net-T']
+    for wrong, message in [
+        (dict(backbones='DS-Net-X'), r"unknown backbones \['DS-Net-X'\]; choose from \['DS-Net-S'"),
+        (dict(modes=''), r"unknown modes \[\]; choose from \['eval', 'train'\]"),
+        (
+            dict(det_precisions='bf16'),
+            r"detector precisions \['bf16'\]; choose from \['fp32', 'amp'",
+        ),
+        (dict(settings='64'), "input setting '64' is not 'HxW bN'"),
+        (dict(det_size='64'), "--det-size '64' is not 'HxW'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            select_cases(cpu, **{**choices, **wrong})
