@@ -153,21 +153,29 @@ class Case:
         return entry
 
 
-def backbone_case(name, setting, mode):
+def backbone_build(name, setting, train):
+    """A builder of backbone ``name`` in train or eval mode with a random batch of ``setting``."""
     batch, height, width = parse_setting(setting)
 
     def build(device):
         model = BACKBONES[name]().to(device)
-        model.train(mode == 'train')
+        model.train(train)  # not chained: mmdet's ResNet.train() returns None
         return model, torch.randn(batch, 3, height, width, device=device)
 
+    return build
+
+
+def backbone_case(name, setting, mode):
+    """Inference, or forward and backward of the summed outputs, of a backbone."""
+    train = mode == 'train'
+    build = backbone_build(name, setting, train)
     return Case(
         f'backbone {setting} {mode}',
         name,
         setting,
         build,
-        lambda state: backbone_step(*state, train=mode == 'train'),
-        measures_saved=mode == 'train',
+        lambda state: backbone_step(*state, train=train),
+        measures_saved=train,
     )
 
 
@@ -199,12 +207,8 @@ def detector_case(name, mode, precision='fp32', size='800x1333', config_dir=None
 
 def throughput_case(name, precision, setting='224 b64'):
     """Inference images/s of a backbone, fp32 or under bf16/fp16 autocast."""
-    batch, height, width = parse_setting(setting)
-
-    def build(device):
-        model = BACKBONES[name]().to(device)
-        model.eval()  # not chained: mmdet's ResNet.train() returns None
-        return model, torch.randn(batch, 3, height, width, device=device)
+    batch = parse_setting(setting)[0]
+    build = backbone_build(name, setting, train=False)
 
     def step(state):
         backbone_step(*state, precision=precision)
