@@ -18,7 +18,7 @@ import torch
 from helpers import REPO_ROOT, free_port
 from torch.nn.attention import sdpa_kernel
 
-from mmdsnet.analysis.sdpa import FUSED_BACKENDS, attention_backends
+from mmdsnet.analysis.attention_backends import FUSED_BACKENDS, describe_sdpa_calls
 from mmdsnet.models import DSFPN, DSNet
 from mmdsnet.models.layers.fused_attention import attention_folds, folded_attention, sdpa
 
@@ -80,7 +80,7 @@ def test_every_attention_runs_on_a_fused_kernel(arch, setting, precision):
         outs = model(x)
         sum(o.float().mean() for o in outs).backward()
     model.eval()
-    calls = attention_backends(model, x, None if precision == 'fp32' else dtype)
+    calls = describe_sdpa_calls(model, x, None if precision == 'fp32' else dtype)
     # DS-Net's own choice (mmdsnet.models.layers.fused_attention): no cuDNN, no math
     expected = 'efficient' if precision == 'fp32' else 'flash'
     assert calls and {c['backend'] for c in calls} == {expected}
