@@ -29,14 +29,14 @@ lint: install
 # Check and measure a GPU machine in one command (docs/install-gpu.md): the
 # gpu tests, the NCCL + AMP demo, the SDPA backends and attention kernels, the
 # GPU benchmark suite and a profile, everything written to OUT. Offline: WHEELS=folder of wheels
-# (e.g. ../shared/gpu-wheels), MMCV_WHEEL=prebuilt mmcv CUDA wheel (else mmcv
-# is built from WHEELS/mmcv-2.1.0.tar.gz). It uses the machine's own torch:
+# (e.g. ../shared/gpu-wheels), MMCV_WHEEL=prebuilt mmcv CUDA wheel (else mmcv is built
+# from WHEELS/mmcv-2.1.0.tar.gz by tools/install/install_env.sh mmcv). It uses the machine's own torch:
 # GPU_PYTHON (default: .venv's python if there is one, else python3). Without
 # a GPU, or with CPU=1, it runs its CPU mode with tiny settings. BUDGET=seconds
 # caps the whole run (each step gets at most what is left).
 OUT ?= work_dirs/gpu-check/out
 GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
-	$(GPU_PYTHON) tools/misc/gpu_check.py --out $(OUT) \
+	$(GPU_PYTHON) tools/gpu_check/gpu_check.py --out $(OUT) \
 		$(if $(WHEELS),--wheels $(WHEELS)) $(if $(MMCV_WHEEL),--mmcv-wheel $(MMCV_WHEEL)) \
 		$(if $(filter 1,$(CPU)),--cpu) $(if $(BUDGET),--budget $(BUDGET))

@@ -1,25 +1,32 @@
-"""What the benchmark times: its backbones and detectors, and one case per
-model, input and mode (tools/analysis_tools/benchmark.py parses the command
-line, runs the cases and reports them).
+"""What the benchmark measures and how it reports it: its backbones and
+detectors, one case per model, input and mode, the check of a selection, the
+run of a group and its table (tools/analysis_tools/benchmark.py parses the
+command line and writes the report).
 
 A :class:`Case` builds its model on first use and runs one step per call, so
-the tool can interleave the cases of a group trial by trial after warm-up.
-The detector entries name this repository's configs by path (a source
-checkout, as the tool runs from) and mmdet's by ``mmdet::``.
+the cases of a group are interleaved trial by trial after warm-up. The
+entries are data: a backbone is a builder, a detector a config with
+``--cfg-options``-style overrides; a printed column is one :data:`COLUMNS`
+entry reading one key of :meth:`Case.result`. The detector entries name this
+package's configs as ``mmdsnet::`` (its installed configs, or the ``config_dir``
+a caller gives) and mmdet's as ``mmdet::``.
 """
 
-import os.path as osp
+import platform
+import statistics
 import time
-from typing import Callable, Dict, List
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
 
 import torch
+from mmdet.registry import MODELS
+from mmengine.registry import init_default_scope
 
 from ..models import DSNet
 from ..testing import reference_for
-from .inputs import build_detector, detector_batch, parse_setting
-from .memory import saved_activations_mb
-
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from .inputs import PRECISIONS, build_detector, detector_batch, parse_setting, split_choices
+from .memory import peak_memory_mb, release_free_heap, saved_activations_mb
+from .profiling import backbone_step, detector_iteration, sync
 
 
 class UnfusedDSNet(torch.nn.Module):
@@ -38,9 +45,6 @@ def mmdet_backbone(cfg: dict) -> Callable[[], torch.nn.Module]:
     """A builder of the mmdet backbone ``cfg``, called when its case first runs."""
 
     def build():
-        from mmdet.registry import MODELS
-        from mmengine.registry import init_default_scope
-
         init_default_scope('mmdet')
         return MODELS.build(cfg)
 
@@ -77,44 +81,45 @@ BACKBONES: Dict[str, Callable[[], torch.nn.Module]] = {
         )
     ),
 }
-BACKBONE_SHAPES = {'224 b8': (8, 224, 224), '800x1344 b1': (1, 800, 1344)}
-PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-
-
-# name -> (config, backbone overrides); R-50 first, so the ratios read against it
+# Backbones the throughput suite leaves out.
+NOT_IN_THROUGHPUT = ('DS-Net-S unfused',)
+BACKBONE_SETTINGS = ('224 b8', '800x1344 b1')
+DS_FPN = 'mmdsnet::mask_rcnn_dsnet_s_fpn_1x_coco.py'
+# name -> (config, overrides as --cfg-options); R-50 first, so the ratios read against it
 DETECTORS = {
     'MaskRCNN R-50+FPN': ('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', {}),
-    'MaskRCNN DS-Net-S+FPN': (osp.join(ROOT, 'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py'), {}),
-    'MaskRCNN DS-Net-S+DS-FPN': (osp.join(ROOT, 'configs/mask_rcnn_dsnet_s_dsfpn_1x_coco.py'), {}),
+    'MaskRCNN DS-Net-S+FPN': (DS_FPN, {}),
+    'MaskRCNN DS-Net-S+DS-FPN': ('mmdsnet::mask_rcnn_dsnet_s_dsfpn_1x_coco.py', {}),
     'MaskRCNN Swin-T+FPN': ('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', {}),
-    'MaskRCNN DS-Net-S+FPN with_cp': (
-        osp.join(ROOT, 'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py'),
-        dict(with_cp=True),
-    ),
+    'MaskRCNN DS-Net-S+FPN with_cp': (DS_FPN, {'model.backbone.with_cp': True}),
     # like-for-like with R-50's config, which freezes the stem and stage 1
-    'MaskRCNN DS-Net-S+FPN frozen_stages=1': (
-        osp.join(ROOT, 'configs/mask_rcnn_dsnet_s_fpn_1x_coco.py'),
-        dict(frozen_stages=1),
-    ),
+    'MaskRCNN DS-Net-S+FPN frozen_stages=1': (DS_FPN, {'model.backbone.frozen_stages': 1}),
 }
+MODES = ('eval', 'train')
+# Detector training precisions: fp32, or AMP as --amp trains (fp16 autocast, loss scaling).
+DET_PRECISIONS = ('fp32', 'amp')
 
 
-def sync(device):
-    """Wait for the work queued on a GPU, so that a timing covers it."""
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-
-
+@dataclass(eq=False)
 class Case:
-    """One timed thing: builds its model lazily and runs one step."""
+    """One timed entry: builds its state on first use and runs one step per call.
 
-    def __init__(self, group, name, setting, build, step):
-        self.group, self.name, self.setting = group, name, setting
-        self.build, self.step = build, step
-        self.state = None
-        self.times: List[float] = []
-        self.memory_mb = None
-        self.saved_mb = None  # activations kept for backward (train cases)
+    ``build(device)`` returns the state ``step(state)`` runs on. ``batch``:
+    images per step, reported as images/s (None: no rate). ``measures_saved``:
+    the state starts with (model, inputs), whose saved activations are counted.
+    """
+
+    group: str
+    name: str
+    setting: str
+    build: Callable[[torch.device], tuple]
+    step: Callable[[tuple], None]
+    batch: Optional[int] = None
+    measures_saved: bool = False
+    state: Optional[tuple] = field(default=None, repr=False)
+    times: List[float] = field(default_factory=list)
+    memory_mb: Optional[float] = None
+    saved_mb: Optional[float] = None  # activations kept for backward (train cases)
 
     def prepare(self, device):
         if self.state is None:
@@ -128,87 +133,87 @@ class Case:
         sync(device)
         return time.perf_counter() - start
 
+    def measure_saved(self, device):
+        self.prepare(device)
+        return saved_activations_mb(*self.state[:2])
 
-def backbone_case(name, setting, mode):
+    def result(self) -> dict:
+        """The case's entry in the report."""
+        median = statistics.median(self.times)
+        entry = dict(
+            group=self.group,
+            name=self.name,
+            median_s=median,
+            times_s=self.times,
+            peak_memory_mb=self.memory_mb,
+            saved_activations_mb=self.saved_mb,
+        )
+        if self.batch is not None:
+            entry['images_per_s'] = self.batch / median
+        return entry
+
+
+def backbone_build(name, setting, train):
+    """A builder of backbone ``name`` in train or eval mode with a random batch of ``setting``."""
     batch, height, width = parse_setting(setting)
 
     def build(device):
         model = BACKBONES[name]().to(device)
-        model.train(mode == 'train')
-        return model, torch.randn(batch, 3, height, width, device=device), device
+        model.train(train)  # not chained: mmdet's ResNet.train() returns None
+        return model, torch.randn(batch, 3, height, width, device=device)
 
-    def step(state):
-        model, x, device = state
-        if mode == 'eval':
-            with torch.no_grad():
-                model(x)
-        else:
-            model.zero_grad(set_to_none=True)
-            sum(o.float().sum() for o in model(x)).backward()
-
-    case = Case(f'backbone {setting} {mode}', name, setting, build, step)
-    if mode == 'train':
-
-        def measure_saved(device):
-            case.prepare(device)
-            return saved_activations_mb(*case.state[:2])
-
-        case.measure_saved = measure_saved
-    return case
+    return build
 
 
-def detector_case(name, mode, precision='fp32', size='800x1333'):
+def backbone_case(name, setting, mode):
+    """Inference, or forward and backward of the summed outputs, of a backbone."""
+    train = mode == 'train'
+    build = backbone_build(name, setting, train)
+    return Case(
+        f'backbone {setting} {mode}',
+        name,
+        setting,
+        build,
+        lambda state: backbone_step(*state, train=train),
+        measures_saved=train,
+    )
+
+
+def detector_case(name, mode, precision='fp32', size='800x1333', config_dir=None):
     """One Mask R-CNN step on 2 images of ``size``: a training iteration
-    (forward, backward, AdamW step) or inference. ``precision='amp'`` runs
-    forward and loss under fp16 autocast with a dynamic loss scaler, as
-    ``--amp`` (mmengine's AmpOptimWrapper) does."""
+    (forward, backward, AdamW step; ``precision='amp'`` as ``--amp`` trains)
+    or inference. ``config_dir``: where ``mmdsnet::`` configs are found."""
     height, width = (int(v) for v in size.split('x'))
     amp = precision == 'amp'
 
     def build(device):
-        model = build_detector(*DETECTORS[name]).to(device)
+        model = build_detector(*DETECTORS[name], config_dir=config_dir).to(device)
         model.train(mode == 'train')
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == 'train' else None
-        scaler = torch.amp.GradScaler(device.type, enabled=amp) if mode == 'train' else None
-        return model, detector_batch(model, device, height, width), optimizer, scaler, device
+        data = detector_batch(model, device, height, width)
+        if mode != 'train':
+            return model, data
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        return model, data, optimizer, torch.amp.GradScaler(device.type, enabled=amp)
 
     def step(state):
-        model, data, optimizer, scaler, device = state
-        autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp)
         if mode == 'train':
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss, _ = model.parse_losses(model(**data, mode='loss'))
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            detector_iteration(*state, amp=amp)
         else:
-            with torch.no_grad(), autocast:
-                model(**data, mode='predict')
+            with torch.no_grad():
+                state[0](**state[1], mode='predict')
 
-    case = Case(f'Mask R-CNN 2x{size} {mode} {precision}', name, f'{size} b2', build, step)
-    case.batch = 2
-    return case
+    return Case(f'Mask R-CNN 2x{size} {mode} {precision}', name, f'{size} b2', build, step, 2)
 
 
 def throughput_case(name, precision, setting='224 b64'):
     """Inference images/s of a backbone, fp32 or under bf16/fp16 autocast."""
-    batch, height, width = parse_setting(setting)
-    dtype = PRECISIONS[precision]
-
-    def build(device):
-        model = BACKBONES[name]().to(device)
-        model.eval()  # not chained: mmdet's ResNet.train() returns None
-        return model, torch.randn(batch, 3, height, width, device=device), device
+    batch = parse_setting(setting)[0]
+    build = backbone_build(name, setting, train=False)
 
     def step(state):
-        model, x, device = state
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            model(x)
+        backbone_step(*state, precision=precision)
 
-    case = Case(f'throughput {setting} {precision}', name, setting, build, step)
-    case.batch = batch
-    return case
+    return Case(f'throughput {setting} {precision}', name, setting, build, step, batch)
 
 
 def make_cases(
@@ -216,18 +221,15 @@ def make_cases(
     device,
     names,
     settings,
-    modes=('eval', 'train'),
+    modes=MODES,
     detectors=DETECTORS,
-    precisions=('fp32', 'bf16', 'fp16'),
+    precisions=tuple(PRECISIONS),
     det_precisions=('fp32',),
     det_size='800x1333',
     throughput_setting='224 b64',
+    config_dir=None,
 ):
-    """The cases of the chosen suites, in the order they are grouped and run.
-
-    The benchmark tool leaves ``throughput`` out on a CPU unless
-    ``--throughput-setting`` is given (the gpu-check's CPU mode gives a small one).
-    """
+    """The cases of the chosen suites, in the order they are grouped and run."""
     cases = []
     if 'backbone' in suites:
         for setting in settings:
@@ -237,12 +239,143 @@ def make_cases(
         for mode in sorted(modes, reverse=True):  # train first
             # inference in fp32 only, as tools/test.py runs it
             for precision in det_precisions if mode == 'train' else ['fp32']:
-                cases += [detector_case(n, mode, precision, det_size) for n in detectors]
+                cases += [
+                    detector_case(n, mode, precision, det_size, config_dir) for n in detectors
+                ]
     if 'throughput' in suites:
         for precision in precisions:
             cases += [
                 throughput_case(n, precision, throughput_setting)
                 for n in names
-                if n != 'DS-Net-S unfused'
+                if n not in NOT_IN_THROUGHPUT
             ]
     return cases
+
+
+def select_cases(
+    device,
+    *,
+    suites,
+    backbones,
+    settings,
+    modes,
+    detectors,
+    precisions,
+    det_precisions,
+    det_size,
+    throughput_setting=None,
+    config_dir=None,
+) -> List[Case]:
+    """The cases of a selection given as the tool's comma-separated choices.
+
+    Raises ValueError naming what was wrong and what is accepted. On a CPU the
+    ``throughput`` suite runs only when ``throughput_setting`` is given.
+    """
+    names = split_choices(backbones, 'backbones', BACKBONES, allow_empty=True)
+    chosen_detectors = split_choices(detectors, 'detectors', DETECTORS, allow_empty=True)
+    chosen_modes = split_choices(modes, 'modes', MODES)
+    chosen_settings = [s for s in settings.split(',') if s]
+    for setting in chosen_settings + [throughput_setting or '224 b64']:
+        parse_setting(setting)
+    chosen_precisions = split_choices(precisions, 'precisions', PRECISIONS)
+    chosen_det_precisions = split_choices(det_precisions, 'detector precisions', DET_PRECISIONS)
+    if len(det_size.split('x')) != 2 or not det_size.replace('x', '').isdigit():
+        raise ValueError(f"--det-size {det_size!r} is not 'HxW' (e.g. 800x1333)")
+    chosen_suites = set(suites.split(','))
+    if device.type == 'cpu' and throughput_setting is None:
+        chosen_suites.discard('throughput')
+    cases = make_cases(
+        chosen_suites, device, names, chosen_settings, chosen_modes, chosen_detectors,
+        chosen_precisions, chosen_det_precisions, det_size, throughput_setting or '224 b64',
+        config_dir,
+    )  # fmt: skip
+    if not cases:
+        raise ValueError(
+            f'nothing to run for suites {suites!r} on {device.type} '
+            '(throughput on a CPU needs --throughput-setting)'
+        )
+    return cases
+
+
+def run_group(members, device, trials, warmup, trim_heap=True, memory_command=None):
+    """Measure one group of cases: the peak memory of each alone (unless
+    ``memory_command`` is None; on the CPU ``memory_command(case)`` runs it in a
+    fresh process, see :func:`peak_memory_mb`), then per case ``warmup`` runs
+    and its saved activations, then ``trials`` trials interleaved, one run of
+    each case in turn. The models are freed afterwards."""
+    if memory_command is not None:
+        for case in members:
+            case.memory_mb = peak_memory_mb(case, device, memory_command(case))
+    for case in members:
+        for _ in range(warmup):
+            if trim_heap:
+                release_free_heap(device)
+            case.run_once(device)
+        if case.measures_saved:
+            case.saved_mb = case.measure_saved(device)
+    for _ in range(trials):
+        for case in members:
+            if trim_heap:
+                release_free_heap(device)
+            case.times.append(case.run_once(device))
+    for case in members:
+        case.state = None  # free the model before the next group
+
+
+def _value(key, scale=1.0):
+    return lambda entry, first: float('nan') if entry[key] is None else entry[key] * scale
+
+
+def _ratio(key):
+    return lambda entry, first: (
+        entry[key] / first[key] if entry[key] is not None and first[key] else float('nan')
+    )
+
+
+# The printed table after the model's name: (header, format, value of an entry
+# given the group's first entry, key the first entry must hold for the column
+# to be shown: None shows it always).
+COLUMNS = (
+    ('median ms', '9.1f', _value('median_s', 1e3), None),
+    ('x time', '6.2f', _ratio('median_s'), None),
+    ('peak MB', '7.0f', _value('peak_memory_mb'), None),
+    ('x mem', '5.2f', _ratio('peak_memory_mb'), None),
+    ('saved MB', '8.0f', _value('saved_activations_mb'), 'saved_activations_mb'),
+    ('x saved', '7.2f', _ratio('saved_activations_mb'), 'saved_activations_mb'),
+    ('img/s', '5.0f', _value('images_per_s'), 'images_per_s'),
+)
+
+
+def format_group(group: str, members: List[Case]) -> str:
+    """The group's table, ratios to its first entry."""
+    entries = [case.result() for case in members]
+    first = entries[0]
+    columns = [c for c in COLUMNS if c[3] is None or first.get(c[3]) is not None]
+    widths = [int(fmt.split('.')[0]) for _, fmt, _, _ in columns]
+    lines = [
+        f'\n{group} (ratios to {first["name"]})',
+        f'| {"model":30s} |' + ''.join(f' {c[0]:>{w}} |' for c, w in zip(columns, widths)),
+        '|' + '-' * 32 + '|' + ''.join('-' * (w + 2) + '|' for w in widths),
+    ]
+    for entry in entries:
+        values = ''.join(f' {value(entry, first):{fmt}} |' for _, fmt, value, _ in columns)
+        lines.append(f'| {entry["name"]:30s} |' + values)
+    return '\n'.join(lines)
+
+
+def report(cases: List[Case], device, trials: int, warmup: int, heap_trimmed: bool) -> dict:
+    """The run's report: the machine, the settings and the entries measured so far."""
+    machine = (
+        torch.cuda.get_device_name()
+        if device.type == 'cuda'
+        else f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads'
+    )
+    return dict(
+        machine=machine,
+        torch=torch.__version__,
+        trials=trials,
+        warmup=warmup,
+        heap_trimmed=heap_trimmed,
+        date=time.strftime('%Y-%m-%d'),
+        results=[c.result() for c in cases if c.times],
+    )

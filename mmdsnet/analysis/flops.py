@@ -18,6 +18,8 @@ import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import get_shape
 
+from ..models.layers import DSBlock
+
 
 def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     """MACs of one scaled_dot_product_attention call (softmax not counted)."""
@@ -47,8 +49,6 @@ def count_flops(
 def commuted_conv_macs(model: nn.Module, inputs: Union[torch.Tensor, Tuple[Any, ...]]) -> int:
     """MACs that the DS-Blocks of ``model`` save on ``inputs`` by applying the
     global halves of conv1 and conv2 per grid cell instead of per pixel."""
-    from mmdsnet.models.layers import DSBlock
-
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
     saved = 0

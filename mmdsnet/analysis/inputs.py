@@ -1,6 +1,21 @@
-"""Inputs the measuring tools share: input settings and a Mask R-CNN with a batch."""
+"""Inputs the measuring tools share: input settings, precisions, and a Mask R-CNN
+with a batch, built from a config of mmdet or of this package."""
 
-from typing import Optional
+import os.path as osp
+from typing import Optional, Sequence
+
+import torch
+from mmdet.registry import MODELS
+from mmdet.testing import demo_mm_inputs
+from mmengine.registry import init_default_scope
+
+from ..utils import load_config_file
+
+#: The precisions every tool accepts: the autocast dtype (None: fp32, no autocast).
+PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+#: Configs of this package, resolved from the installed package (``.mim/configs``)
+#: or from the ``config_dir`` a caller gives (a source checkout's ``configs/``).
+PACKAGE_PREFIX = 'mmdsnet::'
 
 
 def parse_setting(setting: str) -> tuple:
@@ -17,24 +32,40 @@ def parse_setting(setting: str) -> tuple:
         ) from None
 
 
-def build_detector(config: str, backbone_overrides: Optional[dict] = None):
-    """The config's detector (a path or an ``mmdet::`` name) without backbone weights."""
-    from mmdet.registry import MODELS
-    from mmengine.registry import init_default_scope
+def split_choices(text: str, kind: str, accepted: Sequence[str], allow_empty=False) -> list:
+    """The comma-separated names of ``text``, each one of ``accepted``; ValueError otherwise."""
+    names = [n for n in text.split(',') if n]
+    unknown = [n for n in names if n not in accepted]
+    if unknown or not (names or allow_empty):
+        raise ValueError(f'unknown {kind} {unknown or names}; choose from {list(accepted)}')
+    return names
 
-    from mmdsnet.utils import load_config_file
 
+def autocast(device_type: str, precision: str):
+    """torch.autocast to ``precision``'s dtype, or a disabled one for fp32."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+
+
+def build_detector(config: str, options: Optional[dict] = None, config_dir: Optional[str] = None):
+    """The detector of ``config`` without backbone weights.
+
+    ``config`` is a path, an ``mmdet::`` name, or an ``mmdsnet::`` name, looked
+    up in ``config_dir`` when given (else in the installed package's configs).
+    ``options`` are merged as ``--cfg-options`` are (``{'model.backbone.with_cp': True}``).
+    """
+    if config_dir and config.startswith(PACKAGE_PREFIX):
+        config = osp.join(config_dir, config[len(PACKAGE_PREFIX) :])
     init_default_scope('mmdet')
     cfg = load_config_file(config)
-    cfg.model.backbone.update(init_cfg=None, **(backbone_overrides or {}))
+    cfg.model.backbone.init_cfg = None
+    cfg.merge_from_dict(options or {})
     return MODELS.build(cfg.model)
 
 
 def detector_batch(model, device, height: int = 800, width: int = 1333) -> dict:
     """Two images of ``height`` x ``width`` with 8 boxes and masks each, preprocessed
     by the model and moved to ``device``: the arguments of ``model(**batch)``."""
-    from mmdet.testing import demo_mm_inputs
-
     packed = demo_mm_inputs(
         2, [[3, height, width]] * 2, num_items=[8, 8], num_classes=80, with_mask=True
     )

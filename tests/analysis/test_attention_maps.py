@@ -1,5 +1,5 @@
 """Attention maps on request, recorded from outside the model:
-mmdsnet.analysis.attention and tools/analysis_tools/visualize_attention.py."""
+mmdsnet.analysis.attention_maps and tools/analysis_tools/visualize_attention.py."""
 
 import math
 import os
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from helpers import REPO_ROOT, load_tool
 
-from mmdsnet.analysis.attention import (
+from mmdsnet.analysis.attention_maps import (
     attention_targets,
     record_backbone_attention,
     record_block_attention,
@@ -243,7 +243,7 @@ def test_attention_targets_are_indices_from_zero(choice, targets):
 
 def test_attention_targets_in_the_command_line_spelling():
     """Numbers from 1, the options' names in the messages, no None."""
-    from mmdsnet.analysis.attention import TargetNames
+    from mmdsnet.analysis.attention_maps import TargetNames
 
     model = random_dsnet()
     names = TargetNames('--stage', '--block', '--ratio-block', first=1, takes_none=False)

@@ -10,7 +10,6 @@ NCCL ``tools/dist_train.sh --amp`` run. ``make gpu-check`` runs them with
 import os
 import os.path as osp
 import re
-import runpy
 import subprocess
 import sys
 
@@ -19,7 +18,7 @@ import torch
 from helpers import REPO_ROOT, free_port
 from torch.nn.attention import sdpa_kernel
 
-from mmdsnet.analysis.sdpa import FUSED_BACKENDS, attention_backends
+from mmdsnet.analysis.attention_backends import FUSED_BACKENDS, describe_sdpa_calls
 from mmdsnet.models import DSFPN, DSNet
 from mmdsnet.models.layers.fused_attention import attention, choose_plan, sdpa
 
@@ -81,7 +80,7 @@ def test_every_attention_runs_on_a_fused_kernel(arch, setting, precision):
         outs = model(x)
         sum(o.float().mean() for o in outs).backward()
     model.eval()
-    calls = attention_backends(model, x, None if precision == 'fp32' else dtype)
+    calls = describe_sdpa_calls(model, x, None if precision == 'fp32' else dtype)
     # DS-Net's own choice (mmdsnet.models.layers.fused_attention): no cuDNN, no math
     expected = 'efficient' if precision == 'fp32' else 'flash'
     assert calls and {c['backend'] for c in calls} == {expected}
@@ -212,8 +211,11 @@ def test_mmcv_cuda_ops_match_the_cpu():
     from mmcv.ops import batched_nms, sigmoid_focal_loss
     from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss
 
-    build_env = runpy.run_path(osp.join(REPO_ROOT, 'tools/install/cuda_build_env.py'))
-    assert 'verified' in build_env['verify_ops']('cuda')
+    verify = subprocess.run(
+        [sys.executable, 'tools/install/cuda_build_env.py', '--verify-ops', 'cuda'],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert verify.returncode == 0 and 'verified' in verify.stdout, verify.stderr
     gen = torch.Generator().manual_seed(0)
     xy = torch.rand(3000, 2, generator=gen) * 500
     boxes = torch.cat([xy, xy + 10 + torch.rand(3000, 2, generator=gen) * 80], 1)

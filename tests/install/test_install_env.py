@@ -725,9 +725,13 @@ class FakeVenv:
         )
         self.stamp = venv / '.mmdsnet-install-stamp'
 
-    def run(self, **env):
+    def run(self, *args, **env):
         proc = subprocess.run(
-            ['bash', SCRIPT], env={**self.env, **env}, capture_output=True, text=True, timeout=120
+            ['bash', SCRIPT, *args],
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         self.log = (self.dir / 'log').read_text() if (self.dir / 'log').exists() else ''
         return proc
@@ -891,3 +895,34 @@ def test_install_env_sh_system_torch_drops_torch_pins(tmp_path):
 
     refused = FakeVenv(tmp_path / 'plain', cpu, system_site=False).run(USE_SYSTEM_TORCH='1')
     assert refused.returncode == 2 and 'without --system-site-packages' in refused.stderr
+
+
+@pytest.mark.integration
+def test_install_env_sh_mmcv_builds_only_mmcv_for_the_given_python(tmp_path):
+    """make gpu-check's source build: the patched sdist for PYTHON as it is, without a venv,
+    requirements, mmdsnet or stamp; no nvcc is provisioned for it."""
+    cpu = machine(
+        torch_version='2.13.0+cpu',
+        torch_cuda=None,
+        gpus=(),
+        nvcc=None,
+        nvcc_version=None,
+        nvcc_arches=None,
+    )
+    fake = FakeVenv(tmp_path, cpu)
+    no_venv = tmp_path / 'no-venv'
+    proc = fake.run('mmcv', PYTHON=fake.env['VENV'] + '/bin/python', VENV=str(no_venv))
+    assert proc.returncode == 0, proc.stderr
+    (build,) = fake.builds()
+    assert build.endswith('FORCE_CUDA=0 ARCH= MAX_JOBS=2 STD=c++20 CUDA_HOME=')
+    assert not fake.calls('REQ ') and not fake.calls(' -e .') and not fake.calls('CALL - ')
+    assert not no_venv.exists() and not fake.stamp.exists()
+    assert proc.stdout.rstrip().endswith('[install] mmcv 2.1.0 done')
+
+    provision = FakeVenv(tmp_path / 'cuda', cuda13_machine())
+    proc = provision.run('mmcv', FORCE_CUDA='1', PYTHON=provision.env['VENV'] + '/bin/python')
+    assert proc.returncode == 2 and 'builds with an installed nvcc only' in proc.stderr
+    assert not provision.calls('install cuda-toolkit[') and not provision.builds()
+
+    usage = fake.run('everything')
+    assert usage.returncode == 2 and 'usage:' in usage.stderr

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from mmdsnet.analysis.sdpa import attention_backends, backend_of_call
+from mmdsnet.analysis.attention_backends import backend_of_call, describe_sdpa_calls
 from mmdsnet.models import DSNet
 from mmdsnet.models.layers.fused_attention import cuda_sdpa_backends
 
@@ -24,7 +24,7 @@ CASES = [('tiny', 224, 224), ('small', 224, 224), ('base', 224, 224), ('tiny', 8
 def test_every_attention_call_has_a_fused_kernel_layout(arch, height, width):
     model = DSNet(arch, drop_path_rate=0.0)
     model.eval()
-    calls = attention_backends(model, torch.randn(1, 3, height, width), with_eligibility=False)
+    calls = describe_sdpa_calls(model, torch.randn(1, 3, height, width), with_eligibility=False)
     blocks = sum(model.arch_settings[arch]['depths'])
     assert len(calls) == 3 * blocks
     for call in calls:
@@ -47,7 +47,7 @@ def test_the_recorder_sees_a_layout_that_falls_back_to_math():
         def forward(self, x):
             return F.scaled_dot_product_attention(x, x, x)
 
-    calls = attention_backends(torch.nn.Sequential(StridedAttention()), q)
+    calls = describe_sdpa_calls(torch.nn.Sequential(StridedAttention()), q)
     assert [(c['module'], c['backend'], c['last_dim_contiguous']) for c in calls] == [
         ('0', 'math', False)
     ]

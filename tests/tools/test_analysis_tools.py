@@ -119,16 +119,16 @@ def test_profile_backbone_under_autocast_writes_its_table(tmp_path):
 
 
 def test_attention_kernels_shapes_follow_the_architecture():
+    from mmdsnet.analysis import attention_shapes
+
     tool = load_tool('tools/analysis_tools/attention_kernels.py')
-    shapes = tool.attention_shapes('small', 800, 1344)
+    shapes = attention_shapes('small', 800, 1344)
     # Stage 1: 200x336 local tokens against the 25x42 global grid, one head of 32;
     # stage 4 shrinks its 25x42 map by 2 again, to 12x21.
     assert (0, 'local q, global kv', 1, 67200, 1050, 32) in shapes
     assert (3, 'global q, local kv', 8, 252, 1050, 32) in shapes
     # Sizes that are not multiples of 32 are padded up, as the backbone does.
-    assert (0, 'local q, global kv', 1, 28 * 35, 3 * 4, 32) in tool.attention_shapes(
-        'tiny', 112, 137
-    )
+    assert (0, 'local q, global kv', 1, 28 * 35, 3 * 4, 32) in attention_shapes('tiny', 112, 137)
     rows = tool.main(
         ['--arch', 'tiny', '--shape', '64', '64', '--kernels', 'flash', 'math', '--trials', '1']
     )
@@ -173,8 +173,8 @@ def test_benchmark_builds_every_detector():
     from mmdsnet.analysis.benchmark import DETECTORS
     from mmdsnet.analysis.inputs import build_detector
 
-    for name, (config, overrides) in DETECTORS.items():
-        model = build_detector(config, overrides)
+    for name, (config, options) in DETECTORS.items():
+        model = build_detector(config, options, config_dir=osp.join(REPO_ROOT, 'configs'))
         depth = getattr(model.backbone, 'depth', None)
         assert (depth == 50) == name.startswith('MaskRCNN R-50'), name
         assert getattr(model.backbone, 'with_cp', False) == ('with_cp' in name), name
@@ -211,3 +211,49 @@ def test_benchmark_modes_select_detector_groups():
         'Mask R-CNN 2x64x96 train amp',
         'Mask R-CNN 2x64x96 eval fp32',
     ]
+
+
+def test_benchmark_table_shows_the_columns_its_first_entry_has():
+    """Saved activations and images/s are columns only where the group's first
+    entry measures them; a missing memory figure reads nan, not a crash."""
+    from mmdsnet.analysis.benchmark import Case, format_group
+
+    def case(name, times, batch=None, memory=None, saved=None):
+        made = Case('g', name, '64 b1', build=None, step=None, batch=batch)
+        made.times, made.memory_mb, made.saved_mb = times, memory, saved
+        return made
+
+    lines = format_group('g', [case('a', [0.1, 0.3, 0.2], memory=10.0, saved=4.0),
+                               case('b', [0.4], memory=5.0, saved=1.0)]).splitlines()  # fmt: skip
+    assert lines[1:] == [
+        'g (ratios to a)',
+        '| model                          | median ms | x time | peak MB | x mem | saved MB | x saved |',  # noqa: E501
+        '|--------------------------------|-----------|--------|---------|-------|----------|---------|',
+        '| a                              |     200.0 |   1.00 |      10 |  1.00 |        4 |    1.00 |',  # noqa: E501
+        '| b                              |     400.0 |   2.00 |       5 |  0.50 |        1 |    0.25 |',  # noqa: E501
+    ]  # fmt: skip
+    rated = format_group('g', [case('a', [0.5], batch=2), case('b', [0.25], batch=2)])
+    assert rated.splitlines()[2].endswith('| x mem | img/s |')
+    assert rated.splitlines()[-1].endswith('|     nan |   nan |     8 |')
+
+
+def test_benchmark_selection_names_what_is_accepted():
+    from mmdsnet.analysis.benchmark import select_cases
+
+    choices = dict(suites='backbone', backbones='DS-Net-T', settings='64 b1', modes='eval',
+                   detectors='', precisions='fp32', det_precisions='fp32',
+                   det_size='64x96')  # fmt: skip
+    cpu = torch.device('cpu')
+    assert [c.name for c in select_cases(cpu, **choices)] == ['DS-Net-T']
+    for wrong, message in [
+        (dict(backbones='DS-Net-X'), r"unknown backbones \['DS-Net-X'\]; choose from \['DS-Net-S'"),
+        (dict(modes=''), r"unknown modes \[\]; choose from \['eval', 'train'\]"),
+        (
+            dict(det_precisions='bf16'),
+            r"detector precisions \['bf16'\]; choose from \['fp32', 'amp'",
+        ),
+        (dict(settings='64'), "input setting '64' is not 'HxW bN'"),
+        (dict(det_size='64'), "--det-size '64' is not 'HxW'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            select_cases(cpu, **{**choices, **wrong})

@@ -118,6 +118,11 @@ def test_summary_draws_curves_and_passes_a_learning_run(tmp_path, capsys):
     assert f'checkpoint:     {tmp_path}/epoch_20.pth' in out
     assert '2 images' in out and 'scores >= 0.3' in out
     assert out.rstrip().endswith('PASS')
+    figures = json.loads((tmp_path / 'demo_summary.json').read_text())
+    assert figures['processes'] == 2 and figures['test']['coco/bbox_mAP'] == 0.65
+    assert figures['check'] == dict(
+        metric='coco/bbox_mAP', value=0.65, threshold=0.3, loss_falls=True, pictures=2, passed=True
+    )
 
 
 @pytest.mark.parametrize(
@@ -133,4 +138,5 @@ def test_summary_fails_a_run_without_learning_or_pictures(
 ):
     predictions = write_run(tmp_path, [0.1], losses, test_map, pictures)
     code, out = run_summary(tmp_path, predictions, capsys)
-    assert code == 1 and out.rstrip().endswith('FAIL')
+    assert code == 3 and out.rstrip().endswith('FAIL')  # ran to the end, did not learn
+    assert json.loads((tmp_path / 'demo_summary.json').read_text())['check']['passed'] is False

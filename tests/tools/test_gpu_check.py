@@ -15,6 +15,14 @@ from helpers import REPO_ROOT, load_tool
 pytestmark = pytest.mark.integration
 
 STEPS = ['install', 'env', 'tests', 'demo', 'attention', 'benchmark', 'profile']
+TOOL = osp.join(REPO_ROOT, 'tools', 'gpu_check')
+SCRIPT = osp.join(TOOL, 'gpu_check.py')
+
+
+def load_gpu_check(monkeypatch):
+    """gpu_check.py as a module, its folder on the path as when it runs (settings, summary)."""
+    monkeypatch.syspath_prepend(TOOL)
+    return load_tool('tools/gpu_check/gpu_check.py')
 
 
 @pytest.fixture(scope='module')
@@ -77,8 +85,10 @@ def test_cpu_mode_figures_reach_the_summary(cpu_run):
     assert [r['chosen'] for r in attention] == [{'flash': 27}, {'flash': 27}]
     with open(out / 'results' / 'demo.json') as f:
         demo = json.load(f)
-    assert demo['processes'] == 1 and demo['train_seconds'] > 0 and demo['test_seconds'] > 0
+    # the figures of tools/demo/demo.sh's demo_summary.json
+    assert demo['processes'] == 1 and demo['total_seconds'] > demo['train_seconds'] > 0
     assert demo['grad_stride_warnings'] == 0
+    assert demo['status'] == 'passed' and 'target' not in demo  # no mAP target on the CPU
     with open(out / 'results' / 'attention_kernels.json') as f:
         kernels = json.load(f)
     # DS-Net-T at 256x320: the stage-1 local queries are folded in 5 (132 SMs' rule)
@@ -95,7 +105,7 @@ def test_cpu_mode_figures_reach_the_summary(cpu_run):
 
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path):
-    script = osp.join(REPO_ROOT, 'tools', 'misc', 'gpu_check.py')
+    script = SCRIPT
     for args, message in (
         (['--steps', 'env,bogus'], "unknown steps ['bogus']"),
         (['--wheels', str(tmp_path / 'missing')], 'does not exist'),
@@ -108,10 +118,10 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path):
         assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-def test_a_step_past_its_limit_stops_every_process_it_started(tmp_path):
+def test_a_step_past_its_limit_stops_every_process_it_started(tmp_path, monkeypatch):
     """Also a grandchild in a session of its own, as torchrun starts its workers:
     a demo stopped at its limit must not train on while the next steps measure."""
-    gpu_check = load_tool('tools/misc/gpu_check.py')
+    gpu_check = load_gpu_check(monkeypatch)
     check = gpu_check.Check(str(tmp_path / 'out'), sys.executable, cpu=True)
     pid_file = tmp_path / 'worker.pid'
     spawn = (
@@ -140,20 +150,23 @@ def running(pid):
         return False
 
 
+def run_skipping_every_step(out):
+    """gpu_check.py with a budget of 1 s: the steps are skipped, only the summary is written."""
+    return subprocess.run(
+        [sys.executable, SCRIPT, '--out', str(out), '--cpu', '--budget', '1',
+         '--steps', 'env,demo,attention'],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def test_a_reused_out_keeps_nothing_of_the_earlier_run_and_skipped_steps_write_a_summary(
     tmp_path,
 ):
     out = tmp_path / 'out'
-    (out / 'results').mkdir(parents=True)
+    assert run_skipping_every_step(out).returncode == 1  # the first run marks OUT as its own
     (out / 'results' / 'attention_kernels.json').write_text('{"rows": []}')
     (out / 'profile_dsnet-s_maskrcnn_fp32.txt').write_text('an earlier run')
-    script = osp.join(REPO_ROOT, 'tools', 'misc', 'gpu_check.py')
-    # a budget of 1 s: the steps are skipped, the demo's warning count included
-    result = subprocess.run(
-        [sys.executable, script, '--out', str(out), '--cpu', '--budget', '1',
-         '--steps', 'env,demo,attention'],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_skipping_every_step(out)
     assert result.returncode == 1, result.stderr[-3000:]
     steps = json.loads((out / 'steps.json').read_text())
     assert [(s['step'], s['status']) for s in steps] == [
@@ -164,3 +177,66 @@ def test_a_reused_out_keeps_nothing_of_the_earlier_run_and_skipped_steps_write_a
     assert not (out / 'results' / 'attention_kernels.json').exists()
     assert not (out / 'profile_dsnet-s_maskrcnn_fp32.txt').exists()
     assert '## Demo' in (out / 'summary.md').read_text()
+
+
+def test_out_without_the_marker_is_refused_and_left_as_it_is(tmp_path):
+    """--out clears only a folder an earlier gpu-check run marked as its own."""
+    out = tmp_path / 'mine'
+    (out / 'results').mkdir(parents=True)
+    (out / 'results' / 'paper.json').write_text('{}')
+    (out / 'summary.md').write_text('my notes')
+    result = run_skipping_every_step(out)
+    assert result.returncode == 2
+    assert 'holds files and is not a gpu-check output folder' in result.stderr
+    assert (out / 'results' / 'paper.json').read_text() == '{}'
+    assert (out / 'summary.md').read_text() == 'my notes'
+    assert sorted(p.name for p in out.iterdir()) == ['results', 'summary.md']
+    # an empty folder is taken and marked
+    (tmp_path / 'empty').mkdir()
+    assert run_skipping_every_step(tmp_path / 'empty').returncode == 1
+    assert (tmp_path / 'empty' / 'summary.md').is_file()
+
+
+def test_install_step_installs_the_wheels_and_builds_mmcv_only_through_install_env_sh(
+    tmp_path, monkeypatch
+):
+    gpu_check = load_gpu_check(monkeypatch)
+    wheels = tmp_path / 'wheels'
+    wheels.mkdir()
+    for name in ('setuptools-80.10.2-py3-none-any.whl', 'mmengine-0.10.7-py3-none-any.whl',
+                 'mmcv-2.1.0-cp312-cp312-linux_x86_64.whl'):  # fmt: skip
+        (wheels / name).write_bytes(b'')
+    runs = []
+
+    def install(mmcv_wheel, passes):
+        check = gpu_check.Check(str(tmp_path / 'out'), sys.executable, False, str(wheels),
+                                mmcv_wheel)  # fmt: skip
+        check.site = str(tmp_path / 'site')
+
+        def run(step, commands, limit, env=None, **kwargs):
+            runs.append((commands, limit, env))
+            check.record(step, 'passed' if passes else 'failed', 0.0)
+            return passes
+
+        check.run = run
+        check.step_install()
+        return check.records[-1]
+
+    install(None, passes=True)
+    commands, limit, env = runs[-1]
+    assert [osp.basename(c[-1]) for c in commands[:2]] == [
+        'setuptools-80.10.2-py3-none-any.whl',  # first: mmcv's build needs its pkg_resources
+        'mmengine-0.10.7-py3-none-any.whl',  # the prebuilt mmcv wheel is not taken unasked
+    ]
+    # the source build goes through the installer (its decision and patch), offline, into site
+    assert commands[2] == ['bash', 'tools/install/install_env.sh', 'mmcv']
+    assert env == dict(PIP_NO_INDEX='1', PIP_FIND_LINKS=str(wheels),
+                       PIP_TARGET=str(tmp_path / 'site'), PIP_UPGRADE='1')  # fmt: skip
+    assert limit == gpu_check.LIMITS['install_build']
+    assert commands[3][1:3] == ['tools/install/cuda_build_env.py', '--verify-ops']
+
+    wheel = str(wheels / 'mmcv-2.1.0-cp312-cp312-linux_x86_64.whl')
+    record = install(wheel, passes=False)
+    commands, limit, env = runs[-1]
+    assert commands[2][-1] == wheel and not env and limit == gpu_check.LIMITS['install']
+    assert record['note'].startswith('mmcv-2.1.0-cp312-cp312-linux_x86_64.whl does not install')

@@ -7,9 +7,9 @@
 For each architecture, input and precision (bf16/fp16 as autocast) the
 backbone runs once; every ``scaled_dot_product_attention`` call is recorded
 with its shapes, the backend PyTorch picks and the backends that would accept
-it alone (``mmdsnet.analysis.sdpa``). Prints one line per stage and attention
-(all blocks of a stage share their shapes) and the count of calls per chosen
-backend; exits with 1 if any call lands on the math backend, which
+it alone (``mmdsnet.analysis.attention_backends``). Prints one line per stage
+and attention (all blocks of a stage share their shapes) and the count of calls
+per chosen backend; exits with 1 if any call lands on the math backend, which
 materialises the attention map.
 """
 
@@ -21,13 +21,9 @@ from collections import Counter
 
 import torch
 
-from mmdsnet.analysis.inputs import parse_setting
-from mmdsnet.analysis.sdpa import attention_backends
+from mmdsnet.analysis.attention_backends import ATTENTIONS, describe_sdpa_calls
+from mmdsnet.analysis.inputs import PRECISIONS, parse_setting, split_choices
 from mmdsnet.models import DSNet
-
-PRECISIONS = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-# order of the three attentions inside a DS-Block's forward
-ATTENTIONS = ('global self', 'local q -> global kv', 'global q -> local kv')
 
 
 def describe(arch, setting, precision, device):
@@ -36,7 +32,7 @@ def describe(arch, setting, precision, device):
     model = DSNet(arch, drop_path_rate=0.0).to(device)
     model.eval()
     x = torch.randn(batch, 3, height, width, device=device)
-    calls = attention_backends(model, x, PRECISIONS[precision])
+    calls = describe_sdpa_calls(model, x, PRECISIONS[precision])
     rows = {}
     for call in calls:
         stage = int(call['module'].split('.')[1]) + 1
@@ -50,18 +46,19 @@ def describe(arch, setting, precision, device):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--archs', default='tiny,small,base')
+    parser.add_argument('--archs', default=','.join(DSNet.arch_settings))
     parser.add_argument('--settings', default='224 b1,800x1344 b1')
     parser.add_argument('--precisions', default='fp32,fp16,bf16')
     parser.add_argument('--out', default='work_dirs/attention_backends.json')
     args = parser.parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    precisions = args.precisions.split(',')
-    unknown = set(precisions) - set(PRECISIONS)
-    if unknown:
-        parser.error(f'unknown precisions {sorted(unknown)}; choose from {list(PRECISIONS)}')
+    try:
+        archs = split_choices(args.archs, 'archs', [*DSNet.arch_settings, *DSNet.arch_aliases])
+        precisions = split_choices(args.precisions, 'precisions', PRECISIONS)
+    except ValueError as error:
+        parser.error(str(error))
     report, on_math = [], 0
-    for arch in args.archs.split(','):
+    for arch in archs:
         for setting in args.settings.split(','):
             for precision in precisions:
                 calls, rows = describe(arch, setting, precision, device)

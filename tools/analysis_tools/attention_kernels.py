@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from mmdsnet.analysis.attention_backends import attention_shapes
+from mmdsnet.analysis.inputs import PRECISIONS
 from mmdsnet.models import DSNet
 from mmdsnet.models.layers.fused_attention import folded_attention, query_folds
 
@@ -32,32 +34,11 @@ KERNELS = {
     'math': SDPBackend.MATH,
     'efficient': SDPBackend.EFFICIENT_ATTENTION,
 }
-PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
-def attention_shapes(arch, height, width):
-    """(stage, name, heads, Lq, Lk, head_dims) of one block per stage.
-
-    Read off a built DSNet, so the global grids follow its ``global_resize``
-    (stage 4 shrinks its 1/32 map by 2 again) and its padding (maps are
-    ceil(size / stride)).
-    """
-    model = DSNet(arch)
-    shapes = []
-    for stage, (embed, blocks) in enumerate(zip(model.patch_embeds, model.stages)):
-        height, width = -(-height // embed.stride[0]), -(-width // embed.stride[1])
-        block = blocks[0]
-        num_local = height * width
-        grid_h, grid_w = block.global_size(height, width)
-        num_global = grid_h * grid_w
-        heads = block.num_heads
-        head_dims = embed.out_channels // 2 // heads
-        shapes += [
-            (stage, 'global self', heads, num_global, num_global, head_dims),
-            (stage, 'local q, global kv', heads, num_local, num_global, head_dims),
-            (stage, 'global q, local kv', heads, num_global, num_local, head_dims),
-        ]
-    return shapes
+def dtype_of(precision):
+    """The tensors' dtype of a precision (fp32 runs without autocast in the tools)."""
+    return PRECISIONS[precision] or torch.float32
 
 
 def time_kernel(kernel, shape, trials, device, dtype=torch.float32, folds=1):
@@ -152,7 +133,7 @@ def main(argv=None):
                     )
                     try:
                         fwd, bwd = time_kernel(
-                            kernel, shape, args.trials, device, PRECISIONS[precision], folds
+                            kernel, shape, args.trials, device, dtype_of(precision), folds
                         )
                     except RuntimeError as error:  # the kernel does not take this call
                         row['refused'] = str(error).splitlines()[0]

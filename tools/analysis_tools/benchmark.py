@@ -25,34 +25,40 @@ under bf16 and fp16 autocast; ``--det-precisions fp32,amp`` times the
 detectors in fp32 and under AMP as ``--amp`` trains (fp16 autocast, dynamic
 loss scaling); a detector training iteration is forward, backward and an
 AdamW step. ``--settings``, ``--det-size`` and ``--throughput-setting`` take
-any input size (``make gpu-check``'s CPU mode uses small ones). The models
-and cases are in mmdsnet/analysis/benchmark.py, the memory measurement in
-mmdsnet/analysis/memory.py; this tool selects, runs and reports them.
+any input size (``make gpu-check``'s CPU mode uses small ones). The models,
+cases, selection check and table are in mmdsnet/analysis/benchmark.py, the
+memory measurement in mmdsnet/analysis/memory.py; this tool parses the command
+line, runs the groups and writes the report.
 """
 
 import argparse
 import json
 import os
 import os.path as osp
-import platform
-import statistics
 import sys
-import time
 
 import torch
 
 from mmdsnet.analysis.benchmark import (
-    BACKBONE_SHAPES,
+    BACKBONE_SETTINGS,
     BACKBONES,
     DETECTORS,
-    PRECISIONS,
-    make_cases,
+    format_group,
+    report,
+    run_group,
+    select_cases,
 )
-from mmdsnet.analysis.inputs import parse_setting
-from mmdsnet.analysis.memory import measure_rss_growth_mb, peak_memory_mb, release_free_heap
+from mmdsnet.analysis.inputs import PRECISIONS
+from mmdsnet.analysis.memory import measure_rss_growth_mb
+
+# The configs beside this tool: a source checkout's, or the installed package's .mim copy.
+CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
+# The options that choose the cases (select_cases's arguments).
+SELECTION = ('suites', 'backbones', 'settings', 'modes', 'detectors', 'precisions',
+             'det_precisions', 'det_size', 'throughput_setting')  # fmt: skip
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--suites', default='backbone,detector,throughput')
     parser.add_argument(
@@ -62,14 +68,14 @@ def main(argv=None):
     )
     parser.add_argument(
         '--settings',
-        default=','.join(BACKBONE_SHAPES),
+        default=','.join(BACKBONE_SETTINGS),
         help="backbone input settings, 'HxW bN' or 'S bN' (default: "
-        + ', '.join(BACKBONE_SHAPES)
+        + ', '.join(BACKBONE_SETTINGS)
         + ')',
     )
     parser.add_argument(
         '--precisions',
-        default='fp32,bf16,fp16',
+        default=','.join(PRECISIONS),
         help='throughput suite: fp32 and/or bf16, fp16 autocast',
     )
     parser.add_argument(
@@ -99,180 +105,41 @@ def main(argv=None):
     )
     parser.add_argument('--measure-memory', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--out', default='work_dirs/benchmark.json')
-    args = parser.parse_args(argv)
+    return parser, parser.parse_args(argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, args = parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    names = [n for n in args.backbones.split(',') if n]
-    unknown = set(names) - set(BACKBONES)
-    if unknown:
-        parser.error(f'unknown backbones {sorted(unknown)}; choose from {list(BACKBONES)}')
-    detectors = [n for n in args.detectors.split(',') if n]
-    unknown = set(detectors) - set(DETECTORS)
-    if unknown:
-        parser.error(f'unknown detectors {sorted(unknown)}; choose from {list(DETECTORS)}')
-    modes = [m for m in args.modes.split(',') if m]
-    if not modes or set(modes) - {'eval', 'train'}:
-        parser.error(f'unknown modes {modes}; choose from eval, train')
-    settings = [s for s in args.settings.split(',') if s]
-    for setting in settings + [args.throughput_setting or '224 b64']:
-        try:
-            parse_setting(setting)
-        except ValueError as error:
-            parser.error(str(error))
-    precisions = [p for p in args.precisions.split(',') if p]
-    if not precisions or set(precisions) - set(PRECISIONS):
-        parser.error(f'unknown precisions {precisions}; choose from {list(PRECISIONS)}')
-    det_precisions = [p for p in args.det_precisions.split(',') if p]
-    if not det_precisions or set(det_precisions) - {'fp32', 'amp'}:
-        parser.error(f'unknown detector precisions {det_precisions}; choose from fp32, amp')
-    if len(args.det_size.split('x')) != 2 or not args.det_size.replace('x', '').isdigit():
-        parser.error(f"--det-size {args.det_size!r} is not 'HxW' (e.g. 800x1333)")
-    suites = set(args.suites.split(','))
-    if device.type == 'cpu' and args.throughput_setting is None:
-        suites.discard('throughput')
-    cases = make_cases(
-        suites,
-        device,
-        names,
-        settings,
-        modes,
-        detectors,
-        precisions,
-        det_precisions,
-        args.det_size,
-        args.throughput_setting or '224 b64',
-    )
-    if args.measure_memory is not None:  # child process of peak_memory_mb
+    try:
+        selection = {name: getattr(args, name) for name in SELECTION}
+        cases = select_cases(device, **selection, config_dir=CONFIG_DIR)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.measure_memory is not None:  # the child process of peak_memory_mb
         print(measure_rss_growth_mb(cases[args.measure_memory], device))
         return None
-    selection = [
-        '--suites',
-        ','.join(sorted(suites)),
-        '--precisions',
-        args.precisions,
-        '--det-precisions',
-        args.det_precisions,
-        '--det-size',
-        args.det_size,
-        *(['--throughput-setting', args.throughput_setting] if args.throughput_setting else []),
-        '--backbones',
-        args.backbones,
-        '--detectors',
-        args.detectors,
-        '--settings',
-        args.settings,
-        '--modes',
-        args.modes,
-    ]
 
-    if not cases:
-        parser.error(
-            f'nothing to run for suites {args.suites!r} on {device.type} '
-            '(throughput on a CPU needs --throughput-setting)'
-        )
+    def memory_command(case):
+        """This tool, as it was called, in a fresh interpreter measuring ``case`` alone."""
+        index = str(cases.index(case))
+        return [sys.executable, osp.abspath(__file__), *argv, '--measure-memory', index]
+
     groups = {}
     for case in cases:
         groups.setdefault(case.group, []).append(case)
     for group, members in groups.items():
-        if not args.no_memory:
-            for case in members:
-                case.memory_mb = peak_memory_mb(
-                    case, device, measure_memory_command(selection, cases.index(case))
-                )
-        for case in members:
-            for _ in range(args.warmup):
-                if not args.keep_heap:
-                    release_free_heap(device)
-                case.run_once(device)
-            if hasattr(case, 'measure_saved'):
-                case.saved_mb = case.measure_saved(device)
-        for _ in range(args.trials):  # interleaved: one trial of each in turn
-            for case in members:
-                if not args.keep_heap:
-                    release_free_heap(device)
-                case.times.append(case.run_once(device))
-        for case in members:
-            case.state = None  # free the model before the next group
-        print_group(group, members)
+        run_group(members, device, args.trials, args.warmup, trim_heap=not args.keep_heap,
+                  memory_command=None if args.no_memory else memory_command)  # fmt: skip
+        print(format_group(group, members), flush=True)
         # rewritten after every group: an interrupted run keeps what it measured
-        report = write_report(args, device, [c for c in cases if c.times])
-    print(f'machine: {report["machine"]}; torch {torch.__version__}; wrote {args.out}')
-    return report
-
-
-def measure_memory_command(selection, index):
-    """This tool in a fresh interpreter, measuring case ``index`` of the same
-    selection alone (``--measure-memory``, for :func:`peak_memory_mb`)."""
-    return [sys.executable, osp.abspath(__file__), *selection, '--measure-memory', str(index)]
-
-
-def write_report(args, device, done):
-    machine = (
-        torch.cuda.get_device_name()
-        if device.type == 'cuda'
-        else f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads'
-    )
-    report = dict(
-        machine=machine,
-        torch=torch.__version__,
-        trials=args.trials,
-        warmup=args.warmup,
-        heap_trimmed=not args.keep_heap,
-        date=time.strftime('%Y-%m-%d'),
-        results=[
-            dict(
-                group=c.group,
-                name=c.name,
-                median_s=statistics.median(c.times),
-                times_s=c.times,
-                peak_memory_mb=c.memory_mb,
-                saved_activations_mb=c.saved_mb,
-                **(
-                    dict(images_per_s=c.batch / statistics.median(c.times))
-                    if hasattr(c, 'batch')
-                    else {}
-                ),
-            )
-            for c in done
-        ],
-    )
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(report, f, indent=1)
-    return report
-
-
-def print_group(group, members):
-    first = members[0]
-    base_time = statistics.median(first.times)
-    with_saved = first.saved_mb is not None
-    with_rate = hasattr(first, 'batch')
-    print(f'\n{group} (ratios to {first.name})')
-    print(
-        f'| {"model":30s} | median ms | x time | peak MB | x mem |'
-        + (' saved MB | x saved |' if with_saved else '')
-        + (' img/s |' if with_rate else '')
-    )
-    print(
-        '|'
-        + '-' * 32
-        + '|-----------|--------|---------|-------|'
-        + ('----------|---------|' if with_saved else '')
-        + ('-------|' if with_rate else '')
-    )
-    for case in members:
-        median = statistics.median(case.times)
-        memory = case.memory_mb if case.memory_mb is not None else float('nan')
-        ratio_mem = memory / first.memory_mb if first.memory_mb else float('nan')
-        line = (
-            f'| {case.name:30s} | {median * 1e3:9.1f} | {median / base_time:6.2f} | '
-            f'{memory:7.0f} | {ratio_mem:5.2f} |'
-        )
-        if with_saved:
-            line += f' {case.saved_mb:8.0f} | {case.saved_mb / first.saved_mb:7.2f} |'
-        if with_rate:
-            line += f' {case.batch / median:5.0f} |'
-        print(line)
-    sys.stdout.flush()
+        result = report(cases, device, args.trials, args.warmup, not args.keep_heap)
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+        with open(args.out, 'w') as f:
+            json.dump(result, f, indent=1)
+    print(f'machine: {result["machine"]}; torch {torch.__version__}; wrote {args.out}')
+    return result
 
 
 if __name__ == '__main__':

@@ -19,7 +19,8 @@ import os.path as osp
 
 import torch
 from mmengine.config import DictAction
-from mmengine.registry import DefaultScope, init_default_scope
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import MODELS, DefaultScope, init_default_scope
 
 # importing mmdsnet registers the models
 from mmdsnet.analysis import commuted_conv_macs, count_flops, parameter_count
@@ -49,6 +50,7 @@ def data_samples_for(scope, height, width):
         batch_input_shape=shape,
         scale_factor=(1.0, 1.0),
     )
+    # from the framework the config's scope names: the other may not be installed
     if scope == 'mmdet':
         from mmdet.structures import DetDataSample
 
@@ -59,14 +61,10 @@ def data_samples_for(scope, height, width):
 
 
 def analyse(cfg, shape):
-    from mmengine.registry import MODELS
-
     scope = cfg.get('default_scope', 'mmdet')
     init_default_scope(scope)
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
-    from mmengine.model import revert_sync_batchnorm
-
     model = revert_sync_batchnorm(model).eval()
     height, width = shape or DEFAULT_SHAPES[scope]
     inputs = torch.randn(1, 3, height, width)

@@ -25,12 +25,17 @@ import argparse
 import os
 import os.path as osp
 
+import matplotlib
+import mmcv
 import numpy as np
 import torch
+from matplotlib.patches import Rectangle
 from mmengine.config import Config, DictAction
+from mmengine.logging import MMLogger
+from mmengine.model import revert_sync_batchnorm
 
 # importing mmdsnet registers the models
-from mmdsnet.analysis.attention import TargetNames, attention_targets, record_attention_targets
+from mmdsnet.analysis.attention_maps import TargetNames, attention_targets, record_attention_targets
 from mmdsnet.checkpoint import is_url
 from mmdsnet.models import DSNet
 from mmdsnet.models.backbones.pretrained import load_pretrained_dsnet
@@ -80,9 +85,6 @@ def test_resize(cfg):
 
 def build_backbone(cfg, config_name: str, checkpoint: str) -> DSNet:
     """The config's DSNet in eval mode with ``checkpoint``'s weights (or random ones)."""
-    from mmengine.logging import MMLogger
-    from mmengine.model import revert_sync_batchnorm
-
     kwargs = dsnet_config(cfg, config_name)
     kwargs['init_cfg'] = None  # weights come from CHECKPOINT, not the config
     model = DSNet(**kwargs)
@@ -106,8 +108,6 @@ def build_backbone(cfg, config_name: str, checkpoint: str) -> DSNet:
 def prepare_image(cfg, path: str, size):
     """(original RGB image, network input (1, 3, h, w)) with the config's resize and
     normalisation (``model.data_preprocessor``)."""
-    import mmcv
-
     if not osp.isfile(path):
         raise SystemExit(f'image not found: {path}')
     image = mmcv.imread(path, channel_order='rgb')
@@ -157,8 +157,7 @@ class AttentionFigures:
     """Draws one image's ``BackboneAttention`` with matplotlib."""
 
     def __init__(self, image: np.ndarray, result, head=None, cmap='inferno', dpi=80):
-        import matplotlib
-
+        # pyplot only after the file backend is chosen (no display needed)
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
 
@@ -189,8 +188,6 @@ class AttentionFigures:
         self.plt.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
 
     def _mark_token(self, ax, index):
-        from matplotlib.patches import Rectangle
-
         x0, y0, w, h = self.result.token_cell(index)
         ax.add_patch(
             Rectangle(

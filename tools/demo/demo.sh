@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # The main job on embedded data (`make demo`, `make demo TASK=seg`):
+#
+#     tools/demo/demo.sh [det|seg] [tools/train.py arguments, e.g. --amp --cfg-options k=v]
+#
 # generate the synthetic dataset, train with tools/dist_train.sh on 2 CPU
 # processes (or one process per GPU), evaluate with tools/test.py drawing every
 # validation image (ground truth beside prediction), draw the training curves,
@@ -15,10 +18,12 @@
 #      NPROC   processes (default: one per GPU, else 2)
 #      PORT    port of the process group (default on one node: a free one)
 #      WORK_DIR a fresh work dir instead of the timestamped one (must not hold files)
+# Exit code: 3 when the run ended but shows no learning (tools/demo/demo_summary.py).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 TASK="${1:-det}"
+[ $# -gt 0 ] && shift  # the rest goes to tools/dist_train.sh (make gpu-check: --amp, --cfg-options)
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 # tools/dist_train.sh picks its interpreter from PYTHON too: the same one.
 export PYTHON="$PY"
@@ -75,7 +80,7 @@ start=$(date +%s)
 "$PY" tools/demo/make_demo_data.py --out data/demo
 echo "[demo] training $CONFIG in $NPROC processes; console: progress only," \
     "everything in $WORK_DIR/train_console.log"
-bash tools/dist_train.sh "$CONFIG" "$NPROC" --work-dir "$WORK_DIR" 2>&1 \
+bash tools/dist_train.sh "$CONFIG" "$NPROC" --work-dir "$WORK_DIR" "$@" 2>&1 \
     | tee "$WORK_DIR/train_console.log" \
     | "$PY" tools/demo/demo_console.py --full-log "$WORK_DIR/train_console.log"
 trained=$(date +%s)

@@ -8,8 +8,10 @@ and learning rate per iteration, the validation metrics per evaluation) and
 draws them with matplotlib into ``WORK_DIR/pictures/training_curves.png``;
 reads the metrics of the tools/test.py run, and prints the loss at the start
 and end of training, the test metrics, the time, and the paths of the work
-dir, checkpoint, logs and pictures. Exits non-zero when the run shows no
-learning (the loss did not fall, or the metric is below the demo's threshold).
+dir, checkpoint, logs and pictures. The figures also go to
+``WORK_DIR/demo_summary.json`` (what `make gpu-check` reads). Exits with 3 when
+the run shows no learning (the loss did not fall, the metric is below the demo's
+threshold or no picture was drawn), with 1 when the run's files are missing.
 """
 
 import argparse
@@ -41,6 +43,8 @@ GOOD_RESULT = {
         '(triangle corners come out rounded)'
     ),
 }
+# Exit code of a run that ended but shows no learning (1 is left to missing files).
+NO_LEARNING = 3
 # mmengine names each run's log folder by its start time.
 TIMESTAMP = re.compile(r'^\d{8}_\d{6}$')
 
@@ -245,7 +249,17 @@ def main(argv=None):
         f'loss falls: {last < first}, pictures drawn: {bool(predictions)} -> '
         f'{"PASS" if ok else "FAIL"}'
     )
-    sys.exit(0 if ok else 1)
+    figures = dict(
+        task=args.task, processes=args.nproc, train_seconds=args.train_seconds,
+        total_seconds=args.total_seconds, loss_first=first, loss_last=last,
+        test={k: v for k, v in metrics.items() if k not in ('step', 'time', 'data_time')},
+        check=dict(metric=key, value=metrics.get(key), threshold=threshold,
+                   loss_falls=last < first, pictures=len(predictions), passed=ok),
+        checkpoint=checkpoint,
+    )  # fmt: skip
+    with open(osp.join(work_dir, 'demo_summary.json'), 'w') as f:
+        json.dump(figures, f, indent=1)
+    sys.exit(0 if ok else NO_LEARNING)
 
 
 if __name__ == '__main__':

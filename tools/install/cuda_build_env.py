@@ -21,12 +21,9 @@ import subprocess
 import sys
 import tempfile
 
-# The decision lives beside this script; put its folder on the path also when this file is run
-# through runpy.run_path (install_env.sh's import check), which does not do that itself.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-from mmcv_build_plan import (  # noqa: E402
+# The decision lives beside this script (its folder is on the path when it runs; install_env.sh's
+# import check puts it there, and the tests load mmcv_build_plan first).
+from mmcv_build_plan import (
     CUDA,
     BuildCheckError,
     Gpu,

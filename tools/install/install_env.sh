@@ -37,10 +37,20 @@
 #                       mmcv-2.1.0.tar.gz, which is built from there (and the
 #                       NVIDIA packages, if nvcc is to be provisioned).
 #   e.g. USE_SYSTEM_TORCH=1 PIP_NO_INDEX=1 PIP_FIND_LINKS=/opt/wheels PYTHON=python3 make test
+#
+# install_env.sh mmcv: only mmcv (the decision, the patched sdist, the check above), for the
+#   interpreter PYTHON as it is: no venv, no requirements, no mmdsnet, no stamp. The caller
+#   provides the build's setuptools < 81; pip's own PIP_TARGET and PIP_UPGRADE=1 put mmcv into a
+#   folder (make gpu-check's offline source build: PIP_NO_INDEX=1 PIP_FIND_LINKS=wheels).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
+ONLY="${1:-}"
+case "$ONLY" in
+    "" | mmcv) ;;
+    *) echo "usage: $0 [mmcv]" >&2; exit 2 ;;
+esac
 PYTHON="${PYTHON:-python3.11}"
 VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
@@ -51,6 +61,7 @@ BUILD_PLAN=tools/install/mmcv_build_plan.py
 MMCV_PATCH=tools/install/mmcv-$MMCV_VERSION-cxx-std.patch
 
 command -v "$PYTHON" >/dev/null || PYTHON=python3
+if [[ "$ONLY" == mmcv ]]; then PY="$PYTHON"; fi
 stamp_inputs() {
     cat requirements/*.txt setup.py tools/install/install_env.sh "$BUILD_ENV" "$BUILD_PLAN" \
         "$MMCV_PATCH" |
@@ -58,7 +69,7 @@ stamp_inputs() {
 }
 
 check_imports() {
-    "$PY" - <<'EOF'
+    PYTHONPATH="$ROOT/tools/install${PYTHONPATH:+:$PYTHONPATH}" "$PY" - <<'EOF'
 import mmcv, mmdet, mmengine, mmseg, torch
 from mmcv.ops import nms, RoIAlign  # compiled ops must be present
 import mmdsnet
@@ -66,43 +77,48 @@ print(f'torch {torch.__version__} | mmengine {mmengine.__version__} | '
       f'mmcv {mmcv.__version__} (ops) | mmdet {mmdet.__version__} | '
       f'mmseg {mmseg.__version__} | mmdsnet {mmdsnet.__version__}')
 if torch.version.cuda is not None and torch.cuda.is_available():
-    import runpy  # a GPU is visible: mmcv's CUDA ops must run too
-    print(runpy.run_path('tools/install/cuda_build_env.py')['verify_ops']('cuda'))
+    from cuda_build_env import verify_ops  # a GPU is visible: mmcv's CUDA ops must run too
+    print(verify_ops('cuda'))
 EOF
 }
 
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_inputs)" ]] && check_imports 2>/dev/null; then
+if [[ -z "$ONLY" && -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_inputs)" ]] &&
+    check_imports 2>/dev/null; then
     echo "[install] .venv is up to date"
     exit 0
 fi
 
-SYSTEM_TORCH="${USE_SYSTEM_TORCH:-0}"
-venv_args=()
-[[ "$SYSTEM_TORCH" == 1 ]] && venv_args=(--system-site-packages)
-if [[ ! -x "$PY" ]]; then
-    echo "[install] creating $VENV with $PYTHON${venv_args[*]+ ${venv_args[*]}}"
-    "$PYTHON" -m venv ${venv_args[@]+"${venv_args[@]}"} "$VENV"
-fi
-if [[ "$SYSTEM_TORCH" == 1 ]] &&
-    ! grep -qiE '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg"; then
-    echo "[install] error: USE_SYSTEM_TORCH=1 but $VENV was created without" \
-        "--system-site-packages; remove it and run again" >&2
-    exit 2
-fi
 PIP=("$PY" -m pip --disable-pip-version-check)
 
-"${PIP[@]}" install -r requirements/build.txt
-if [[ "$SYSTEM_TORCH" == 1 ]]; then
-    reqs="$(mktemp -d)"
-    trap 'rm -rf "$reqs"' EXIT
-    for f in runtime tests; do
-        grep -viE '^torch([<>=!~ ;[]|$)' "requirements/$f.txt" > "$reqs/$f.txt" || true
-    done
-    echo "[install] USE_SYSTEM_TORCH=1: keeping the installed torch; constraints not applied"
-    "${PIP[@]}" install -r "$reqs/runtime.txt" -r "$reqs/tests.txt"
-else
-    "${PIP[@]}" install -c requirements/constraints.txt -r requirements/runtime.txt -r requirements/tests.txt
-fi
+# The venv and what requirements/*.txt lists (not for `install_env.sh mmcv`).
+install_requirements() {
+    local system_torch="${USE_SYSTEM_TORCH:-0}" venv_args=() f
+    [[ "$system_torch" == 1 ]] && venv_args=(--system-site-packages)
+    if [[ ! -x "$PY" ]]; then
+        echo "[install] creating $VENV with $PYTHON${venv_args[*]+ ${venv_args[*]}}"
+        "$PYTHON" -m venv ${venv_args[@]+"${venv_args[@]}"} "$VENV"
+    fi
+    if [[ "$system_torch" == 1 ]] &&
+        ! grep -qiE '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg"; then
+        echo "[install] error: USE_SYSTEM_TORCH=1 but $VENV was created without" \
+            "--system-site-packages; remove it and run again" >&2
+        exit 2
+    fi
+    "${PIP[@]}" install -r requirements/build.txt
+    if [[ "$system_torch" == 1 ]]; then
+        reqs="$(mktemp -d)"
+        trap 'rm -rf "$reqs"' EXIT
+        for f in runtime tests; do
+            grep -viE '^torch([<>=!~ ;[]|$)' "requirements/$f.txt" > "$reqs/$f.txt" || true
+        done
+        echo "[install] USE_SYSTEM_TORCH=1: keeping the installed torch; constraints not applied"
+        "${PIP[@]}" install -r "$reqs/runtime.txt" -r "$reqs/tests.txt"
+    else
+        "${PIP[@]}" install -c requirements/constraints.txt -r requirements/runtime.txt \
+            -r requirements/tests.txt
+    fi
+}
+[[ -n "$ONLY" ]] || install_requirements
 
 # cpu, cuda or provision, with the build variables; exit 2 if a CUDA build cannot succeed.
 plan_mmcv_build() {
@@ -114,7 +130,11 @@ plan_mmcv_build() {
     eval "$build_env"
 }
 plan_mmcv_build
-if [[ "$MMDSNET_MMCV_BUILD" == provision ]]; then
+if [[ "$MMDSNET_MMCV_BUILD" == provision && "$ONLY" == mmcv ]]; then
+    echo "[install] error: install_env.sh mmcv builds with an installed nvcc only (it has no" \
+        "venv to provision one into): install a CUDA toolkit of torch's CUDA major version" >&2
+    exit 2
+elif [[ "$MMDSNET_MMCV_BUILD" == provision ]]; then
     # No nvcc of torch's CUDA major version: install torch's CUDA compiler and headers from
     # the package index and assemble a CUDA_HOME from them in the venv, then plan again
     # (without provisioning, so that a compiler that still does not fit stops with the cause).
@@ -197,6 +217,10 @@ else
     fi
 fi
 
+if [[ "$ONLY" == mmcv ]]; then
+    echo "[install] mmcv $MMCV_VERSION done"
+    exit 0
+fi
 "${PIP[@]}" install --no-deps --no-build-isolation -e .
 check_imports
 stamp_inputs > "$STAMP"

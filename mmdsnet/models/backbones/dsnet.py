@@ -244,7 +244,7 @@ class DSNet(BaseModule):
             if name not in cls.arch_settings:
                 raise ValueError(
                     f'Unknown DSNet arch {arch!r}; accepted: '
-                    f"{sorted(cls.arch_settings)} (or 't', 's', 'b') "
+                    f'{sorted(cls.arch_settings)} (or {", ".join(map(repr, cls.arch_aliases))}) '
                     'or a dict with embed_dims, depths, num_heads'
                 )
             return dict(cls.arch_settings[name])

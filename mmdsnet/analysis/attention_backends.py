@@ -1,10 +1,11 @@
-"""Which PyTorch attention kernel each DS-Block attention runs on.
+"""SDPA backends: which PyTorch attention kernel each DS-Block attention runs
+on, and the shapes of those attentions.
 
 ``F.scaled_dot_product_attention`` picks a backend per call: on CUDA the fused
 flash, memory-efficient or cuDNN kernels when the call meets their conditions
 (dtype, head size, strides, alignment), else the math backend, which
 materialises the (Lq, Lk) attention map. Nothing warns when that happens, so
-:func:`attention_backends` runs a model once and reports, for every SDPA call,
+:func:`describe_sdpa_calls` runs a model once and reports, for every SDPA call,
 its shapes and layout, the backend PyTorch chooses for it and, optionally,
 which backends would accept it (each tried alone under
 ``torch.nn.attention.sdpa_kernel``).
@@ -12,6 +13,8 @@ which backends would accept it (each tried alone under
 The model is not changed: calls are seen through a ``TorchFunctionMode`` and
 attributed to the innermost module that carries a ``num_heads`` attribute and
 whose forward is running (forward hooks), e.g. ``stages.0.1``.
+:func:`attention_shapes` gives the calls' shapes per stage from the architecture
+alone, for timing the kernels on them.
 """
 
 import warnings
@@ -23,6 +26,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
+
+from ..models import DSNet
+
+#: The three attentions of a DS-Block, in the order its forward calls them.
+ATTENTIONS = ('global self', 'local q, global kv', 'global q, local kv')
 
 #: Backends that never materialise the attention map.
 FUSED_BACKENDS = (
@@ -105,7 +113,7 @@ class _RecordSdpa(TorchFunctionMode):
         return out
 
 
-def attention_backends(
+def describe_sdpa_calls(
     model: nn.Module,
     inputs: torch.Tensor,
     dtype: Optional[torch.dtype] = None,
@@ -151,3 +159,29 @@ def _pop(owner):
         owner.pop()
 
     return hook
+
+
+def attention_shapes(arch, height: int, width: int) -> List[tuple]:
+    """(stage, attention, heads, Lq, Lk, head_dims) of one block per stage of
+    DSNet ``arch`` on a ``height`` x ``width`` input, stages from 0.
+
+    Read off a built DSNet, so the global grids follow its ``global_resize``
+    (stage 4 shrinks its 1/32 map by 2 again) and its padding (maps are
+    ceil(size / stride)).
+    """
+    model = DSNet(arch)
+    shapes = []
+    for stage, (embed, blocks) in enumerate(zip(model.patch_embeds, model.stages)):
+        height, width = -(-height // embed.stride[0]), -(-width // embed.stride[1])
+        block = blocks[0]
+        num_local = height * width
+        grid_h, grid_w = block.global_size(height, width)
+        num_global = grid_h * grid_w
+        heads = block.num_heads
+        head_dims = embed.out_channels // 2 // heads
+        lengths = ((num_global, num_global), (num_local, num_global), (num_global, num_local))
+        shapes += [
+            (stage, name, heads, len_q, len_k, head_dims)
+            for name, (len_q, len_k) in zip(ATTENTIONS, lengths)
+        ]
+    return shapes

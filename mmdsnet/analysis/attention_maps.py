@@ -395,17 +395,3 @@ def record_attention_targets(
         maps=results[chosen],
         stage_ratios={i: (j, results[(i, j)]) for i, j in targets.ratio_blocks.items()},
     )
-
-
-__all__ = [
-    'AttentionRecorder',
-    'AttentionTargets',
-    'BackboneAttention',
-    'BlockAttention',
-    'TargetNames',
-    'attention_probs',
-    'attention_targets',
-    'record_attention_targets',
-    'record_backbone_attention',
-    'record_block_attention',
-]
