@@ -147,6 +147,36 @@ def test_detector_checkpoint_of_ours_loads_backbone(tmp_path, reference):
     assert_loaded_from(build_and_load(path), public)
 
 
+def test_one_load_takes_the_weights_out_of_their_container_once(tmp_path, reference, monkeypatch):
+    """The route runs one way: read_checkpoint unwraps, and the prefix, the layout
+    checks, the key map and the fit work on the state dict it returns."""
+    from mmdsnet.checkpoint import convert_file, reading
+
+    calls = []
+    unwrap = reading.unwrap_state_dict
+
+    def counted(checkpoint):
+        calls.append(sorted(checkpoint)[:2])
+        return unwrap(checkpoint)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith('mmdsnet') and getattr(module, 'unwrap_state_dict', None) is unwrap:
+            monkeypatch.setattr(module, 'unwrap_state_dict', counted)
+    ours = dsnet_convert(reference.state_dict())
+    detector = tmp_path / 'detector.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in ours.items()}}, detector)
+    model = DSNet(
+        'tiny', init_cfg=dict(type='Pretrained', checkpoint=str(detector), prefix='backbone.')
+    )
+    model.init_weights()
+    assert_loaded_from(model, reference.state_dict())
+    assert calls == [['state_dict']]
+    public = tmp_path / 'timm.pth'
+    torch.save({'model': reference.state_dict(), 'model_ema': {}}, public)
+    convert_file(str(public), str(tmp_path / 'ours.pth'))
+    assert calls == [['state_dict'], ['model', 'model_ema']]
+
+
 @pytest.mark.integration
 def test_cli_converter(tmp_path, reference):
     src, dst = tmp_path / 'src.pth', tmp_path / 'out' / 'dsnet_t_mm.pth'
