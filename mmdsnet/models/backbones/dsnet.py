@@ -296,6 +296,7 @@ class DSNet(BaseModule):
             finally:
                 self.init_cfg = given
         if first_call and pretrained is not None:
+            self.is_init = False  # until the checkpoint is in: a failed load may be retried
             load_pretrained_dsnet(
                 self,
                 pretrained['checkpoint'],
