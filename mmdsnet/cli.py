@@ -7,13 +7,20 @@ options applied, and building the Runner with the CPU-distributed fix.
 import argparse
 import atexit
 import difflib
+import gc
+import inspect
 import os
 import os.path as osp
 import warnings
 from typing import Optional
 
+import torch.distributed as dist
 from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
 
+from .checkpoint import remove_interrupted_saves
+from .engine import lock_work_dir, patch_cpu_distributed, use_atomic_checkpoint_hook
 from .utils.config import resolve_config_path
 
 
@@ -100,10 +107,6 @@ COMMON_CONFIG_KEYS = (
 
 def known_config_keys() -> set:
     """The Runner's config keys plus :data:`COMMON_CONFIG_KEYS`."""
-    import inspect
-
-    from mmengine.runner import Runner
-
     runner_keys = set(inspect.signature(Runner.__init__).parameters) - {'self', 'cfg'}
     return runner_keys | set(COMMON_CONFIG_KEYS)
 
@@ -215,9 +218,6 @@ def claim_work_dir(cfg: Config) -> None:
     otherwise stops ``--resume`` there). Rank 0 alone does both in a
     multi-process launch.
     """
-    from .checkpoint import remove_interrupted_saves
-    from .engine import lock_work_dir
-
     if launch_rank(cfg) != 0:
         return
     lock_work_dir(cfg.work_dir)
@@ -235,10 +235,6 @@ def destroy_process_group_at_exit() -> None:
     multi-process CPU run. Destroying the group alone does not prevent it; the
     model has to go first (``gc.collect()``).
     """
-    import gc
-
-    import torch.distributed as dist
-
     gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -253,16 +249,12 @@ def build_runner(cfg: Config):
     ``CheckpointHook`` becomes :class:`~mmdsnet.engine.AtomicCheckpointHook`, so
     a kill during a save always leaves a complete checkpoint to resume from.
     """
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
-    from .engine import patch_cpu_distributed, use_atomic_checkpoint_hook
-
     use_atomic_checkpoint_hook(cfg)
     if cfg.get('launcher', 'none') != 'none':
         patch_cpu_distributed()
         atexit.register(destroy_process_group_at_exit)
     if cfg.get('default_scope', None) == 'mmdet':
+        # mmdet is optional (an mmseg-only install): imported only for its configs.
         from mmdet.utils import setup_cache_size_limit_of_dynamo
 
         setup_cache_size_limit_of_dynamo()

@@ -20,6 +20,7 @@ ALLOWED = {
     'engine': {'engine', 'checkpoint', 'utils', 'registry'},
     'analysis': {'analysis', 'models', 'testing', 'utils'},
     'testing': {'testing', 'models', 'utils'},
+    'demo': {'demo'},
     'cli': {'engine', 'utils', 'checkpoint', 'models', 'registry'},
 }
 

@@ -2,36 +2,35 @@
 they fit a model, and writing them atomically. One module per step:
 
 * :mod:`.reading` - file checks, weights-only loading (with
-  :mod:`.unpickling`'s allow-lists), ``.pdparams``, http(s) downloads, tensor
-  layouts;
+  :mod:`.unpickling`'s allow-lists), ``.pdparams``, http(s) downloads, the
+  weights taken out of their container once, prefixes, tensor layouts;
 * :mod:`.conversion` - the public timm / PaddleClas layouts mapped to this
   package's keys (no I/O);
 * :mod:`.fitting` - a state dict compared with a model (missing, unexpected,
   shapes, dtypes, finite values);
 * :mod:`.writing` - atomic writes and the clean-up of interrupted ones;
-* :mod:`.converter` - the converter CLI's route through the four.
+* :mod:`.rewriting` - the converter CLI's route through the four.
+
+The route runs one way: ``reading`` imports none of the other steps, and
+each later step takes the state dict that ``reading`` returns.
 
 It imports neither ``mmdsnet.models`` nor ``mmdsnet.engine``; both use it.
 """
 
-from .conversion import LINEAR_LAYERS, detect_layout, dsnet_convert, unwrap_state_dict
-from .converter import convert_file
-from .fitting import (
-    CheckpointMismatchError,
-    StateDictFit,
-    check_all_tensors,
-    check_weight_value,
-    sample_keys,
-)
+from .conversion import LINEAR_LAYERS, detect_layout, dsnet_convert
+from .fitting import CheckpointMismatchError, StateDictFit, check_all_tensors, check_weight_value
 from .reading import (
     check_checkpoint_file,
     check_tensor_layouts,
     download_checkpoint,
     is_url,
     read_checkpoint,
+    sample_keys,
     select_prefix,
     torch_load_weights_only,
+    unwrap_state_dict,
 )
+from .rewriting import convert_file
 from .unpickling import runner_checkpoint_globals
 from .writing import (
     PARTIAL_SUFFIX,

@@ -1,4 +1,7 @@
-"""Map DS-Net checkpoints in the public layouts to this package's keys (no I/O).
+"""Map DS-Net weights in the public layouts to this package's keys (no I/O).
+
+A key map of a state dict: the weights arrive unwrapped from
+:func:`~mmdsnet.checkpoint.reading.read_checkpoint` (or from a model).
 
 Public layouts (``docs/architecture.md``, "Checkpoint layout"):
 
@@ -13,13 +16,11 @@ names unchanged. The classification ``norm`` and ``head`` are dropped.
 
 import re
 from collections import OrderedDict
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping
 
 import numpy as np
 import torch
 
-# Containers in which checkpoints keep their weights, in order of preference.
-WRAPPER_KEYS = ('state_dict', 'model', 'model_ema')
 STRIP_PREFIXES = ('module.', 'backbone.')
 # Names of the per-block nn.Linear layers (Paddle stores their weight transposed).
 LINEAR_LAYERS = (
@@ -33,16 +34,6 @@ CLASSIFIER_PREFIXES = ('head.', 'norm.', 'pre_logits.')
 
 _PUBLIC_KEY = re.compile(r'^(patch_embed|blocks)([1-4])\.')
 _OUR_KEY = re.compile(r'^(patch_embeds|stages)\.')
-
-
-def unwrap_state_dict(checkpoint: Mapping) -> Tuple[Dict[str, object], str]:
-    """Return the weights of a checkpoint and the container key they came from."""
-    if not isinstance(checkpoint, Mapping):
-        raise TypeError(f'a checkpoint must be a dict, got {type(checkpoint).__name__}')
-    for key in WRAPPER_KEYS:
-        if isinstance(checkpoint.get(key), Mapping):
-            return dict(checkpoint[key]), key
-    return dict(checkpoint), ''
 
 
 def _strip_prefixes(state_dict: Dict[str, object]) -> Dict[str, object]:
@@ -112,18 +103,18 @@ def _rename_public(key: str) -> str:
     return f'stages.{stage}.{rest}'
 
 
-def dsnet_convert(checkpoint: Mapping, logger=None) -> 'OrderedDict[str, torch.Tensor]':
-    """Convert any DS-Net checkpoint (file contents) to this package's layout.
+def dsnet_convert(
+    state_dict: Mapping[str, object], logger=None
+) -> 'OrderedDict[str, torch.Tensor]':
+    """Map the keys of DS-Net weights (a state dict) to this package's layout.
 
-    Accepts a bare state dict or one under ``state_dict``/``model``/
-    ``model_ema``; strips ``module.`` and ``backbone.``; maps the timm and
-    PaddleClas layouts; drops the classification ``norm``/``head``. Weights
-    already in our layout pass through. Unknown layouts pass through too, so
-    the loader can report what did not match. Values are renamed, not read
-    (PaddleClas linear weights are transposed), so check their layouts first.
+    Strips ``module.`` and ``backbone.``; maps the timm and PaddleClas
+    layouts; drops the classification ``norm``/``head``. Weights already in
+    our layout pass through. Unknown layouts pass through too, so the loader
+    can report what did not match. Values are renamed, not read (PaddleClas
+    linear weights are transposed), so check their layouts first.
     """
-    state_dict, container = unwrap_state_dict(checkpoint)
-    state_dict = _strip_prefixes(state_dict)
+    state_dict = _strip_prefixes(dict(state_dict))
     layout = detect_layout(state_dict)
     if layout == 'paddle':
         state_dict = _paddle_to_torch(state_dict)
@@ -139,9 +130,8 @@ def dsnet_convert(checkpoint: Mapping, logger=None) -> 'OrderedDict[str, torch.T
             key = _rename_public(key)
         converted[key] = torch.as_tensor(value) if isinstance(value, np.ndarray) else value
     if logger is not None:
-        where = f" (under '{container}')" if container else ''
         logger.info(
-            f'DS-Net checkpoint layout: {layout}{where}; {len(converted)} tensors '
+            f'DS-Net checkpoint layout: {layout}; {len(converted)} tensors '
             f'kept, {len(dropped)} classification-only tensors dropped'
             + (f': {", ".join(dropped)}' if dropped else '')
         )

@@ -6,20 +6,13 @@ One comparison (:class:`StateDictFit`) and one value check
 (``load_from`` and ``--resume``); each applies its own policy to the result.
 """
 
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint does not fit the model (or holds non-finite weights)."""
-
-
-def sample_keys(keys: Iterable[str], limit: int = 5) -> str:
-    """The first ``limit`` keys in sorted order, and how many there are in all."""
-    keys = sorted(keys)
-    more = f', ... ({len(keys)} in all)' if len(keys) > limit else ''
-    return ', '.join(keys[:limit]) + more
 
 
 def check_all_tensors(state_dict: Mapping[str, object], source: str) -> None:

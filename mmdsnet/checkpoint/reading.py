@@ -2,15 +2,20 @@
 
 * :func:`check_checkpoint_file` - the one check that a path is a readable,
   non-empty checkpoint file (not found, a directory, a FIFO, text...);
-* :func:`read_checkpoint` - a local file: ``.pdparams`` through a numpy-only
-  unpickler, anything else through :func:`torch_load_weights_only`;
+* :func:`read_checkpoint` - the weights of a local file, unwrapped once
+  (:func:`unwrap_state_dict`): ``.pdparams`` through a numpy-only unpickler,
+  anything else through :func:`torch_load_weights_only`;
 * :func:`download_checkpoint` - an http(s) URL, downloaded once into torch
   hub's cache (where mmengine's own loader keeps downloads) and then read
   like a local file;
 * :func:`select_prefix` - the weights under a prefix (``init_cfg``'s
   ``Pretrained`` ``prefix``, as mmengine's ``PretrainedInit`` takes it);
 * :func:`check_tensor_layouts` - tensors that are dense and fit their
-  storage, checked before any value is read or copied.
+  storage, checked before any value is read or copied;
+* :func:`sample_keys` - a few keys for error messages.
+
+Everything after :func:`read_checkpoint` takes the state dict it returns:
+the route reads, then narrows, checks, converts and fits, and never unwraps again.
 """
 
 import contextlib
@@ -19,17 +24,36 @@ import os.path as osp
 import pickle
 import stat
 import zipfile
-from typing import Any, Mapping
+from typing import Any, Dict, Iterable, Mapping, Tuple
+from urllib.parse import urlparse
 
 import torch
+from mmengine.dist import barrier, get_dist_info
 
-from .conversion import unwrap_state_dict
-from .fitting import sample_keys
 from .unpickling import NumpyOnlyUnpickler, runner_checkpoint_globals
 
 #: First bytes of what torch.load and the .pdparams reader accept: a zip
 #: archive (torch.save since 1.6) or a pickle of protocol 2 or later.
 _CHECKPOINT_MAGIC = (b'PK\x03\x04', b'\x80')
+# Containers in which checkpoints keep their weights, in order of preference.
+WRAPPER_KEYS = ('state_dict', 'model', 'model_ema')
+
+
+def sample_keys(keys: Iterable[str], limit: int = 5) -> str:
+    """The first ``limit`` keys in sorted order, and how many there are in all."""
+    keys = sorted(keys)
+    more = f', ... ({len(keys)} in all)' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more
+
+
+def unwrap_state_dict(checkpoint: Mapping) -> Tuple[Dict[str, object], str]:
+    """Return the weights of a checkpoint and the container key they came from."""
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f'a checkpoint must be a dict, got {type(checkpoint).__name__}')
+    for key in WRAPPER_KEYS:
+        if isinstance(checkpoint.get(key), Mapping):
+            return dict(checkpoint[key]), key
+    return dict(checkpoint), ''
 
 
 def check_checkpoint_file(path: str) -> None:
@@ -107,21 +131,23 @@ def torch_load_weights_only(path: str, map_location=None) -> Mapping:
     return checkpoint
 
 
-def read_checkpoint(path: str) -> Mapping:
-    """Load a local checkpoint file without arbitrary unpickling.
+def read_checkpoint(path: str) -> Dict[str, object]:
+    """The weights of a local checkpoint file, read without arbitrary unpickling.
 
     ``.pdparams`` files (pickle protocols 2 to 5) go through a numpy-only
     unpickler; anything else through ``torch.load(weights_only=True)``, with
     the types of mmengine Runner checkpoints allowed for this load (a
-    detector trained here can seed a backbone).
+    detector trained here can seed a backbone). The weights are taken out of
+    their container (``state_dict``, ``model`` or ``model_ema``) here, once.
     """
-    if not str(path).endswith('.pdparams'):
-        return torch_load_weights_only(path, map_location='cpu')
-    check_checkpoint_file(path)
-    with open(path, 'rb') as f:
-        checkpoint = NumpyOnlyUnpickler(f).load()
-    check_is_mapping(checkpoint, path)
-    return checkpoint
+    if str(path).endswith('.pdparams'):
+        check_checkpoint_file(path)
+        with open(path, 'rb') as f:
+            checkpoint = NumpyOnlyUnpickler(f).load()
+        check_is_mapping(checkpoint, path)
+    else:
+        checkpoint = torch_load_weights_only(path, map_location='cpu')
+    return unwrap_state_dict(checkpoint)[0]
 
 
 def is_url(path: Any) -> bool:
@@ -138,10 +164,6 @@ def download_checkpoint(url: str) -> str:
     In distributed runs rank 0 downloads first and the others reuse its file
     (or fetch their own on another node).
     """
-    from urllib.parse import urlparse
-
-    from mmengine.dist import barrier, get_dist_info
-
     name = osp.basename(urlparse(url).path)
     if not name:
         raise ValueError(
@@ -162,9 +184,8 @@ def download_checkpoint(url: str) -> str:
     return cached
 
 
-def select_prefix(checkpoint: Mapping, prefix: str, path: str) -> dict:
+def select_prefix(state_dict: Mapping[str, object], prefix: str, path: str) -> dict:
     """The weights whose key starts with ``prefix``, with the prefix removed."""
-    state_dict, _ = unwrap_state_dict(checkpoint)
     selected = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if not selected:
         raise RuntimeError(
@@ -201,14 +222,12 @@ def check_tensor_layout(key: str, value: torch.Tensor, source: str) -> None:
         )
 
 
-def check_tensor_layouts(checkpoint: Mapping, source: str) -> None:
-    """:func:`check_tensor_layout` of every tensor among a checkpoint's weights.
+def check_tensor_layouts(state_dict: Mapping[str, object], source: str) -> None:
+    """:func:`check_tensor_layout` of every tensor of a state dict.
 
-    The weights are those of :func:`~mmdsnet.checkpoint.conversion.unwrap_state_dict`
-    (``state_dict``, ``model``, ``model_ema`` or the bare dict). Other values
-    (numpy arrays of a ``.pdparams``, Paddle's name table) are left to the
-    conversion, which drops or converts them.
+    Other values (numpy arrays of a ``.pdparams``, Paddle's name table) are
+    left to the conversion, which drops or converts them.
     """
-    for key, value in unwrap_state_dict(checkpoint)[0].items():
+    for key, value in state_dict.items():
         if isinstance(value, torch.Tensor):
             check_tensor_layout(key, value, source)

@@ -14,8 +14,14 @@ Two allow-lists, one per file kind:
 import pickle
 from typing import Any, List, Tuple
 
+import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
+
+try:
+    from numpy._core import multiarray  # numpy >= 2
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray
 
 # ---------------------------------------------------------------------------
 # Runner checkpoints (torch.load weights-only)
@@ -97,12 +103,6 @@ def _numpy_safe_globals() -> Tuple[List[Any], List[Tuple[Any, str]]]:
     (``numpy.core.multiarray``) and numpy 2.x (``numpy._core.multiarray``)
     both load with either numpy installed.
     """
-    import numpy as np
-
-    try:
-        from numpy._core import multiarray  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray
     plain: List[Any] = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
     # Concrete dtype classes seen in Runner checkpoints: float64/int64 from
     # HistoryBuffer's log/count arrays and ``eta``; float32 from metrics kept

@@ -13,6 +13,7 @@ from typing import Mapping
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+from mmengine.runner.checkpoint import find_latest_checkpoint
 
 from ..checkpoint import (
     CheckpointMismatchError,
@@ -43,8 +44,6 @@ class CheckpointFitHook(Hook):
         if getattr(runner, '_load_from', None):
             return str(runner._load_from)
         if getattr(runner, '_resume', False):
-            from mmengine.runner.checkpoint import find_latest_checkpoint
-
             found = find_latest_checkpoint(runner.work_dir)
             if found:
                 return found

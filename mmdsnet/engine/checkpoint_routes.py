@@ -18,6 +18,10 @@ import os
 import os.path as osp
 from typing import Callable, Mapping, Optional
 
+import mmengine.runner.checkpoint as mmengine_checkpoint
+import mmengine.runner.runner as runner_module
+from mmengine.infer.infer import BaseInferencer
+
 from ..checkpoint import download_checkpoint, torch_load_weights_only
 
 _checkpoint_globals_allowed = False
@@ -68,8 +72,6 @@ def allow_runner_checkpoint_globals() -> bool:
     global _checkpoint_globals_allowed
     if _checkpoint_globals_allowed:
         return True
-    import mmengine.runner.checkpoint as mmengine_checkpoint
-
     loader = mmengine_checkpoint.CheckpointLoader
     loader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
     loader.register_scheme(
@@ -144,9 +146,6 @@ def guard_checkpoint_routes() -> None:
     global _orig_init_model, _orig_find_latest
     if _orig_init_model is not None:
         return
-    import mmengine.runner.runner as runner_module
-    from mmengine.infer.infer import BaseInferencer
-
     _orig_init_model = BaseInferencer._init_model
     BaseInferencer._init_model = _init_model_without_stored_config
     _orig_find_latest = runner_module.find_latest_checkpoint

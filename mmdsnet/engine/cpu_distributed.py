@@ -10,7 +10,14 @@ import copy
 import logging
 from typing import Any, Callable, Optional, Tuple
 
+import mmengine.dist.utils as dist_utils
 import torch
+from mmengine.device import get_device
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper, revert_sync_batchnorm
+from mmengine.registry import MODEL_WRAPPERS
+from mmengine.runner import Runner
+from torch.nn.parallel import DistributedDataParallel
 
 _orig_init_dist_pytorch: Optional[Callable] = None
 _orig_wrap_model: Optional[Callable] = None
@@ -18,14 +25,10 @@ _orig_wrap_model: Optional[Callable] = None
 
 def _cpu_only() -> bool:
     """True when mmengine would place the model on the CPU."""
-    from mmengine.device import get_device
-
     return get_device() == 'cpu'
 
 
 def _log(msg: str, logger: Any = 'current') -> None:
-    from mmengine.logging import print_log
-
     print_log(msg, logger=logger, level=logging.WARNING)
 
 
@@ -71,10 +74,6 @@ def _wrap_model_cpu(
     CPU modules. In CPU distributed runs we keep/restore plain BN and give
     DDP ``device_ids=None``; in every other case the original method runs.
     """
-    from mmengine.model import is_model_wrapper, revert_sync_batchnorm
-    from mmengine.registry import MODEL_WRAPPERS
-    from torch.nn.parallel import DistributedDataParallel
-
     if not self.distributed or is_model_wrapper(model) or not _cpu_only():
         return _orig_wrap_model(self, model_wrapper_cfg, model)
 
@@ -134,9 +133,6 @@ def patch_cpu_distributed() -> bool:
         return False
     if _orig_wrap_model is not None:
         return True
-    import mmengine.dist.utils as dist_utils
-    from mmengine.runner import Runner
-
     # ``init_dist`` looks ``_init_dist_pytorch`` up in its module globals at
     # call time, so replacing the module attribute is enough.
     _orig_init_dist_pytorch = dist_utils._init_dist_pytorch

@@ -1,4 +1,5 @@
-"""Helpers for tests, benchmarks and the demo (not needed to train or test models)."""
+"""Helpers for tests and benchmarks: the explicit-attention reference model (not needed to
+train or test models)."""
 
 from .norm_stats import randomize_norm_stats
 from .reference_dsnet import ReferenceDSNet, explicit_attention, reference_for

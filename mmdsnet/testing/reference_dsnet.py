@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models import DSNet  # only for its arch table: the reference computes on its own
+
 
 def explicit_attention(q, k, v):
     """(B, heads, Lq, d) x (B, heads, Lk, d) -> (B, heads, Lq, d), materialised."""
@@ -154,8 +156,6 @@ class ReferenceDSNet(nn.Module):
 
 def reference_for(arch='small', **kwargs) -> ReferenceDSNet:
     """A public-layout reference model with the settings of a DSNet arch."""
-    from ..models import DSNet  # only for its arch table: the reference computes on its own
-
     settings = DSNet.parse_arch(arch)
     return ReferenceDSNet(
         embed_dims=settings['embed_dims'],

@@ -44,10 +44,19 @@ def assert_loaded_from(model, public_sd):
     assert mapped == len(ours) == 422
 
 
-def build_and_load(path, arch='tiny', **kwargs):
-    model = DSNet(arch, init_cfg=dict(type='Pretrained', checkpoint=str(path)), **kwargs)
+def build_and_load(path, arch='tiny', prefix=None, **kwargs):
+    init_cfg = dict(type='Pretrained', checkpoint=str(path))
+    if prefix is not None:
+        init_cfg['prefix'] = prefix
+    model = DSNet(arch, init_cfg=init_cfg, **kwargs)
     model.init_weights()
     return model.eval()
+
+
+def save_under_prefix(path, reference, prefix):
+    """The reference's weights in our layout under ``prefix``, as a Runner saves a model."""
+    ours = dsnet_convert(reference.state_dict())
+    torch.save({'state_dict': {f'{prefix}{k}': v for k, v in ours.items()}}, path)
 
 
 @pytest.mark.parametrize('wrapper', [None, 'model', 'model_ema', 'state_dict'])
@@ -145,6 +154,31 @@ def test_detector_checkpoint_of_ours_loads_backbone(tmp_path, reference):
     path = tmp_path / 'mask_rcnn.pth'
     torch.save({'state_dict': detector, 'meta': {'epoch': 12}}, path)
     assert_loaded_from(build_and_load(path), public)
+
+
+def test_one_load_takes_the_weights_out_of_their_container_once(tmp_path, reference, monkeypatch):
+    """The route runs one way: read_checkpoint unwraps, and the prefix, the layout
+    checks, the key map and the fit work on the state dict it returns."""
+    from mmdsnet.checkpoint import convert_file, reading
+
+    calls = []
+    unwrap = reading.unwrap_state_dict
+
+    def counted(checkpoint):
+        calls.append(sorted(checkpoint)[:2])
+        return unwrap(checkpoint)
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith('mmdsnet') and getattr(module, 'unwrap_state_dict', None) is unwrap:
+            monkeypatch.setattr(module, 'unwrap_state_dict', counted)
+    detector = tmp_path / 'detector.pth'
+    save_under_prefix(detector, reference, 'backbone.')
+    assert_loaded_from(build_and_load(detector, prefix='backbone.'), reference.state_dict())
+    assert calls == [['state_dict']]
+    public = tmp_path / 'timm.pth'
+    torch.save({'model': reference.state_dict(), 'model_ema': {}}, public)
+    convert_file(str(public), str(tmp_path / 'ours.pth'))
+    assert calls == [['state_dict'], ['model', 'model_ema']]
 
 
 @pytest.mark.integration
@@ -280,6 +314,21 @@ def test_init_weights_reads_init_cfg_when_it_runs(tmp_path, reference):
         assert torch.equal(value, before[key]), key
 
 
+@pytest.mark.parametrize('others', [[], [dict(type='Constant', layer='Linear', val=0.25)]])
+def test_a_failed_load_is_not_an_initialised_model(tmp_path, reference, others):
+    """init_weights that raised loaded nothing: calling it again loads (no warning and
+    random weights kept, as a second call after a success would)."""
+    path = tmp_path / 'later.pth'
+    model = DSNet('tiny', init_cfg=[*others, dict(type='Pretrained', checkpoint=str(path))])
+    with pytest.raises(FileNotFoundError):
+        model.init_weights()
+    assert not model.is_init
+    torch.save(reference.state_dict(), path)
+    model.init_weights()
+    assert_loaded_from(model, reference.state_dict())
+    assert model.is_init
+
+
 def test_init_cfg_list_without_pretrained_runs_through_mmengine():
     model = DSNet('tiny', init_cfg=[dict(type='Constant', layer='Linear', val=0.25, bias=0.0)])
     model.init_weights()
@@ -308,17 +357,11 @@ def test_bad_pretrained_init_cfg_is_refused_at_construction(init_cfg, match):
 
 
 def test_prefix_selects_a_submodel(tmp_path, reference):
-    ours = dsnet_convert(reference.state_dict())
     path = tmp_path / 'teacher.pth'
-    torch.save({'state_dict': {f'student.backbone.{k}': v for k, v in ours.items()}}, path)
-    model = DSNet(
-        'tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='student.backbone.')
-    )
-    model.init_weights()
-    assert_loaded_from(model, reference.state_dict())
-    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='x.'))
+    save_under_prefix(path, reference, 'student.backbone.')
+    assert_loaded_from(build_and_load(path, prefix='student.backbone.'), reference.state_dict())
     with pytest.raises(RuntimeError, match="No key of .* starts with prefix 'x.'"):
-        model.init_weights()
+        build_and_load(path, prefix='x.')
 
 
 @pytest.mark.parametrize('bad', [float('nan'), float('inf')])

@@ -25,7 +25,7 @@ NUM_TRAIN = 64  # make_demo_data's default, what `make demo` trains on
 
 @pytest.fixture(scope='module')
 def demo_root(tmp_path_factory):
-    from mmdsnet.testing.synthetic_data import generate_demo_data
+    from mmdsnet.demo.synthetic_data import generate_demo_data
 
     root = tmp_path_factory.mktemp('demo_data')
     generate_demo_data(str(root), num_train=NUM_TRAIN, num_val=4)

@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo data generator (mmdsnet.testing.synthetic_data).
+"""Tests for the synthetic demo data generator (mmdsnet.demo.synthetic_data).
 
 They check that the files are deterministic, that the COCO masks (polygon
 and RLE) agree with their boxes, and that mmdet's CocoDataset and mmseg's
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from mmdsnet.testing.synthetic_data import (
+from mmdsnet.demo.synthetic_data import (
     COCO_CLASSES,
     MIN_VISIBLE_AREA,
     SEG_BORDER,

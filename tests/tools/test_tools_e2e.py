@@ -14,8 +14,8 @@ import time
 import pytest
 from helpers import REPO_ROOT, free_port
 
+from mmdsnet.demo.synthetic_data import generate_demo_data
 from mmdsnet.engine import load_from_local_weights_only
-from mmdsnet.testing.synthetic_data import generate_demo_data
 
 # Every test here starts processes or trains.
 pytestmark = pytest.mark.integration

@@ -6,13 +6,13 @@ Example::
         --num-train 64 --num-val 16 --seed 0
 
 Writes ``<out>/coco`` (COCO instances) and ``<out>/seg`` (mmseg label maps);
-see ``mmdsnet/testing/synthetic_data.py`` for the layout and label convention.
+see ``mmdsnet.demo.synthetic_data.py`` for the layout and label convention.
 Re-running with the same parameters is a no-op unless ``--force``.
 """
 
 import argparse
 
-from mmdsnet.testing.synthetic_data import generate_demo_data
+from mmdsnet.demo.synthetic_data import generate_demo_data
 
 
 def parse_args(argv=None):

@@ -7,17 +7,15 @@ every block runs on a fixed grid (1/32 of the input in stages 1-3, 1/64 in
 stage 4 with the default ``global_resize``).
 """
 
-import contextlib
-import logging
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.logging import MMLogger, print_log
+from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
-from mmengine.model.weight_init import constant_init, initialize, trunc_normal_init
+from mmengine.model.weight_init import constant_init, trunc_normal_init
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
@@ -33,12 +31,7 @@ from ..utils.validation import (
     check_positive_int,
     check_rate,
 )
-from .pretrained import (
-    init_info_recorded,
-    load_pretrained_dsnet,
-    other_init_cfgs,
-    pretrained_checkpoint_of,
-)
+from .pretrained import load_pretrained_dsnet, other_init_cfgs, pretrained_checkpoint_of
 
 
 @register_model
@@ -189,44 +182,46 @@ class DSNet(BaseModule):
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self.channels_last = channels_last
+        self.attn_split = attn_split
         # Only the stages up to the deepest requested output are built.
         self.num_built_stages = max(self.out_indices) + 1
 
+        self._build_stages(drop_rate, attn_drop_rate, drop_path_rate)
+        self.compile_blocks = compile_blocks
+        if compile_blocks:
+            self._compile_blocks({} if compile_blocks is True else dict(compile_blocks))
+        self._freeze_stages()
+
+    def _build_stages(self, drop_rate: float, attn_drop_rate: float, drop_path_rate: float):
+        """``patch_embeds`` and ``stages`` up to the deepest requested output, stage by stage."""
         rates = linear_drop_path_rates(drop_path_rate, self.depths)
         self.patch_embeds = nn.ModuleList()
         self.stages = nn.ModuleList()
-        prev_channels = in_channels
+        prev_channels = self.in_channels
         for i in range(self.num_built_stages):
             kernel = 4 if i == 0 else 2
             self.patch_embeds.append(
                 nn.Conv2d(prev_channels, self.embed_dims[i], kernel, stride=kernel)
             )
             first = sum(self.depths[:i])
-            self.stages.append(
-                nn.Sequential(
-                    *[
-                        DSBlock(
-                            self.embed_dims[i],
-                            self.num_heads[i],
-                            self.global_resize[i],
-                            mlp_ratio=self.mlp_ratio,
-                            with_alignment=with_alignment,
-                            drop_rate=drop_rate,
-                            attn_drop_rate=attn_drop_rate,
-                            drop_path_rate=rates[first + j],
-                            norm_cfg=self.norm_cfg,
-                            with_cp=with_cp,
-                            attn_split=attn_split,
-                        )
-                        for j in range(self.depths[i])
-                    ]
+            blocks = [
+                DSBlock(
+                    self.embed_dims[i],
+                    self.num_heads[i],
+                    self.global_resize[i],
+                    mlp_ratio=self.mlp_ratio,
+                    with_alignment=self.with_alignment,
+                    drop_rate=drop_rate,
+                    attn_drop_rate=attn_drop_rate,
+                    drop_path_rate=rates[first + j],
+                    norm_cfg=self.norm_cfg,
+                    with_cp=self.with_cp,
+                    attn_split=self.attn_split,
                 )
-            )
+                for j in range(self.depths[i])
+            ]
+            self.stages.append(nn.Sequential(*blocks))
             prev_channels = self.embed_dims[i]
-        self.compile_blocks = compile_blocks
-        if compile_blocks:
-            self._compile_blocks({} if compile_blocks is True else dict(compile_blocks))
-        self._freeze_stages()
 
     def _compile_blocks(self, options: dict) -> None:
         """``torch.compile`` each DS-Block in place (``nn.Module.compile``;
@@ -307,51 +302,41 @@ class DSNet(BaseModule):
         return [self.embed_dims[i] for i in self.out_indices]
 
     def init_weights(self) -> None:
-        """Initialise as mmengine's ``BaseModule`` does, then load the ``init_cfg`` checkpoint.
+        """mmengine's ``BaseModule.init_weights``, with the ``Pretrained`` entry loaded here.
 
-        ``init_cfg`` is read now. Its entries other than ``Pretrained`` (if
-        any) run through mmengine's initialisers, recorded in mmengine's
-        per-parameter init log; without them linear layers get the
-        truncated-normal init of the reference code (DSNet's children are
-        plain containers: no child ``init_weights`` to run). The
-        ``Pretrained`` entry, a dict or inside a list, comes last and goes
-        through :func:`load_pretrained_dsnet`
-        (read, convert, fit, load). A second call only warns, as for every
-        ``BaseModule``.
+        As in mmseg's ``MixVisionTransformer``: without other ``init_cfg``
+        entries, linear layers get the truncated-normal init of the reference
+        code; with them, mmengine's ``BaseModule`` runs them (its
+        per-parameter init log and its warning on a second call included).
+        ``init_cfg`` is read now. The ``Pretrained`` entry, a dict or inside a
+        list, comes last and goes through :func:`load_pretrained_dsnet` (read,
+        convert, fit, load) instead of mmengine's unchecked loader.
         """
-        if self._is_init:
-            print_log(
-                f'init_weights of {type(self).__name__} has been called more than once.',
-                logger='current',
-                level=logging.WARNING,
-            )
-            return
+        first_call = not self.is_init
         pretrained = pretrained_checkpoint_of(self.init_cfg)
         other_inits = other_init_cfgs(self.init_cfg)
-        # mmengine's initialisers log what they set per parameter, as in BaseModule;
-        # the reference init (no other entries) stays silent, as it always was.
-        with init_info_recorded(self) if other_inits else contextlib.nullcontext():
-            if other_inits:
-                print_log(
-                    f'initialize {type(self).__name__} with init_cfg {other_inits}',
-                    logger='current',
-                    level=logging.DEBUG,
-                )
-                initialize(self, other_inits)
-            else:
-                for module in self.modules():
-                    if isinstance(module, nn.Linear):
-                        trunc_normal_init(module, std=0.02, bias=0.0)
-                    elif isinstance(module, nn.LayerNorm):
-                        constant_init(module, val=1.0, bias=0.0)
-        if pretrained is not None:
+        if first_call and other_inits is None:
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    trunc_normal_init(module, std=0.02, bias=0.0)
+                elif isinstance(module, nn.LayerNorm):
+                    constant_init(module, val=1.0, bias=0.0)
+        else:
+            given = self.init_cfg
+            self.init_cfg = other_inits  # mmengine would load Pretrained unchecked
+            try:
+                super().init_weights()
+            finally:
+                self.init_cfg = given
+        if first_call and pretrained is not None:
+            self.is_init = False  # until the checkpoint is in: a failed load may be retried
             load_pretrained_dsnet(
                 self,
                 pretrained['checkpoint'],
                 logger=MMLogger.get_current_instance(),
                 prefix=pretrained['prefix'],
             )
-        self._is_init = True
+        self.is_init = True
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:

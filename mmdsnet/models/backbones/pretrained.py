@@ -5,8 +5,8 @@ alone or in a list; a local path or an http(s) URL) takes one route,
 :func:`load_pretrained_dsnet`, through :mod:`mmdsnet.checkpoint`:
 
 1. read - the file (a URL downloaded once into torch hub's cache) is
-   checked, loaded weights-only, narrowed to ``prefix`` and its tensor
-   layouts checked;
+   checked and loaded weights-only, its weights taken out of their container
+   once, narrowed to ``prefix`` and their tensor layouts checked;
 2. convert - public timm / PaddleClas keys become this package's;
 3. fit - shapes, coverage of the backbone, surplus layers and finite values
    are checked against the model;
@@ -15,9 +15,7 @@ alone or in a list; a local path or an http(s) URL) takes one route,
 Each step fails loudly, naming the file and the likely cause.
 """
 
-import contextlib
-from collections import defaultdict
-from typing import Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 import torch.nn as nn
 
@@ -92,40 +90,11 @@ def other_init_cfgs(init_cfg: Union[None, dict, List[dict]]) -> Optional[List[di
     return others or None
 
 
-@contextlib.contextmanager
-def init_info_recorded(module: nn.Module) -> Iterator[None]:
-    """Keep mmengine's per-parameter record of what initialised it while the block runs.
-
-    mmengine's initialisers write into ``_params_init_info`` when a module has
-    it. Inside a model the top-level ``BaseModule`` keeps that record and logs
-    it after its ``init_weights``; when ``module`` is itself the top level,
-    the record is made here and logged at the end, as ``BaseModule`` does.
-    """
-    if hasattr(module, '_params_init_info'):
-        yield
-        return
-    record = defaultdict(dict)
-    for param in module.parameters():
-        record[param]['init_info'] = (
-            'The value is the same before and after calling `init_weights` of '
-            f'{type(module).__name__} '
-        )
-        record[param]['tmp_mean_value'] = param.data.mean().cpu()
-    for submodule in module.modules():
-        submodule._params_init_info = record
-    try:
-        yield
-        module._dump_init_info()
-    finally:
-        for submodule in module.modules():
-            del submodule._params_init_info
-
-
 def _read(checkpoint: str, prefix: Optional[str]) -> Tuple[str, dict]:
     """Step 1: (the local file read, its weights) with their tensor layouts checked."""
     path = download_checkpoint(checkpoint) if is_url(checkpoint) else checkpoint
     try:
-        raw = read_checkpoint(path)
+        state_dict = read_checkpoint(path)
     except FileNotFoundError:
         raise FileNotFoundError(
             f'DSNet pretrained checkpoint not found: {path}. Convert the public '
@@ -139,10 +108,10 @@ def _read(checkpoint: str, prefix: Optional[str]) -> Tuple[str, dict]:
             f'Could not read DS-Net checkpoint {path}: {type(err).__name__}: {err}'
         ) from err
     if prefix is not None:
-        raw = select_prefix(raw, prefix, path)
+        state_dict = select_prefix(state_dict, prefix, path)
     # Layouts before the conversion copies any value (memory stays bounded).
-    check_tensor_layouts(raw, path)
-    return path, raw
+    check_tensor_layouts(state_dict, path)
+    return path, state_dict
 
 
 def _fit(model: nn.Module, state_dict: Dict[str, object], path: str) -> Tuple[StateDictFit, Set]:
@@ -192,8 +161,8 @@ def load_pretrained_dsnet(
     mmengine's ``Pretrained`` init does. An http(s) URL is downloaded once
     into torch hub's cache and then read like a local file (weights-only).
     """
-    path, raw = _read(str(checkpoint_path), prefix)
-    state_dict = dsnet_convert(raw, logger=logger)
+    path, weights = _read(str(checkpoint_path), prefix)
+    state_dict = dsnet_convert(weights, logger=logger)
     fit, unbuilt = _fit(model, state_dict, path)
     model.load_state_dict(fit.loadable, strict=False)
     logger.info(f'DSNet: loaded {len(fit.loadable)}/{len(fit.model_state)} tensors from {path}')

@@ -107,20 +107,68 @@ class DSFPN(BaseModule):
         init_cfg: Optional[Union[dict, List[dict]]] = FPN_INIT,
     ):
         super().__init__(init_cfg=init_cfg)
+        self._set_fpn_args(
+            in_channels, out_channels, num_outs, start_level, end_level, add_extra_convs
+        )
+        for name, switch in (
+            ('relu_before_extra_convs', relu_before_extra_convs),
+            ('no_norm_on_lateral', no_norm_on_lateral),
+            ('ds_with_alignment', ds_with_alignment),
+            ('ds_with_cp', ds_with_cp),
+        ):
+            check_bool(name, switch)
+        check_choice('attn_split', attn_split, ATTN_SPLIT_MODES)
+        for name, cfg in (('norm_cfg', norm_cfg), ('ds_norm_cfg', ds_norm_cfg)):
+            if cfg is not None:
+                check_nchw_norm_cfg(name, cfg)
+        self.relu_before_extra_convs = relu_before_extra_convs
+        self.no_norm_on_lateral = no_norm_on_lateral
+        self.upsample_cfg = dict(mode='nearest') if upsample_cfg is None else dict(upsample_cfg)
+        heads = self._set_ds_args(
+            strides, ds_levels, num_ds_blocks, ds_position, ds_global_resize, ds_num_heads
+        )
+        check_mlp_ratio('ds_mlp_ratio', ds_mlp_ratio, out_channels)
+        check_rate('ds_drop_path_rate', ds_drop_path_rate)
+        self.ds_with_cp = ds_with_cp
+
+        conv_args = dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg, inplace=False)
+        self._build_fpn_convs(conv_args)
+        self.ds_blocks = self._build_ds_blocks(
+            num_ds_blocks,
+            heads,
+            mlp_ratio=ds_mlp_ratio,
+            with_alignment=ds_with_alignment,
+            drop_path_rate=ds_drop_path_rate,
+            norm_cfg=ds_norm_cfg or dict(type='GN', num_groups=32, requires_grad=True),
+            with_cp=ds_with_cp,
+            attn_split=attn_split,
+        )
+        self.extra_convs = self._build_extra_convs(conv_args)
+        # The FPN convs' GroupNorm (norm_cfg) meets the same one-value groups
+        # on the stride-32 and extra levels as the DS-Blocks'.
+        for module in self.modules():
+            allow_one_value_groups(module)
+
+    @property
+    def num_levels(self) -> int:
+        """Pyramid levels built from backbone maps (``start_level`` to ``end_level``)."""
+        return self.backbone_end_level - self.start_level
+
+    def _set_fpn_args(
+        self,
+        in_channels: Sequence[int],
+        out_channels: int,
+        num_outs: int,
+        start_level: int,
+        end_level: int,
+        add_extra_convs: Union[bool, str],
+    ) -> None:
+        """Check FPN's level arguments as mmdet's FPN reads them, and keep them."""
         if not isinstance(in_channels, (list, tuple)) or not in_channels:
             raise TypeError(f'in_channels must be a non-empty list of ints, got {in_channels!r}')
         for channels in in_channels:
             check_positive_int('in_channels entries', channels)
         check_positive_int('out_channels', out_channels)
-        check_bool('relu_before_extra_convs', relu_before_extra_convs)
-        check_bool('no_norm_on_lateral', no_norm_on_lateral)
-        check_bool('ds_with_alignment', ds_with_alignment)
-        check_bool('ds_with_cp', ds_with_cp)
-        check_choice('attn_split', attn_split, ATTN_SPLIT_MODES)
-        if norm_cfg is not None:
-            check_nchw_norm_cfg('norm_cfg', norm_cfg)
-        if ds_norm_cfg is not None:
-            check_nchw_norm_cfg('ds_norm_cfg', ds_norm_cfg)
         for name, value in (
             ('num_outs', num_outs),
             ('start_level', start_level),
@@ -132,10 +180,6 @@ class DSFPN(BaseModule):
         self.out_channels = out_channels
         self.num_ins = len(in_channels)
         self.num_outs = num_outs
-        self.relu_before_extra_convs = relu_before_extra_convs
-        self.no_norm_on_lateral = no_norm_on_lateral
-        self.upsample_cfg = dict(mode='nearest') if upsample_cfg is None else dict(upsample_cfg)
-
         if end_level in (-1, self.num_ins - 1):
             self.backbone_end_level = self.num_ins
         elif 0 <= end_level < self.num_ins:
@@ -148,10 +192,9 @@ class DSFPN(BaseModule):
             )
         self.start_level = start_level
         self.end_level = end_level
-        num_levels = self.backbone_end_level - start_level
-        if num_outs < num_levels:
+        if num_outs < self.num_levels:
             raise ValueError(
-                f'num_outs={num_outs} is smaller than the {num_levels} backbone levels used'
+                f'num_outs={num_outs} is smaller than the {self.num_levels} backbone levels used'
             )
         if add_extra_convs is True:
             add_extra_convs = 'on_input'
@@ -161,13 +204,23 @@ class DSFPN(BaseModule):
             )
         self.add_extra_convs = add_extra_convs
 
+    def _set_ds_args(
+        self,
+        strides: Optional[Sequence[int]],
+        ds_levels: Optional[Sequence[int]],
+        num_ds_blocks: int,
+        ds_position: str,
+        ds_global_resize: Optional[Sequence[int]],
+        ds_num_heads: Optional[int],
+    ) -> int:
+        """Check and keep where the DS-Blocks go and their grids; return their head count."""
         if ds_position not in POSITIONS:
             raise ValueError(f'ds_position must be one of {POSITIONS}, got {ds_position!r}')
-        self.ds_levels = self._check_ds_levels(ds_levels, num_levels)
+        self.ds_levels = self._check_ds_levels(ds_levels, self.num_levels)
         self.strides = self._check_strides(strides)
         if ds_global_resize is None:
             ds_global_resize = [
-                max(1, 32 // self.strides[start_level + lvl]) for lvl in self.ds_levels
+                max(1, 32 // self.strides[self.start_level + lvl]) for lvl in self.ds_levels
             ]
         if len(ds_global_resize) != len(self.ds_levels):
             raise ValueError(
@@ -177,90 +230,61 @@ class DSFPN(BaseModule):
         for factor in ds_global_resize:
             check_positive_int('ds_global_resize entries', factor)
         check_positive_int('num_ds_blocks', num_ds_blocks, minimum=0)
-        check_mlp_ratio('ds_mlp_ratio', ds_mlp_ratio, out_channels)
-        check_rate('ds_drop_path_rate', ds_drop_path_rate)
         self.ds_position = ds_position
-        self.ds_with_cp = ds_with_cp
         self.ds_global_resize = tuple(ds_global_resize)
-        heads = max(1, out_channels // 2 // 32) if ds_num_heads is None else ds_num_heads
+        heads = max(1, self.out_channels // 2 // 32) if ds_num_heads is None else ds_num_heads
         if num_ds_blocks and self.ds_levels:
-            check_heads('ds_num_heads', out_channels, heads)
-        ds_norm_cfg = ds_norm_cfg or dict(type='GN', num_groups=32, requires_grad=True)
+            check_heads('ds_num_heads', self.out_channels, heads)
+        return heads
 
+    def _build_fpn_convs(self, conv_args: dict) -> None:
+        """FPN's 1x1 lateral and 3x3 output convs, level by level (an identity
+        where ``ds_position='replace_fpn_conv'`` puts DS-Blocks instead)."""
+        lateral_norm = None if self.no_norm_on_lateral else conv_args['norm_cfg']
+        lateral_args = dict(conv_args, norm_cfg=lateral_norm)
         self.lateral_convs = nn.ModuleList()
         self.fpn_convs = nn.ModuleList()
-        self.ds_blocks = nn.ModuleDict()
-        for level in range(num_levels):
-            self.lateral_convs.append(
-                ConvModule(
-                    self.in_channels[start_level + level],
-                    out_channels,
-                    1,
-                    conv_cfg=conv_cfg,
-                    norm_cfg=None if no_norm_on_lateral else norm_cfg,
-                    act_cfg=act_cfg,
-                    inplace=False,
-                )
-            )
-            replaced = ds_position == 'replace_fpn_conv' and level in self.ds_levels
+        for level in range(self.num_levels):
+            channels = self.in_channels[self.start_level + level]
+            self.lateral_convs.append(ConvModule(channels, self.out_channels, 1, **lateral_args))
+            replaced = self.ds_position == 'replace_fpn_conv' and level in self.ds_levels
             self.fpn_convs.append(
                 nn.Identity()
                 if replaced
-                else ConvModule(
-                    out_channels,
-                    out_channels,
-                    3,
-                    padding=1,
-                    conv_cfg=conv_cfg,
-                    norm_cfg=norm_cfg,
-                    act_cfg=act_cfg,
-                    inplace=False,
-                )
+                else ConvModule(self.out_channels, self.out_channels, 3, padding=1, **conv_args)
             )
-        for level, resize in zip(self.ds_levels, self.ds_global_resize):
-            if num_ds_blocks > 0:
-                self.ds_blocks[str(level)] = nn.Sequential(
-                    *[
-                        DSBlock(
-                            out_channels,
-                            heads,
-                            resize,
-                            mlp_ratio=ds_mlp_ratio,
-                            with_alignment=ds_with_alignment,
-                            drop_path_rate=ds_drop_path_rate,
-                            norm_cfg=ds_norm_cfg,
-                            with_cp=ds_with_cp,
-                            attn_split=attn_split,
-                        )
-                        for _ in range(num_ds_blocks)
-                    ]
-                )
 
-        self.extra_convs = nn.ModuleList()
-        if add_extra_convs:
-            for i in range(num_outs - num_levels):
-                channels = (
-                    self.in_channels[self.backbone_end_level - 1]
-                    if i == 0 and add_extra_convs == 'on_input'
-                    else out_channels
-                )
-                self.extra_convs.append(
-                    ConvModule(
-                        channels,
-                        out_channels,
-                        3,
-                        stride=2,
-                        padding=1,
-                        conv_cfg=conv_cfg,
-                        norm_cfg=norm_cfg,
-                        act_cfg=act_cfg,
-                        inplace=False,
-                    )
-                )
-        # The FPN convs' GroupNorm (norm_cfg) meets the same one-value groups
-        # on the stride-32 and extra levels as the DS-Blocks'.
-        for module in self.modules():
-            allow_one_value_groups(module)
+    def _build_ds_blocks(self, num_blocks: int, num_heads: int, **block_args) -> nn.ModuleDict:
+        """``num_blocks`` DS-Blocks of the FPN width per level of ``ds_levels``, each
+        at its level's global grid; ``block_args`` go to every ``DSBlock``."""
+        blocks = nn.ModuleDict()
+        if not num_blocks:
+            return blocks
+        for level, resize in zip(self.ds_levels, self.ds_global_resize):
+            blocks[str(level)] = nn.Sequential(
+                *[
+                    DSBlock(self.out_channels, num_heads, resize, **block_args)
+                    for _ in range(num_blocks)
+                ]
+            )
+        return blocks
+
+    def _build_extra_convs(self, conv_args: dict) -> nn.ModuleList:
+        """FPN's stride-2 3x3 convs of the levels above the backbone's (none
+        when ``add_extra_convs`` is False: those levels are max-pooled)."""
+        convs = nn.ModuleList()
+        if not self.add_extra_convs:
+            return convs
+        for i in range(self.num_outs - self.num_levels):
+            channels = (
+                self.in_channels[self.backbone_end_level - 1]
+                if i == 0 and self.add_extra_convs == 'on_input'
+                else self.out_channels
+            )
+            convs.append(
+                ConvModule(channels, self.out_channels, 3, stride=2, padding=1, **conv_args)
+            )
+        return convs
 
     @staticmethod
     def _check_ds_levels(ds_levels: Optional[Sequence[int]], num_levels: int) -> Tuple[int, ...]:

@@ -8,6 +8,8 @@ so a bad config fails before any data is loaded.
 import math
 import numbers
 
+import torch.nn as nn
+
 
 def check_rate(name: str, value) -> float:
     """A dropout or stochastic-depth probability: a real number in [0, 1).
@@ -109,8 +111,6 @@ NCHW_NORM_TYPES = ('BN', 'BN2d', 'SyncBN', 'GN', 'IN', 'IN2d')
 
 def check_nchw_norm_cfg(name: str, norm_cfg) -> dict:
     """A ``norm_cfg`` dict whose ``type`` works on NCHW feature maps."""
-    import torch.nn as nn
-
     if not isinstance(norm_cfg, dict) or 'type' not in norm_cfg:
         raise TypeError(f"{name} must be a dict with a 'type' key, got {norm_cfg!r}")
     norm_type = norm_cfg['type']

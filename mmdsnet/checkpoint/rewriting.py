@@ -1,11 +1,12 @@
-"""The converter's route (``tools/model_converters/dsnet2mmdet.py``): read a
-public DS-Net checkpoint, convert it, check it and write this package's layout."""
+"""The converter's route (``tools/model_converters/dsnet2mmdet.py``): a public
+DS-Net checkpoint file rewritten in this package's layout, read, converted,
+checked and written by the modules beside this one."""
 
 from typing import Dict
 
 import torch
 
-from .conversion import dsnet_convert, require_dsnet_layout, unwrap_state_dict
+from .conversion import dsnet_convert, require_dsnet_layout
 from .fitting import check_all_tensors, check_weight_value
 from .reading import check_tensor_layouts, read_checkpoint
 from .writing import write_atomically
@@ -18,7 +19,7 @@ def convert_file(src: str, dst: str, logger=None) -> Dict[str, torch.Tensor]:
     keys) and one with non-tensor or non-finite values; ``dst`` is written
     atomically (a temporary file renamed into place), or not at all.
     """
-    state_dict, _ = unwrap_state_dict(read_checkpoint(src))
+    state_dict = read_checkpoint(src)
     require_dsnet_layout(state_dict, src)
     check_tensor_layouts(state_dict, src)
     converted = dsnet_convert(state_dict, logger=logger)

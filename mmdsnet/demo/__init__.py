@@ -1,0 +1,6 @@
+"""The demo's synthetic "shapes" data (``make demo``, ``tools/demo/make_demo_data.py``),
+also what the tests that train and evaluate end to end run on. Imports nothing of mmdsnet."""
+
+from .synthetic_data import COCO_CLASSES, SEG_CLASSES, generate_demo_data, render_scene
+
+__all__ = ['COCO_CLASSES', 'SEG_CLASSES', 'generate_demo_data', 'render_scene']
