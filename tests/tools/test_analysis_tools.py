@@ -136,24 +136,26 @@ def test_attention_kernels_shapes_follow_the_architecture():
     assert all(r['forward_ms'] > 0 and r['backward_gflops_per_s'] > 0 for r in rows)
 
 
-def test_attention_kernels_times_the_folded_calls_and_reports_refusals(tmp_path):
+def test_attention_kernels_times_never_against_auto_and_reports_refusals(tmp_path):
     tool = load_tool('tools/analysis_tools/attention_kernels.py')
     out = tmp_path / 'kernels.json'
     argv = ['--arch', 'tiny', '--shape', '256', '320', '--kernels', 'flash', 'efficient',
-            '--batch', '2', '--fold', '--trials', '1', '--out', str(out)]  # fmt: skip
+            '--batch', '2', '--splits', 'never', 'auto', '--trials', '1',
+            '--out', str(out)]  # fmt: skip
     rows = tool.main(argv)
-    # stage 1: 64x80 local queries over 8x10 global keys; 2 images x 2 key
-    # blocks fill 132 SMs with 5 chunks of 1,024 queries (the largest divisor)
-    folded = [r for r in rows if r['folds'] > 1]
-    assert [(r['stage'], r['attention'], r['folds'], r['kernel']) for r in folded] == [
-        (1, 'local q, global kv', 5, 'flash'),
-        (1, 'local q, global kv', 5, 'efficient'),
-    ]
-    assert folded[0]['backward_ms'] > 0
+    # stage 1: 5,120 local queries over 80 global keys, 2 images: 4 backward
+    # blocks for 132 SMs, so 'auto' folds the queries 80 times (320 blocks); the
+    # other direction splits its keys as often (forward 4 -> 320 blocks)
+    auto = {(r['stage'], r['attention']): r for r in rows if r['split'] == 'auto'}
+    local_q, global_q = auto[1, 'local q, global kv'], auto[1, 'global q, local kv']
+    assert (local_q['folds'], local_q['splits'], local_q['backward_blocks']) == (80, 1, 320)
+    assert (global_q['folds'], global_q['splits'], global_q['forward_blocks']) == (1, 80, 320)
+    timed = [r for r in rows if r['kernel'] == 'flash']
+    assert len(timed) == 2 * 12 and all(r['backward_ms'] > 0 for r in timed)
     # the CPU has no memory-efficient kernel: every such call is refused, not fatal
     assert all('refused' in r for r in rows if r['kernel'] == 'efficient')
     saved = json.loads(out.read_text())
-    assert saved['rows'] == rows and saved['sms_for_folding'] == 132
+    assert saved['rows'] == rows and saved['sms_for_rule'] == 132
 
 
 def test_configs_resolve_by_package_prefix(tmp_path):

@@ -91,16 +91,22 @@ def test_cpu_mode_figures_reach_the_summary(cpu_run):
     assert demo['status'] == 'passed' and 'target' not in demo  # no mAP target on the CPU
     with open(out / 'results' / 'attention_kernels.json') as f:
         kernels = json.load(f)
-    # DS-Net-T at 256x320: the stage-1 local queries are folded in 5 (132 SMs' rule)
-    assert [(r['stage'], r['folds']) for r in kernels['rows'] if r['folds'] > 1] == [(1, 5)]
+    # DS-Net-T at 256x320: attn_split='auto' rewrites both co-attentions of stages 1-3
+    # (132 SMs' rule), e.g. stage 1's local queries folded 80 times
+    rewritten = [(r['stage'], r['folds'], r['splits']) for r in kernels['rows']
+                 if r['split'] == 'auto' and (r['folds'], r['splits']) != (1, 1)]  # fmt: skip
+    assert rewritten == [(1, 80, 1), (1, 1, 80), (2, 20, 1), (2, 1, 20), (3, 5, 1), (3, 1, 5)]
     summary = (out / 'summary.md').read_text()
     for heading in ('## Machine', '## Steps', '## Targets', '## Backbones', '## Mask R-CNN',
-                    '## SDPA backend', '## Query folding', '## GPU tests', '## Demo',
-                    '## Profile'):  # fmt: skip
+                    '## SDPA backend', "## attn_split 'never' against 'auto'", '## GPU tests',
+                    '## Demo', '## Profile'):  # fmt: skip
         assert heading in summary, heading
     assert 'not run' not in summary
     assert '| DS-Net-T | 64 b1 | fp32 | flash 27 |' in summary
-    assert '| 1 | local q, global kv | 5120x80 | flash | fp32 | 5 |' in summary
+    assert (
+        '| 1 | local q, global kv | 5120x80 | flash | fp32 | 80 / 1 | 160 / 160 | 4 / 320 |'
+        in summary
+    )
     assert 'DS-Net-T eval at 2x64x64, bf16, on cpu' in summary  # the inference profile
 
 

@@ -2,18 +2,19 @@
 
     python tools/analysis_tools/attention_kernels.py [--arch small]
         [--shape 800 1344] [--kernels flash math] [--precisions fp32]
-        [--batch 1] [--fold] [--trials 3] [--out rows.json]
+        [--batch 1] [--splits never auto] [--sms 132] [--trials 3] [--out rows.json]
 
 For every stage it times the three attentions of one block (global
 self-attention, local queries on global keys, global queries on local keys)
 forward and backward, and prints GFLOP/s (4 * Lq * Lk * d per head forward,
 twice that backward), and the fp32 matrix-multiply rate of the same device:
 a kernel near that rate means the time is the FLOPs of the co-attention, not
-the kernel. ``--fold`` also times each call the way DS-Net runs it in
-training on CUDA, with its queries folded into the batch where
-``query_folds`` says so (on a CPU with ``--sms``'s count, default an H100's
-132), so the two can be compared in one run. A kernel that refuses a
-precision (flash in fp32 on CUDA) is reported as refused.
+the kernel. ``--splits never auto`` times each call both plain and the way
+``attn_split='auto'`` runs it in training on CUDA (queries folded, keys split
+by ``plan_attention`` for ``--sms`` SMs: the GPU's, or an H100's 132, also on
+a CPU), with the thread blocks each way launches, so the two can be compared
+in one run. A kernel that refuses a call (flash in fp32 on CUDA; on the CPU
+the memory-efficient kernel) is reported as refused.
 """
 
 import argparse
@@ -21,14 +22,21 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mmdsnet.analysis.attention_backends import attention_shapes
 from mmdsnet.analysis.inputs import PRECISIONS
 from mmdsnet.models import DSNet
-from mmdsnet.models.layers.fused_attention import folded_attention, query_folds
+from mmdsnet.models.layers.fused_attention import (
+    EFFICIENT_TILES,
+    FLASH_TILES,
+    AttentionPlan,
+    plan_attention,
+    planned_attention,
+    thread_blocks,
+)
 
+PLAIN = AttentionPlan()
 KERNELS = {
     'flash': SDPBackend.FLASH_ATTENTION,
     'math': SDPBackend.MATH,
@@ -41,11 +49,11 @@ def dtype_of(precision):
     return PRECISIONS[precision] or torch.float32
 
 
-def time_kernel(kernel, shape, trials, device, dtype=torch.float32, folds=1):
+def time_kernel(kernel, shape, trials, device, dtype=torch.float32, plan=PLAIN):
     """Median forward and backward seconds of one attention call.
 
-    ``shape`` is (batch, heads, Lq, Lk, head_dims); ``folds`` > 1 times
-    ``folded_attention`` with that many query chunks.
+    ``shape`` is (batch, heads, Lq, Lk, head_dims); ``plan`` folds queries
+    and splits keys (``planned_attention``).
     """
     batch, heads, len_q, len_k, head_dims = shape
 
@@ -58,10 +66,7 @@ def time_kernel(kernel, shape, trials, device, dtype=torch.float32, folds=1):
     with sdpa_kernel(KERNELS[kernel]):
         for _ in range(trials + 1):  # the first is warm-up
             start = time.perf_counter()
-            if folds > 1:
-                out = folded_attention(q, k, v, 0.0, folds)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v)
+            out = planned_attention(q, k, v, 0.0, plan)
             if device.type == 'cuda':
                 torch.cuda.synchronize()
             middle = time.perf_counter()
@@ -93,15 +98,18 @@ def main(argv=None):
     parser.add_argument('--kernels', nargs='+', default=['flash', 'math'], choices=sorted(KERNELS))
     parser.add_argument('--precisions', nargs='+', default=['fp32'], choices=list(PRECISIONS))
     parser.add_argument('--batch', type=int, default=1, help='images per call')
-    parser.add_argument('--fold', action='store_true', help='also time the folded calls')
     parser.add_argument(
-        '--sms', type=int, help="SM count for the folding rule (default: the GPU's, or 132)"
+        '--splits', nargs='+', default=['never'], choices=['never', 'auto'],
+        help="plain calls, and/or as attn_split='auto' runs them in training",
+    )  # fmt: skip
+    parser.add_argument(
+        '--sms', type=int, help="SM count for the 'auto' rule (default: the GPU's, or 132)"
     )
     parser.add_argument('--trials', type=int, default=3)
     parser.add_argument('--out', help='write the rows as JSON')
     args = parser.parse_args(argv)
-    for name in ('trials', 'batch'):
-        if getattr(args, name) < 1:
+    for name in ('trials', 'batch', 'sms'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     sms = args.sms or (
@@ -112,28 +120,33 @@ def main(argv=None):
     rows = []
     print(
         f'{"stage":5s} {"attention":20s} {"heads":5s} {"Lq x Lk":>15s} {"kernel":9s} '
-        f'{"prec":4s} {"folds":>5s} {"fwd ms":>8s} {"GFLOP/s":>7s} {"bwd ms":>8s} {"GFLOP/s":>7s}'
+        f'{"prec":4s} {"split":5s} {"q/k chunks":>10s} {"blocks f/b":>11s} '
+        f'{"fwd ms":>8s} {"GFLOP/s":>7s} {"bwd ms":>8s} {"GFLOP/s":>7s}'
     )
     for stage, name, heads, len_q, len_k, head_dims in attention_shapes(args.arch, *args.shape):
         flops = 4 * args.batch * len_q * len_k * head_dims * heads
         shape = (args.batch, heads, len_q, len_k, head_dims)
-        training_folds = query_folds(args.batch * heads, len_q, len_k, sms) if args.fold else 1
-        folds_here = [1, training_folds] if training_folds > 1 else [1]
         for kernel in args.kernels:
             for precision in args.precisions:
-                for folds in folds_here:
+                tiles = FLASH_TILES if precision in ('fp16', 'bf16') else EFFICIENT_TILES
+                auto = plan_attention(args.batch * heads, len_q, len_k, sms, tiles, True)
+                for split in args.splits:
+                    plan = auto if split == 'auto' else PLAIN
+                    blocks = thread_blocks(args.batch * heads, len_q, len_k, plan, tiles)
                     row = dict(
                         stage=stage + 1, attention=name, batch=args.batch, heads=heads,
                         len_q=len_q, len_k=len_k, head_dims=head_dims, kernel=kernel,
-                        precision=precision, folds=folds,
+                        precision=precision, split=split, folds=plan.folds, splits=plan.splits,
+                        forward_blocks=blocks[0], backward_blocks=blocks[1],
                     )  # fmt: skip
                     label = (
                         f'{stage + 1:5d} {name:20s} {heads:5d} {f"{len_q}x{len_k}":>15s} '
-                        f'{kernel:9s} {precision:4s} {folds:5d}'
+                        f'{kernel:9s} {precision:4s} {split:5s} '
+                        f'{f"{plan.folds}/{plan.splits}":>10s} {f"{blocks[0]}/{blocks[1]}":>11s}'
                     )
                     try:
                         fwd, bwd = time_kernel(
-                            kernel, shape, args.trials, device, dtype_of(precision), folds
+                            kernel, shape, args.trials, device, dtype_of(precision), plan
                         )
                     except RuntimeError as error:  # the kernel does not take this call
                         row['refused'] = str(error).splitlines()[0]
@@ -158,7 +171,7 @@ def main(argv=None):
         with open(args.out, 'w') as f:
             summary = dict(
                 rows=rows, matmul_gflops_per_s=matmul, device=device.type,
-                sms_for_folding=sms, arch=args.arch, shape=args.shape,
+                sms_for_rule=sms, arch=args.arch, shape=args.shape,
             )  # fmt: skip
             json.dump(summary, f, indent=1)
     return rows

@@ -49,7 +49,7 @@ GPU = dict(
           '--precisions', 'fp32,fp16,bf16']),
         ('attention_kernels.py', 'results/attention_kernels.json',
          ['--arch', 'small', '--shape', '800', '1344', '--batch', '2', '--kernels', 'efficient',
-          'flash', '--precisions', 'fp32', 'fp16', '--trials', '3', '--fold']),
+          'flash', '--precisions', 'fp32', 'fp16', '--trials', '3', '--splits', 'never', 'auto']),
     ],
     benchmark=[
         ('benchmark.py', 'results/benchmark_backbones.json',
@@ -86,7 +86,7 @@ CPU = dict(
          ['--archs', 'tiny', '--settings', '64 b1', '--precisions', 'fp32,bf16']),
         ('attention_kernels.py', 'results/attention_kernels.json',
          ['--arch', 'tiny', '--shape', '256', '320', '--batch', '2', '--kernels', 'flash',
-          '--precisions', 'fp32', '--trials', '1', '--fold']),
+          '--precisions', 'fp32', '--trials', '1', '--splits', 'never', 'auto']),
     ],
     benchmark=[
         ('benchmark.py', 'results/benchmark_backbones.json',

@@ -214,33 +214,38 @@ def demo_section(out) -> List[str]:
     return _section(title, _table(header, [row]))
 
 
-def folding_section(out) -> List[str]:
-    """Each attention that DS-Net folds in training, timed unfolded and folded."""
-    title = '## Query folding of the DS-Block attentions (attention_kernels.py)'
+def split_section(out) -> List[str]:
+    """Each attention that attn_split='auto' rewrites in training, timed plain and rewritten,
+    with the thread blocks each way launches."""
+    title = "## attn_split 'never' against 'auto' per DS-Block attention (attention_kernels.py)"
     data = _load(out, 'results/attention_kernels.json')
     if data is None:
         return _section(title, None)
     timed = [r for r in data['rows'] if 'refused' not in r]
     same = ('stage', 'attention', 'kernel', 'precision')
     rows = []
-    for folded in (r for r in timed if r['folds'] > 1):
-        plain = [r for r in timed if r['folds'] == 1 and all(r[k] == folded[k] for k in same)]
+    for auto in (r for r in timed if r['split'] == 'auto' and (r['folds'], r['splits']) != (1, 1)):
+        plain = [r for r in timed if r['split'] == 'never' and all(r[k] == auto[k] for k in same)]
         if plain:
             plain = plain[0]
             rows.append(
-                [folded['stage'], folded['attention'], f"{folded['len_q']}x{folded['len_k']}",
-                 folded['kernel'], folded['precision'], folded['folds'],
-                 f"{_fmt(plain['forward_ms'], 2)} / {_fmt(folded['forward_ms'], 2)}",
-                 f"{_fmt(plain['backward_ms'], 2)} / {_fmt(folded['backward_ms'], 2)}",
-                 _fmt(_ratio(folded['backward_ms'], plain['backward_ms']), 2)]
+                [auto['stage'], auto['attention'], f"{auto['len_q']}x{auto['len_k']}",
+                 auto['kernel'], auto['precision'], f"{auto['folds']} / {auto['splits']}",
+                 f"{plain['forward_blocks']} / {auto['forward_blocks']}",
+                 f"{plain['backward_blocks']} / {auto['backward_blocks']}",
+                 f"{_fmt(plain['forward_ms'], 2)} / {_fmt(auto['forward_ms'], 2)}",
+                 f"{_fmt(plain['backward_ms'], 2)} / {_fmt(auto['backward_ms'], 2)}",
+                 _fmt(_ratio(auto['forward_ms'] + auto['backward_ms'],
+                             plain['forward_ms'] + plain['backward_ms']), 2)]
             )  # fmt: skip
     if not rows:
-        return _section(title, ['no attention was folded'])
-    header = ['stage', 'attention', 'Lq x Lk', 'kernel', 'precision', 'folds',
-              'fwd ms (plain / folded)', 'bwd ms (plain / folded)', 'x backward']  # fmt: skip
+        return _section(title, ['no attention was rewritten'])
+    header = ['stage', 'attention', 'Lq x Lk', 'kernel', 'precision', 'q folds / k splits',
+              'fwd blocks', 'bwd blocks', 'fwd ms (never / auto)', 'bwd ms (never / auto)',
+              'x fwd+bwd']  # fmt: skip
     return _section(title, [
         f'{data["arch"]} at {data["shape"][0]}x{data["shape"][1]}, {data["rows"][0]["batch"]} '
-        f'images per call; folds for {data["sms_for_folding"]} SMs.', '',
+        f'images per call; the rule for {data["sms_for_rule"]} SMs.', '',
         *_table(header, rows),
     ])  # fmt: skip
 
@@ -287,7 +292,7 @@ def write_summary(out: str, total_seconds: float, cpu: bool, title: Optional[str
         backbone_section(out),
         detector_section(out),
         attention_section(out),
-        folding_section(out),
+        split_section(out),
         tests_section(out),
         demo_section(out),
         profile_section(out),

@@ -286,11 +286,13 @@ def key_split_kernel(query: torch.Tensor) -> Optional[KeySplitKernel]:
     """The kernel a key-split call of ``query``'s device and dtype runs on, or
     None where there is none (then the call runs unsplit).
 
-    CPU: the fused CPU kernel. CUDA: flash for fp16/bf16 on sm80+ where
-    enabled, else memory-efficient where enabled (restrictions set with
-    ``sdpa_kernel`` are honoured).
+    CPU: the fused CPU kernel (SDPA's flash backend there). CUDA: flash for
+    fp16/bf16 on sm80+ where enabled, else memory-efficient where enabled.
+    Restrictions set with ``sdpa_kernel`` are honoured.
     """
     if query.device.type == 'cpu':
+        if not torch.backends.cuda.flash_sdp_enabled():  # the CPU's fused kernel's switch
+            return None
         kernel = CPU_KERNEL
     elif query.is_cuda:
         flash = (
@@ -479,7 +481,20 @@ def attention(
     tests/gpu/test_gpu.py checks it in fp32, fp16 and bf16. ``split``
     (``attn_split``) chooses the folding and key splitting (``choose_plan``).
     """
-    plan = choose_plan(query, key, value, dropout_p, split)
+    return planned_attention(
+        query, key, value, dropout_p, choose_plan(query, key, value, dropout_p, split)
+    )
+
+
+def planned_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    dropout_p: float,
+    plan: AttentionPlan,
+) -> torch.Tensor:
+    """The attention run by ``plan``: ``folds`` query chunks around plain SDPA
+    or around ``splits`` key chunks merged by log-sum-exp (no dropout then)."""
     if plan.splits > 1:
         query, key, value = _autocast_inputs((query, key, value))
         attend = functools.partial(key_split_attention, splits=plan.splits)
