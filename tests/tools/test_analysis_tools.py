@@ -259,3 +259,26 @@ def test_benchmark_selection_names_what_is_accepted():
     ]:
         with pytest.raises(ValueError, match=message):
             select_cases(cpu, **{**choices, **wrong})
+
+
+def test_attention_kernels_plan_prints_the_rule_without_timing():
+    tool = load_tool('tools/analysis_tools/attention_kernels.py')
+    argv = ['--arch', 'small', '--shape', '800', '1344', '--batch', '2', '--kernels', 'flash',
+            '--precisions', 'fp32', 'fp16', '--splits', 'never', 'auto', '--plan']  # fmt: skip
+    rows = tool.main(argv)
+    assert len(rows) == 12 * 2 * 2 and not any('forward_ms' in r for r in rows)
+    stage_1 = {
+        (r['attention'], r['precision']): r
+        for r in rows
+        if r['stage'] == 1 and r['split'] == 'auto'
+    }
+    # docs/performance.md, "Attention calls on the GPU": 34 -> 272 blocks in fp32
+    fp32 = stage_1['global q, local kv', 'fp32']
+    assert (fp32['splits'], fp32['forward_blocks']) == (8, 272)
+    fp16 = stage_1['global self', 'fp16']
+    assert (fp16['folds'], fp16['splits'], fp16['forward_blocks'], fp16['backward_blocks']) == (
+        15,
+        10,
+        300,
+        270,
+    )

@@ -2,7 +2,8 @@
 
     python tools/analysis_tools/attention_kernels.py [--arch small]
         [--shape 800 1344] [--kernels flash math] [--precisions fp32]
-        [--batch 1] [--splits never auto] [--sms 132] [--trials 3] [--out rows.json]
+        [--batch 1] [--splits never auto] [--sms 132] [--plan] [--trials 3]
+        [--out rows.json]
 
 For every stage it times the three attentions of one block (global
 self-attention, local queries on global keys, global queries on local keys)
@@ -13,8 +14,10 @@ the kernel. ``--splits never auto`` times each call both plain and the way
 ``attn_split='auto'`` runs it in training on CUDA (queries folded, keys split
 by ``plan_attention`` for ``--sms`` SMs: the GPU's, or an H100's 132, also on
 a CPU), with the thread blocks each way launches, so the two can be compared
-in one run. A kernel that refuses a call (flash in fp32 on CUDA; on the CPU
-the memory-efficient kernel) is reported as refused.
+in one run; ``--plan`` prints those plans and thread blocks without timing
+anything (the table in docs/performance.md). A kernel that refuses a call
+(flash in fp32 on CUDA; on the CPU the memory-efficient kernel) is reported
+as refused.
 """
 
 import argparse
@@ -105,6 +108,9 @@ def main(argv=None):
     parser.add_argument(
         '--sms', type=int, help="SM count for the 'auto' rule (default: the GPU's, or 132)"
     )
+    parser.add_argument(
+        '--plan', action='store_true', help="only the 'auto' plans and thread blocks, no timing"
+    )
     parser.add_argument('--trials', type=int, default=3)
     parser.add_argument('--out', help='write the rows as JSON')
     args = parser.parse_args(argv)
@@ -144,6 +150,10 @@ def main(argv=None):
                         f'{kernel:9s} {precision:4s} {split:5s} '
                         f'{f"{plan.folds}/{plan.splits}":>10s} {f"{blocks[0]}/{blocks[1]}":>11s}'
                     )
+                    if args.plan:
+                        rows.append(row)
+                        print(label)
+                        continue
                     try:
                         fwd, bwd = time_kernel(
                             kernel, shape, args.trials, device, dtype_of(precision), plan
@@ -164,6 +174,8 @@ def main(argv=None):
                         f'{label} {row["forward_ms"]:8.1f} {row["forward_gflops_per_s"]:7.1f} '
                         f'{row["backward_ms"]:8.1f} {row["backward_gflops_per_s"]:7.1f}'
                     )
+    if args.plan:
+        return rows
     matmul = matmul_gflops(device)
     print(f'fp32 matmul 2048^3 on the same device: {matmul:.1f} GFLOP/s')
     print(f'device: {device.type}, {torch.get_num_threads()} threads; torch {torch.__version__}')
