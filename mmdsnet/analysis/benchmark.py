@@ -26,7 +26,7 @@ from ..models import DSNet
 from ..testing import reference_for
 from .inputs import PRECISIONS, build_detector, detector_batch, parse_setting, split_choices
 from .memory import peak_memory_mb, release_free_heap, saved_activations_mb
-from .profiling import backbone_step, detector_iteration, sync
+from .profiling import PHASES, backbone_step, detector_iteration, sync, timed_phase
 
 
 class UnfusedDSNet(torch.nn.Module):
@@ -96,6 +96,8 @@ DETECTORS = {
     'MaskRCNN DS-Net-S+FPN frozen_stages=1': (DS_FPN, {'model.backbone.frozen_stages': 1}),
 }
 MODES = ('eval', 'train')
+# The report's keys of the phases of a detector training iteration (profiling.PHASES).
+PHASE_KEYS = ('forward_loss_ms', 'backward_ms', 'optimizer_step_ms')
 # Detector training precisions: fp32, or AMP as --amp trains (fp16 autocast, loss scaling).
 DET_PRECISIONS = ('fp32', 'amp')
 
@@ -120,6 +122,7 @@ class Case:
     times: List[float] = field(default_factory=list)
     memory_mb: Optional[float] = None
     saved_mb: Optional[float] = None  # activations kept for backward (train cases)
+    phases: Dict[str, List[float]] = field(default_factory=dict)
 
     def prepare(self, device):
         if self.state is None:
@@ -150,6 +153,9 @@ class Case:
         )
         if self.batch is not None:
             entry['images_per_s'] = self.batch / median
+        for phase, key in zip(PHASES, PHASE_KEYS):
+            if self.phases.get(phase):
+                entry[key] = statistics.median(self.phases[phase])
         return entry
 
 
@@ -165,16 +171,18 @@ def backbone_build(name, setting, train):
     return build
 
 
-def backbone_case(name, setting, mode):
-    """Inference, or forward and backward of the summed outputs, of a backbone."""
+def backbone_case(name, setting, mode, precision='fp32'):
+    """Inference, or forward and backward of the summed outputs, of a backbone;
+    the forward under autocast unless ``precision`` is fp32."""
     train = mode == 'train'
     build = backbone_build(name, setting, train)
+    group = f'backbone {setting} {mode}' + ('' if precision == 'fp32' else f' {precision}')
     return Case(
-        f'backbone {setting} {mode}',
+        group,
         name,
         setting,
         build,
-        lambda state: backbone_step(*state, train=train),
+        lambda state: backbone_step(*state, train=train, precision=precision),
         measures_saved=train,
     )
 
@@ -196,13 +204,22 @@ def detector_case(name, mode, precision='fp32', size='800x1333', config_dir=None
         return model, data, optimizer, torch.amp.GradScaler(device.type, enabled=amp)
 
     def step(state):
-        if mode == 'train':
-            detector_iteration(*state, amp=amp)
-        else:
+        if mode != 'train':
             with torch.no_grad():
                 state[0](**state[1], mode='predict')
+            return
+        times = {}
+        device = state[1]['inputs'].device
 
-    return Case(f'Mask R-CNN 2x{size} {mode} {precision}', name, f'{size} b2', build, step, 2)
+        def phase(name):
+            return timed_phase(times, name, device)
+
+        detector_iteration(*state, amp=amp, phase=phase)
+        for name, ms in times.items():
+            case.phases.setdefault(name, []).append(ms)
+
+    case = Case(f'Mask R-CNN 2x{size} {mode} {precision}', name, f'{size} b2', build, step, 2)
+    return case
 
 
 def throughput_case(name, precision, setting='224 b64'):
@@ -228,13 +245,15 @@ def make_cases(
     det_size='800x1333',
     throughput_setting='224 b64',
     config_dir=None,
+    backbone_precisions=('fp32',),
 ):
     """The cases of the chosen suites, in the order they are grouped and run."""
     cases = []
     if 'backbone' in suites:
         for setting in settings:
             for mode in modes:
-                cases += [backbone_case(n, setting, mode) for n in names]
+                for precision in backbone_precisions:
+                    cases += [backbone_case(n, setting, mode, precision) for n in names]
     if 'detector' in suites:
         for mode in sorted(modes, reverse=True):  # train first
             # inference in fp32 only, as tools/test.py runs it
@@ -265,6 +284,7 @@ def select_cases(
     det_size,
     throughput_setting=None,
     config_dir=None,
+    backbone_precisions='fp32',
 ) -> List[Case]:
     """The cases of a selection given as the tool's comma-separated choices.
 
@@ -279,6 +299,9 @@ def select_cases(
         parse_setting(setting)
     chosen_precisions = split_choices(precisions, 'precisions', PRECISIONS)
     chosen_det_precisions = split_choices(det_precisions, 'detector precisions', DET_PRECISIONS)
+    chosen_backbone_precisions = split_choices(
+        backbone_precisions, 'backbone precisions', PRECISIONS
+    )
     if len(det_size.split('x')) != 2 or not det_size.replace('x', '').isdigit():
         raise ValueError(f"--det-size {det_size!r} is not 'HxW' (e.g. 800x1333)")
     chosen_suites = set(suites.split(','))
@@ -287,7 +310,7 @@ def select_cases(
     cases = make_cases(
         chosen_suites, device, names, chosen_settings, chosen_modes, chosen_detectors,
         chosen_precisions, chosen_det_precisions, det_size, throughput_setting or '224 b64',
-        config_dir,
+        config_dir, chosen_backbone_precisions,
     )  # fmt: skip
     if not cases:
         raise ValueError(
@@ -343,6 +366,9 @@ COLUMNS = (
     ('saved MB', '8.0f', _value('saved_activations_mb'), 'saved_activations_mb'),
     ('x saved', '7.2f', _ratio('saved_activations_mb'), 'saved_activations_mb'),
     ('img/s', '5.0f', _value('images_per_s'), 'images_per_s'),
+    ('fwd+loss ms', '11.1f', _value('forward_loss_ms'), 'forward_loss_ms'),
+    ('bwd ms', '8.1f', _value('backward_ms'), 'backward_ms'),
+    ('step ms', '7.1f', _value('optimizer_step_ms'), 'optimizer_step_ms'),
 )
 
 

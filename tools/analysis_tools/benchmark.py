@@ -24,8 +24,10 @@ DS-Net-S rows include the NCHW layout (``channels_last=False``) and
 under bf16 and fp16 autocast; ``--det-precisions fp32,amp`` times the
 detectors in fp32 and under AMP as ``--amp`` trains (fp16 autocast, dynamic
 loss scaling); a detector training iteration is forward, backward and an
-AdamW step. ``--settings``, ``--det-size`` and ``--throughput-setting`` take
-any input size (``make gpu-check``'s CPU mode uses small ones). The models,
+AdamW step, each phase also timed (synchronised), and
+``--backbone-precisions`` adds the backbone suite under autocast.
+``--settings``, ``--det-size`` and ``--throughput-setting`` take any input
+size (``make gpu-check``'s CPU mode uses small ones). The models,
 cases, selection check and table are in mmdsnet/analysis/benchmark.py, the
 memory measurement in mmdsnet/analysis/memory.py; this tool parses the command
 line, runs the groups and writes the report.
@@ -55,7 +57,8 @@ from mmdsnet.analysis.memory import measure_rss_growth_mb
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
 # The options that choose the cases (select_cases's arguments).
 SELECTION = ('suites', 'backbones', 'settings', 'modes', 'detectors', 'precisions',
-             'det_precisions', 'det_size', 'throughput_setting')  # fmt: skip
+             'det_precisions', 'det_size', 'throughput_setting',
+             'backbone_precisions')  # fmt: skip
 
 
 def parse_args(argv):
@@ -77,6 +80,11 @@ def parse_args(argv):
         '--precisions',
         default=','.join(PRECISIONS),
         help='throughput suite: fp32 and/or bf16, fp16 autocast',
+    )
+    parser.add_argument(
+        '--backbone-precisions',
+        default='fp32',
+        help='backbone suite: fp32 and/or bf16, fp16 autocast (forward; backward as autograd runs)',
     )
     parser.add_argument(
         '--throughput-setting',

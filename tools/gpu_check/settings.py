@@ -54,8 +54,8 @@ GPU = dict(
     benchmark=[
         ('benchmark.py', 'results/benchmark_backbones.json',
          ['--suites', 'backbone,throughput', '--backbones', BACKBONES, '--settings', '800x1344 b2',
-          '--modes', 'train', '--throughput-setting', '224 b64', '--precisions', 'fp32,bf16,fp16',
-          *GPU_TRIALS]),
+          '--modes', 'train', '--backbone-precisions', 'fp32,fp16', '--throughput-setting',
+          '224 b64', '--precisions', 'fp32,bf16,fp16', *GPU_TRIALS]),
         ('benchmark.py', 'results/benchmark_detectors.json',
          ['--suites', 'detector', '--detectors', DETECTORS, '--modes', 'train,eval',
           '--det-size', '800x1333', '--det-precisions', 'fp32,amp', *GPU_TRIALS]),

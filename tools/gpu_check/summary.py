@@ -130,17 +130,26 @@ def attention_section(out) -> List[str]:
     ])  # fmt: skip
 
 
+# The phases of a detector training iteration in the benchmark's report: (key, header).
+PHASES = (('forward_loss_ms', 'fwd + loss ms'), ('backward_ms', 'bwd ms'),
+          ('optimizer_step_ms', 'step ms'))  # fmt: skip
+
+
 def ratio_table(cases: dict, peers: List[str], label: str, value) -> List[str]:
-    """One row per case: ``value(case)`` under ``label``, peak memory, and time and memory
-    over each peer's (those of ``peers`` among ``cases``)."""
+    """One row per case: ``value(case)`` under ``label``, peak memory, the phase times where
+    the report has them, and time and memory over each peer's (those of ``peers`` among
+    ``cases``)."""
     peers = [cases[p] for p in peers if p in cases]
+    phases = [(k, h) for k, h in PHASES if any(k in r for r in cases.values())]
     rows = [
         [r['name'], _fmt(value(r), 1), _fmt(r['peak_memory_mb'])]
+        + [_fmt(r.get(k), 1) for k, _ in phases]
         + [f'{_fmt(_ratio(r["median_s"], p["median_s"]), 2)} / '
            f'{_fmt(_ratio(r["peak_memory_mb"], p["peak_memory_mb"]), 2)}' for p in peers]
         for r in cases.values()
     ]  # fmt: skip
-    header = ['model', label, 'peak MB'] + [f'x {p["name"]} (time / memory)' for p in peers]
+    header = (['model', label, 'peak MB'] + [h for _, h in phases]
+              + [f'x {p["name"]} (time / memory)' for p in peers])  # fmt: skip
     return _table(header, rows)
 
 
