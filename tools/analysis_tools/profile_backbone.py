@@ -2,14 +2,16 @@
 
     python tools/analysis_tools/profile_backbone.py [--arch small]
         [--shape 800 1344] [--batch 1] [--mode eval|train]
-        [--precision fp32|fp16|bf16] [--top 15] [--out FILE]
+        [--precision fp32|fp16|bf16] [--cudnn-benchmark] [--top 15] [--out FILE]
 
 One warm-up run, the median wall time of three synchronised runs, then one
 profiled run (forward, and backward in train mode, of the summed outputs;
 ``--precision fp16/bf16`` under autocast). Prints the operators with the most
 self time, the share of the run per operator family and, on a GPU, how much
 of the wall time the kernels fill: far below 100% the run waits on the host
-(launches, Python), not on the GPU. ``--out`` writes the same text to a file.
+(launches, Python), not on the GPU. ``--cudnn-benchmark`` lets cuDNN time its
+convolution algorithms first (``torch.backends.cudnn.benchmark``; the warm-up
+run pays for it). ``--out`` writes the same text to a file.
 """
 
 import argparse
@@ -28,10 +30,14 @@ def main(argv=None):
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--mode', default='eval', choices=['eval', 'train'])
     parser.add_argument('--precision', default='fp32', choices=list(PRECISIONS))
+    parser.add_argument(
+        '--cudnn-benchmark', action='store_true', help='torch.backends.cudnn.benchmark = True'
+    )
     parser.add_argument('--top', type=int, default=15)
     parser.add_argument('--out', help='also write the text to this file')
     args = parser.parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     train = args.mode == 'train'
     model = DSNet(args.arch, drop_path_rate=0.0).to(device).train(train)
     x = torch.randn(args.batch, 3, *args.shape, device=device)
@@ -45,7 +51,8 @@ def main(argv=None):
     name = torch.cuda.get_device_name(device) if prof.on_gpu else device.type
     lines = [
         f'DS-Net-{args.arch[0].upper()} {args.mode} at {args.batch}x{args.shape[0]}x'
-        f'{args.shape[1]}, {args.precision}, on {name}, torch {torch.__version__}',
+        f'{args.shape[1]}, {args.precision}, on {name}, torch {torch.__version__}'
+        + (', cudnn.benchmark on' if args.cudnn_benchmark else ''),
         f'wall time (median of 3, unprofiled): {wall:.1f} ms',
     ]
     if prof.on_gpu:

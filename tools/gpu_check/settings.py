@@ -28,7 +28,8 @@ CPU_TRIALS = ['--trials', '1', '--warmup', '0', '--no-memory']
 
 def profiles(arch, size, batch, precisions, detector_size, warmup, amp):
     """profile_detector.py's DS-Net-S Mask R-CNN iteration (fp32, and AMP when ``amp``) and
-    profile_backbone.py's inference of DS-Net-``arch`` at ``size`` in each precision."""
+    profile_backbone.py's inference of DS-Net-``arch`` at ``size`` in each precision, the last
+    one also with cudnn.benchmark on."""
     detector = ['--size', detector_size, '--warmup', warmup]
     runs = [('profile_detector.py', 'profile_dsnet-s_maskrcnn_fp32.txt', detector)]
     if amp:
@@ -38,6 +39,9 @@ def profiles(arch, size, batch, precisions, detector_size, warmup, amp):
         name = f'profile_dsnet-{arch[0]}_inference_{size}b{batch}_{precision}.txt'
         args = ['--arch', arch, '--shape', size, size, '--batch', batch, '--precision', precision]
         runs.append(('profile_backbone.py', name, args))
+    name, args = runs[-1][1:]
+    runs.append(('profile_backbone.py', name.replace('.txt', '_cudnn-benchmark.txt'),
+                 [*args, '--cudnn-benchmark']))  # fmt: skip
     return runs
 
 
