@@ -27,9 +27,11 @@ from mmdsnet.models import DSNet
 
 
 def describe(arch, setting, precision, device):
-    """The recorded calls of one run, and one row per (stage, attention)."""
+    """The recorded calls of one run, and one row per (stage, attention). Every call as plain
+    SDPA runs it (``attn_split='never'``): with 'auto' a split call runs the same fused kernel
+    through aten's private ops, which SDPA's selector does not see."""
     batch, height, width = parse_setting(setting)
-    model = DSNet(arch, drop_path_rate=0.0).to(device)
+    model = DSNet(arch, drop_path_rate=0.0, attn_split='never').to(device)
     model.eval()
     x = torch.randn(batch, 3, height, width, device=device)
     calls = describe_sdpa_calls(model, x, PRECISIONS[precision])
