@@ -85,6 +85,13 @@ BACKBONES: Dict[str, Callable[[], torch.nn.Module]] = {
 NOT_IN_THROUGHPUT = ('DS-Net-S unfused',)
 BACKBONE_SETTINGS = ('224 b8', '800x1344 b1')
 DS_FPN = 'mmdsnet::mask_rcnn_dsnet_s_fpn_1x_coco.py'
+
+
+def roi_extractors(kind: str) -> dict:
+    """Overrides that give a Mask R-CNN's box and mask heads the RoI extractor ``kind``."""
+    return {f'model.roi_head.{head}_roi_extractor.type': kind for head in ('bbox', 'mask')}
+
+
 # name -> (config, overrides as --cfg-options); R-50 first, so the ratios read against it
 DETECTORS = {
     'MaskRCNN R-50+FPN': ('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', {}),
@@ -94,6 +101,16 @@ DETECTORS = {
     'MaskRCNN DS-Net-S+FPN with_cp': (DS_FPN, {'model.backbone.with_cp': True}),
     # like-for-like with R-50's config, which freezes the stem and stage 1
     'MaskRCNN DS-Net-S+FPN frozen_stages=1': (DS_FPN, {'model.backbone.frozen_stages': 1}),
+    # RoIAlign in fp32 under AMP (this package's configs) against mmcv's in fp16, both ways
+    'MaskRCNN DS-Net-S+FPN mmcv RoIAlign': (DS_FPN, roi_extractors('SingleRoIExtractor')),
+    'MaskRCNN R-50+FPN fp32 RoIAlign': (
+        'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+        roi_extractors('FP32SingleRoIExtractor'),
+    ),
+    'MaskRCNN Swin-T+FPN fp32 RoIAlign': (
+        'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
+        roi_extractors('FP32SingleRoIExtractor'),
+    ),
 }
 MODES = ('eval', 'train')
 # The report's keys of the phases of a detector training iteration (profiling.PHASES).

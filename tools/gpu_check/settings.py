@@ -22,6 +22,13 @@ LIMITS = dict(
 
 BACKBONES = 'DS-Net-T,DS-Net-S,DS-Net-B,ResNet-50,Swin-T,PVTv2-b2'
 DETECTORS = 'MaskRCNN R-50+FPN,MaskRCNN DS-Net-S+FPN,MaskRCNN DS-Net-S+DS-FPN,MaskRCNN Swin-T+FPN'
+# Mask R-CNN under AMP with the fp32 RoI extractor and with mmcv's fp16 RoIAlign, each model
+# both ways (this package's configs use the fp32 one, mmdet's the other).
+ROI_EXTRACTOR_PAIRS = (
+    'MaskRCNN R-50+FPN,MaskRCNN R-50+FPN fp32 RoIAlign,MaskRCNN DS-Net-S+FPN,'
+    'MaskRCNN DS-Net-S+FPN mmcv RoIAlign,MaskRCNN Swin-T+FPN,'
+    'MaskRCNN Swin-T+FPN fp32 RoIAlign'
+)
 GPU_TRIALS = ['--trials', '3', '--warmup', '1']
 CPU_TRIALS = ['--trials', '1', '--warmup', '0', '--no-memory']
 
@@ -63,6 +70,10 @@ GPU = dict(
         ('benchmark.py', 'results/benchmark_detectors.json',
          ['--suites', 'detector', '--detectors', DETECTORS, '--modes', 'train,eval',
           '--det-size', '800x1333', '--det-precisions', 'fp32,amp', *GPU_TRIALS]),
+        # last: what a cut budget loses first
+        ('benchmark.py', 'results/benchmark_detectors_roi_extractor.json',
+         ['--suites', 'detector', '--detectors', ROI_EXTRACTOR_PAIRS, '--modes', 'train',
+          '--det-size', '800x1333', '--det-precisions', 'amp', *GPU_TRIALS]),
     ],
     # the inference throughput case whose autocast figure missed its target
     profile=profiles('small', '224', '64', ['fp32', 'bf16'], '800x1333', '2', amp=True),

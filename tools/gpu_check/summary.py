@@ -185,11 +185,18 @@ def backbone_section(out) -> List[str]:
 
 
 def detector_section(out) -> List[str]:
-    results = _results(out, 'benchmark_detectors.json')
-    if results is None:
+    """The tables of every detector result file (benchmark_detectors*.json), each against the
+    peers of the main one."""
+    pattern = osp.join(out, 'results', 'benchmark_detectors*.json')
+    groups, peers = {}, _peers('benchmark_detectors.json')
+    for name in sorted(osp.basename(p) for p in glob.glob(pattern)):
+        for group, cases in _groups(_results(out, name)).items():
+            label = group if name == 'benchmark_detectors.json' else f'{group}, {name}'
+            groups[label] = (cases, peers)
+    if not groups:
         return _section('## Mask R-CNN', None)
-    lines, peers = [], _peers('benchmark_detectors.json')
-    for group, cases in _groups(results).items():
+    lines = []
+    for group, (cases, peers) in groups.items():
         if ' train ' in group:
             label, value = 'ms / iteration', lambda r: r['median_s'] * 1e3
         else:
