@@ -76,3 +76,15 @@ def test_room_imports_only_what_it_may(room):
             if extra:
                 wrong[osp.relpath(path, REPO_ROOT)] = sorted(extra)
     assert not wrong, f'{room} may import only {sorted(ALLOWED[room])}: {wrong}'
+
+
+def test_no_tool_edits_its_import_path():
+    """A script's own folder is on its path already, and tests load tools by path
+    (helpers.load_tool): ``sys.path.insert`` in tools/ hides a wrong layout."""
+    offenders = []
+    for path in sorted(glob.glob(osp.join(REPO_ROOT, 'tools', '**', '*.py'), recursive=True)):
+        with open(path) as f:
+            text = f.read()
+        if 'sys.path.insert' in text or 'sys.path.append' in text:
+            offenders.append(osp.relpath(path, REPO_ROOT))
+    assert offenders == []

@@ -56,7 +56,7 @@ GPU = dict(
     demo=dict(amp=True, nproc=None, options=[]),  # nproc None: demo.sh's one per GPU
     attention=[
         ('attention_backends.py', 'results/attention_backends.json',
-         ['--archs', 'tiny,small,base', '--settings', '224 b1,800x1344 b1',
+         ['--settings', '224 b1,800x1344 b1',  # every arch of DSNet.arch_settings
           '--precisions', 'fp32,fp16,bf16']),
         ('attention_kernels.py', 'results/attention_kernels.json',
          ['--arch', 'small', '--shape', '800', '1344', '--batch', '2', '--kernels', 'efficient',
