@@ -7,7 +7,7 @@ of operations follows ``docs/architecture.md``, "The DS-Block", exactly.
 """
 
 import weakref
-from typing import Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..utils.norm import allow_one_value_groups
 from ..utils.validation import (
@@ -42,11 +43,16 @@ def to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return tokens.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
-def split_heads(tokens: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """(B, L, 3*C) packed [q | k | v] -> (3, B, heads, L, C // heads)."""
+def split_heads(tokens: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, ...]:
+    """(B, L, 3*C) packed [q | k | v] -> q, k, v, each (B, heads, L, C // heads), views.
+
+    Unbound along the packed dimension, so the backward stacks the three
+    gradients straight into the packed layout (one operator, no copy).
+    """
     batch, length, packed = tokens.shape
     head_dims = packed // (3 * num_heads)
-    return tokens.view(batch, length, 3, num_heads, head_dims).permute(2, 0, 3, 1, 4)
+    packed_heads = tokens.view(batch, length, 3, num_heads, head_dims)
+    return tuple(part.transpose(1, 2) for part in packed_heads.unbind(2))
 
 
 def merge_heads(tokens: torch.Tensor) -> torch.Tensor:
@@ -113,9 +119,102 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Conv2d(hidden_channels, channels, 1)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.act(self.fc1(x)))
-        return self.drop(self.fc2(x))
+    def forward(
+        self, x: torch.Tensor, fc1: Optional[Tuple] = None, fc2: Optional[Tuple] = None
+    ) -> torch.Tensor:
+        """The FFN; ``fc1`` or ``fc2``, a (weight, bias) pair, replaces that
+        layer's own (a BatchNorm folded in, a cast: ``DSBlock._forward``)."""
+        x = self.fc1(x) if fc1 is None else F.conv2d(x, *fc1)
+        x = self.drop(self.act(x))
+        return self.drop(self.fc2(x) if fc2 is None else F.conv2d(x, *fc2))
+
+
+class StreamConv(nn.Module):
+    """A C -> C 1x1 convolution kept as one weight per stream.
+
+    ``conv1`` of a block produces the global channels first and the local
+    ones second (``split='out'``: ``global_weight``, ``global_bias``,
+    ``local_weight``, ``local_bias``); ``conv2`` reads the local channels
+    first and the global ones second (``split='in'``: ``local_weight``,
+    ``global_weight`` and the whole bias as ``local_bias``, added with the
+    local half). The block runs the two halves at
+    different resolutions; separate parameters spare it the slicing of one
+    weight per call (a slice, a zero-filled gradient and a sum per piece and
+    step). The state dict holds ``weight`` and ``bias`` as ``nn.Conv2d``'s
+    would (the public checkpoints' keys and shapes), and loads them; the
+    initial values equal an ``nn.Conv2d``'s from the same random state.
+    """
+
+    def __init__(self, channels: int, split: str):
+        super().__init__()
+        if split not in ('in', 'out'):
+            raise ValueError(f"StreamConv split must be 'in' or 'out', got {split!r}")
+        self.channels = channels
+        self.split = split
+        half = channels // 2
+        conv = nn.Conv2d(channels, channels, 1)
+        weight, bias = conv.weight.detach(), conv.bias.detach()
+        if split == 'out':
+            self.global_weight = nn.Parameter(weight[:half].clone())
+            self.local_weight = nn.Parameter(weight[half:].clone())
+            self.global_bias = nn.Parameter(bias[:half].clone())
+            self.local_bias = nn.Parameter(bias[half:].clone())
+        else:
+            self.local_weight = nn.Parameter(weight[:, :half].clone())
+            self.global_weight = nn.Parameter(weight[:, half:].clone())
+            self.local_bias = nn.Parameter(bias.clone())
+        self.register_state_dict_post_hook(StreamConv._pack_state)
+        self.register_load_state_dict_pre_hook(StreamConv._unpack_state)
+
+    def _parts(self) -> Dict[str, Tuple[str, ...]]:
+        """Packed state-dict name -> its per-stream parameters, in packed order."""
+        if self.split == 'out':
+            return {
+                'weight': ('global_weight', 'local_weight'),
+                'bias': ('global_bias', 'local_bias'),
+            }
+        return {'weight': ('local_weight', 'global_weight'), 'bias': ('local_bias',)}
+
+    def _packed(self, name: str, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(tuple(parts), dim=0 if self.split == 'out' or name == 'bias' else 1)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The (C, C, 1, 1) weight of the equivalent ``nn.Conv2d`` (a new tensor)."""
+        return self._packed('weight', [getattr(self, n) for n in self._parts()['weight']])
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """The (C,) bias of the equivalent ``nn.Conv2d`` (a new tensor)."""
+        return self._packed('bias', [getattr(self, n) for n in self._parts()['bias']])
+
+    @staticmethod
+    def _pack_state(module, state_dict, prefix, local_metadata) -> None:
+        for name, parts in module._parts().items():
+            values = [state_dict.pop(prefix + part) for part in parts]
+            state_dict[prefix + name] = module._packed(name, values)
+
+    @staticmethod
+    def _unpack_state(module, state_dict, prefix, *args) -> None:
+        error_msgs = args[-1]
+        for name, parts in module._parts().items():
+            key = prefix + name
+            if key not in state_dict:
+                continue  # reported missing under the per-stream names
+            packed = state_dict[key]
+            shape = tuple(module.weight.shape if name == 'weight' else module.bias.shape)
+            if not isinstance(packed, torch.Tensor) or tuple(packed.shape) != shape:
+                found = tuple(packed.shape) if isinstance(packed, torch.Tensor) else packed
+                error_msgs.append(
+                    f'size mismatch for {key}: copying a param with shape {found} from '
+                    f'checkpoint, the shape in current model is {shape}.'
+                )
+                state_dict.pop(key)
+                continue
+            state_dict.pop(key)
+            dim = 0 if module.split == 'out' or name == 'bias' else 1
+            for part, value in zip(parts, packed.chunk(len(parts), dim=dim)):
+                state_dict[prefix + part] = value
 
 
 class DSBlock(BaseModule):
@@ -183,9 +282,13 @@ class DSBlock(BaseModule):
 
         # Conditional position encoding, pre-norm and 1x1 mixing before the split.
         self.pos_embed = nn.Conv2d(embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
+        # x + pos_embed(x) is the convolution with this added to its weight.
+        identity = torch.zeros_like(self.pos_embed.weight, requires_grad=False)
+        identity[:, :, 1, 1] = 1
+        self.register_buffer('pos_identity', identity, persistent=False)
         self.norm1 = norm(embed_dims)
-        self.conv1 = nn.Conv2d(embed_dims, embed_dims, 1)
-        self.conv2 = nn.Conv2d(embed_dims, embed_dims, 1)
+        self.conv1 = StreamConv(embed_dims, split='out')
+        self.conv2 = StreamConv(embed_dims, split='in')
         # Intra-scale propagation: local depthwise conv, global self-attention.
         self.norm_conv1 = norm(half)
         self.norm_sa1 = nn.LayerNorm(half)
@@ -202,7 +305,10 @@ class DSBlock(BaseModule):
             self.norm_sa2 = nn.LayerNorm(half)
         self.norm2 = norm(embed_dims)
         self.mlp = ConvMlp(embed_dims, int(embed_dims * mlp_ratio), drop_rate)
+        # Holds the rate; the block applies it in ``_residual`` (one random
+        # draw for both residuals, the scale multiplied into the sum).
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self._folded_cache: Optional[Tuple[tuple, _Weights]] = None
         match_grad_strides(self)
 
     def train(self, mode: bool = True) -> 'DSBlock':
@@ -220,13 +326,13 @@ class DSBlock(BaseModule):
     def _attn_dropout(self) -> float:
         return self.attn_drop_rate if self.training else 0.0
 
-    def _global_self_attention(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _global_self_attention(self, tokens: torch.Tensor, weights: '_Weights') -> torch.Tensor:
         """tokens + MHSA(LN(tokens)) without output projection; (B, M, C/2)."""
-        q, k, v = split_heads(self.channel_up(self.norm_sa1(tokens)), self.num_heads)
+        q, k, v = split_heads(F.linear(self.norm_sa1(tokens), *weights.channel_up), self.num_heads)
         return tokens + merge_heads(attention(q, k, v, self._attn_dropout()))
 
     def _align(
-        self, local: torch.Tensor, tokens: torch.Tensor
+        self, local: torch.Tensor, tokens: torch.Tensor, weights: '_Weights'
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Bidirectional co-attention between the local map and global tokens.
 
@@ -234,18 +340,24 @@ class DSBlock(BaseModule):
         (B, C/2, H, W) and global tokens (B, M, C/2).
         """
         batch, half, height, width = local.shape
-        local_qkv = self.cross_channel_up_conv(self.norm_conv2(local))
+        local_qkv = F.conv2d(weights.norm_conv2(local), *weights.cross_channel_up_conv)
         # Token-major (B, N, 3C/2): free for a channels-last map. The fused
         # kernel needs unit stride along the head dimension; with a strided
         # view it silently falls back to the math path, which materialises
         # the N x M attention maps.
         q_l, k_l, v_l = split_heads(to_tokens(local_qkv), self.num_heads)
-        q_g, k_g, v_g = split_heads(self.cross_channel_up_sa(self.norm_sa2(tokens)), self.num_heads)
+        q_g, k_g, v_g = split_heads(
+            F.linear(self.norm_sa2(tokens), *weights.cross_channel_up_sa), self.num_heads
+        )
         dropout = self._attn_dropout()
         global_to_local = merge_heads(attention(q_l, k_g, v_g, dropout))
         local_to_global = merge_heads(attention(q_g, k_l, v_l, dropout))
-        local = local + to_map(self.fuse_channel_conv(global_to_local), height, width)
-        tokens = tokens + self.fuse_channel_sa(local_to_global)
+        local = add_projection(
+            local, global_to_local, weights.fuse_channel_conv_weight, weights.fuse_channel_conv_bias
+        )
+        tokens = add_projection(
+            tokens, local_to_global, weights.fuse_channel_sa_weight, weights.fuse_channel_sa_bias
+        )
         return local, tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,6 +368,32 @@ class DSBlock(BaseModule):
             return checkpointed(self._forward, self, x)
         return self._forward(x)
 
+    def _drop_path_scales(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Stochastic depth of the two residuals: per image 1 (kept, with
+        probability 1 - rate) or 0, (2, B, 1, 1, 1) from one draw; None when
+        nothing is dropped."""
+        rate = getattr(self.drop_path, 'drop_prob', 0.0)
+        if not (self.training and rate > 0):
+            return None
+        shape = (2, x.shape[0]) + (1,) * (x.dim() - 1)
+        return x.new_empty(shape).bernoulli_(1.0 - rate)
+
+    def _residual(
+        self,
+        shortcut: torch.Tensor,
+        branch: torch.Tensor,
+        scales: Optional[torch.Tensor],
+        index: int,
+    ) -> torch.Tensor:
+        """shortcut + branch, the branch dropped per image by ``scales[index]``
+        and the kept ones scaled by 1 / (1 - rate), as mmcv's ``DropPath``
+        does, in one operator."""
+        if scales is None:
+            return shortcut + branch
+        return torch.addcmul(
+            shortcut, branch, scales[index], value=1.0 / (1.0 - self.drop_path.drop_prob)
+        )
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The block's computation (``forward`` adds the checkpointing).
 
@@ -264,31 +402,254 @@ class DSBlock(BaseModule):
         half of ``conv1`` runs after the downsampling and the global half of
         ``conv2`` before the upsampling, on the small grid. This is the
         spec's order of operations up to float rounding, without the
-        full-resolution global channels, the channel slices and the concat.
+        full-resolution global channels and the concat. The same argument
+        moves ``norm1`` (a per-channel affine map in eval) past the
+        resampling, into ``conv1`` (``folded_weights``).
         """
-        x = x + self.pos_embed(x)
+        weights = cast_for_autocast(self.folded_weights() or self._live_weights(), x)
+        scales = self._drop_path_scales(x)
+        pos = F.conv2d(x, *weights.pos_embed, padding=1, groups=self.embed_dims)
+        x = pos if weights.pos_embed_has_identity else x + pos
         shortcut = x
         height, width = x.shape[2:]
         half = self.embed_dims // 2
-        normed = self.norm1(x)
-        # conv1's output: global channels first, local channels second.
-        local = F.conv2d(normed, self.conv1.weight[half:], self.conv1.bias[half:])
-        local = local + self.conv(self.norm_conv1(local))
+        normed = weights.norm1(x)
+        local = F.conv2d(normed, *weights.conv1_local)
+        local = local + F.conv2d(self.norm_conv1(local), *weights.conv, padding=1, groups=half)
 
         grid = self.global_size(height, width)
         small = F.interpolate(normed, size=grid, mode='bilinear', align_corners=False)
-        tokens = to_tokens(F.conv2d(small, self.conv1.weight[:half], self.conv1.bias[:half]))
-        tokens = self._global_self_attention(tokens)
+        tokens = to_tokens(F.conv2d(small, *weights.conv1_global))
+        tokens = self._global_self_attention(tokens, weights)
         if self.with_alignment:
-            local, tokens = self._align(local, tokens)
-        # conv2's input: local channels first, global channels second.
-        global_out = F.conv2d(to_map(tokens, *grid), self.conv2.weight[:, half:])
-        fused = F.conv2d(local, self.conv2.weight[:, :half], self.conv2.bias)
+            local, tokens = self._align(local, tokens, weights)
+        global_out = F.conv2d(to_map(tokens, *grid), weights.conv2_global_weight)
+        fused = F.conv2d(local, weights.conv2_local_weight, weights.conv2_bias)
         fused = fused + F.interpolate(
             global_out, size=(height, width), mode='bilinear', align_corners=False
         )
-        x = shortcut + self.drop_path(fused)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self._residual(shortcut, fused, scales, 0)
+        mlp = self.mlp(weights.norm2(x), fc1=weights.fc1, fc2=weights.fc2)
+        return self._residual(x, mlp, scales, 1)
+
+    def _live_weights(self) -> '_Weights':
+        """The parameters as they are, the norms as modules (training, autograd)."""
+        align = self.with_alignment
+
+        def pair(layer):
+            return (layer.weight, layer.bias)
+
+        pos_embed, pos_embed_has_identity = pair(self.pos_embed), False
+        if self.training and not torch.is_autocast_enabled(self.pos_embed.weight.device.type):
+            # x + pos_embed(x) as one convolution: a one added at the kernel's
+            # centre costs a tiny add instead of a gradient sum over the map.
+            # Not under autocast, where the sum keeps the residual in float32.
+            pos_embed = (pos_embed[0] + self.pos_identity, pos_embed[1])
+            pos_embed_has_identity = True
+        return _Weights(
+            pos_embed=pos_embed,
+            pos_embed_has_identity=pos_embed_has_identity,
+            norm1=self.norm1,
+            conv1_local=(self.conv1.local_weight, self.conv1.local_bias),
+            conv1_global=(self.conv1.global_weight, self.conv1.global_bias),
+            conv=pair(self.conv),
+            channel_up=pair(self.channel_up),
+            norm_conv2=self.norm_conv2 if align else None,
+            cross_channel_up_conv=pair(self.cross_channel_up_conv) if align else None,
+            cross_channel_up_sa=pair(self.cross_channel_up_sa) if align else None,
+            fuse_channel_conv_weight=self.fuse_channel_conv.weight if align else None,
+            fuse_channel_conv_bias=self.fuse_channel_conv.bias if align else None,
+            fuse_channel_sa_weight=self.fuse_channel_sa.weight if align else None,
+            fuse_channel_sa_bias=self.fuse_channel_sa.bias if align else None,
+            conv2_local_weight=self.conv2.local_weight,
+            conv2_global_weight=self.conv2.global_weight,
+            conv2_bias=self.conv2.local_bias,
+            norm2=self.norm2,
+            fc1=pair(self.mlp.fc1),
+            fc2=pair(self.mlp.fc2),
+        )
+
+    def _foldable_norms(self) -> Tuple[nn.Module, ...]:
+        return (self.norm1, self.norm2) + ((self.norm_conv2,) if self.with_alignment else ())
+
+    def folded_weights(self) -> Optional['_Weights']:
+        """Inference weights with the eval-mode BatchNorms folded in, or None.
+
+        In inference (eval mode, no autograd) with every BatchNorm that
+        precedes a 1x1 convolution in eval mode with running statistics,
+        ``norm1``, ``norm_conv2`` and ``norm2`` are per-channel affine maps
+        and fold exactly into ``conv1``, ``cross_channel_up_conv`` and
+        ``mlp.fc1``; ``pos_embed``'s residual becomes a one at the centre of
+        its kernel, and the biases of ``fuse_channel_conv`` and
+        ``fuse_channel_sa`` pass through ``conv2`` (1x1, and resampling keeps
+        constants) into its bias. Equal to the unfolded block up to float
+        rounding. The folded tensors are cached and recomputed whenever a
+        parameter or running statistic they derive from changes (in-place
+        version counter, storage or dtype).
+        """
+        if self.training or torch.is_grad_enabled():
+            return None
+        norms = self._foldable_norms()
+        if not all(
+            isinstance(n, _BatchNorm) and not n.training and n.running_mean is not None
+            for n in norms
+        ):
+            return None
+        sources = [*self.parameters(), *(b for n in norms for b in n.buffers())]
+        if any(t.is_inference() for t in sources):
+            return self._fold()
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+        if self._folded_cache is None or self._folded_cache[0] != key:
+            self._folded_cache = (key, self._fold())
+        return self._folded_cache[1]
+
+    def _fold(self) -> '_Weights':
+        """Compute ``folded_weights`` from the current parameters."""
+        align = self.with_alignment
+        pos_weight = self.pos_embed.weight + self.pos_identity
+        conv1_local = fold_norm(self.norm1, self.conv1.local_weight, self.conv1.local_bias)
+        conv1_global = fold_norm(self.norm1, self.conv1.global_weight, self.conv1.global_bias)
+        conv2_bias = self.conv2.local_bias
+        cross = None
+        if align:
+            cross = fold_norm(
+                self.norm_conv2, self.cross_channel_up_conv.weight, self.cross_channel_up_conv.bias
+            )
+            conv2_bias = (
+                conv2_bias
+                + self.conv2.local_weight.flatten(1) @ self.fuse_channel_conv.bias
+                + self.conv2.global_weight.flatten(1) @ self.fuse_channel_sa.bias
+            )
+        return self._live_weights()._replace(
+            pos_embed=(pos_weight, self.pos_embed.bias),
+            pos_embed_has_identity=True,
+            norm1=nn.Identity(),
+            conv1_local=conv1_local,
+            conv1_global=conv1_global,
+            norm_conv2=nn.Identity() if align else None,
+            cross_channel_up_conv=cross,
+            fuse_channel_conv_bias=None,
+            fuse_channel_sa_bias=None,
+            conv2_bias=conv2_bias,
+            norm2=nn.Identity(),
+            fc1=fold_norm(self.norm2, self.mlp.fc1.weight, self.mlp.fc1.bias),
+        )
+
+
+class _Weights(NamedTuple):
+    """What ``DSBlock._forward`` runs with: the live parameters and norms, or
+    the folded inference weights (``DSBlock.folded_weights``)."""
+
+    pos_embed: Tuple[torch.Tensor, torch.Tensor]
+    pos_embed_has_identity: bool
+    norm1: nn.Module
+    conv1_local: Tuple[torch.Tensor, torch.Tensor]
+    conv1_global: Tuple[torch.Tensor, torch.Tensor]
+    conv: Tuple[torch.Tensor, torch.Tensor]
+    channel_up: Tuple[torch.Tensor, torch.Tensor]
+    norm_conv2: Optional[nn.Module]
+    cross_channel_up_conv: Optional[Tuple[torch.Tensor, torch.Tensor]]
+    cross_channel_up_sa: Optional[Tuple[torch.Tensor, torch.Tensor]]
+    fuse_channel_conv_weight: Optional[torch.Tensor]
+    fuse_channel_conv_bias: Optional[torch.Tensor]
+    fuse_channel_sa_weight: Optional[torch.Tensor]
+    fuse_channel_sa_bias: Optional[torch.Tensor]
+    conv2_local_weight: torch.Tensor
+    conv2_global_weight: torch.Tensor
+    conv2_bias: torch.Tensor
+    norm2: nn.Module
+    fc1: Tuple[torch.Tensor, torch.Tensor]
+    fc2: Tuple[torch.Tensor, torch.Tensor]
+
+
+class _PackedCast(torch.autograd.Function):
+    """Cast tensors of one dtype to another with one copy: concatenated,
+    cast, and handed out as views; the backward casts the gradients back
+    the same way. Under autocast every convolution and linear layer would
+    cast its weight and bias apiece, forward and backward."""
+
+    @staticmethod
+    def forward(ctx, dtype: torch.dtype, *tensors: torch.Tensor):
+        ctx.source_dtype = tensors[0].dtype
+        ctx.shapes = [t.shape for t in tensors]
+        ctx.sizes = [t.numel() for t in tensors]
+        flat = torch.cat([t.reshape(-1) for t in tensors]).to(dtype)
+        return tuple(p.view(shape) for p, shape in zip(flat.split(ctx.sizes), ctx.shapes))
+
+    @staticmethod
+    def backward(ctx, *grads: Optional[torch.Tensor]):
+        parts = [
+            g.reshape(-1) if g is not None else torch.zeros(n, dtype=ctx.source_dtype)
+            for g, n in zip(grads, ctx.sizes)
+        ]
+        flat = torch.cat(parts).to(ctx.source_dtype)
+        return (None, *(p.view(shape) for p, shape in zip(flat.split(ctx.sizes), ctx.shapes)))
+
+
+def cast_for_autocast(weights: _Weights, x: torch.Tensor) -> _Weights:
+    """``weights`` with every float32 tensor in autocast's dtype, all in one
+    cast (``_PackedCast``), when autocast is on for ``x``'s device; else as
+    they are. The values equal autocast's own per-layer casts."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return weights
+    dtype = torch.get_autocast_dtype(device)
+    fields = weights._asdict()
+    places = []  # (field, index in its pair or None)
+    for name, value in fields.items():
+        for index, item in enumerate(value) if isinstance(value, tuple) else [(None, value)]:
+            if isinstance(item, torch.Tensor) and item.dtype == torch.float32:
+                places.append((name, index))
+    if not places:
+        return weights
+    tensors = [fields[n] if i is None else fields[n][i] for n, i in places]
+    for (name, index), cast in zip(places, _PackedCast.apply(dtype, *tensors)):
+        if index is None:
+            fields[name] = cast
+        else:
+            pair = list(fields[name])
+            pair[index] = cast
+            fields[name] = tuple(pair)
+    return _Weights(**fields)
+
+
+def fold_norm(
+    norm: _BatchNorm, weight: torch.Tensor, bias: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of the 1x1 convolution ``conv(norm(x))`` for an
+    eval-mode BatchNorm with running statistics: the norm is
+    x * scale + shift per input channel."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return weight * scale.view(1, -1, 1, 1), bias + weight.flatten(1) @ shift
+
+
+def add_projection(
+    residual: torch.Tensor,
+    values: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """residual + values W^T (+ bias): the output projection of an attention
+    added to its stream. ``residual`` is a (B, C, H, W) map or (B, L, C)
+    tokens, ``values`` (B, L, C_in). Without a bias on a token-major residual
+    (tokens, or a channels-last map) it is one ``addmm``."""
+    if residual.dim() == 4:
+        batch, channels, height, width = residual.shape
+        if bias is None and residual.is_contiguous(memory_format=torch.channels_last):
+            rows = residual.permute(0, 2, 3, 1).reshape(-1, channels)
+            summed = torch.addmm(rows, values.reshape(-1, values.shape[-1]), weight.t())
+            return to_map(summed.view(batch, height * width, channels), height, width)
+        return residual + to_map(F.linear(values, weight, bias), height, width)
+    if bias is None and residual.is_contiguous():
+        rows = residual.reshape(-1, residual.shape[-1])
+        summed = torch.addmm(rows, values.reshape(-1, values.shape[-1]), weight.t())
+        return summed.view(residual.shape)
+    return residual + F.linear(values, weight, bias)
 
 
 def linear_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list:
