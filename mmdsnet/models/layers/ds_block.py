@@ -6,6 +6,7 @@ Module names equal those of the public DS-Net checkpoints (``pos_embed``,
 of operations follows ``docs/architecture.md``, "The DS-Block", exactly.
 """
 
+import functools
 import weakref
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
@@ -360,41 +361,54 @@ class DSBlock(BaseModule):
         )
         return local, tokens
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, drop_path_scales: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Apply the block to a (B, C, H, W) map; channels-last is fastest.
         With ``with_cp``, under activation checkpointing while ``x`` needs a
-        gradient."""
+        gradient. ``drop_path_scales``: see ``drop_path_scales``."""
         if self.with_cp and x.requires_grad:
-            return checkpointed(self._forward, self, x)
-        return self._forward(x)
+            forward = functools.partial(self._forward, drop_path_scales=drop_path_scales)
+            return checkpointed(forward, self, x)
+        return self._forward(x, drop_path_scales)
 
-    def _drop_path_scales(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """Stochastic depth of the two residuals: per image 1 (kept, with
-        probability 1 - rate) or 0, (2, B, 1, 1, 1) from one draw; None when
-        nothing is dropped."""
-        rate = getattr(self.drop_path, 'drop_prob', 0.0)
+    @property
+    def drop_path_rate(self) -> float:
+        return getattr(self.drop_path, 'drop_prob', 0.0)
+
+    def drop_path_scales(
+        self, x: torch.Tensor, drawn: Optional[torch.Tensor] = None
+    ) -> Optional[torch.Tensor]:
+        """Stochastic depth of the two residuals, as mmcv's ``DropPath``: per
+        image 0 (dropped, with probability ``drop_path_rate``) or
+        1 / (1 - rate), (2, B, 1, 1, 1); None when nothing is dropped (eval
+        mode or rate 0). ``drawn`` is such a draw made by the caller (``DSNet``
+        draws every block's at once); without it the block draws its own."""
+        rate = self.drop_path_rate
         if not (self.training and rate > 0):
             return None
+        if drawn is not None:
+            return drawn
+        keep = 1.0 - rate
         shape = (2, x.shape[0]) + (1,) * (x.dim() - 1)
-        return x.new_empty(shape).bernoulli_(1.0 - rate)
+        return x.new_empty(shape).bernoulli_(keep).div_(keep)
 
+    @staticmethod
     def _residual(
-        self,
         shortcut: torch.Tensor,
         branch: torch.Tensor,
         scales: Optional[torch.Tensor],
         index: int,
     ) -> torch.Tensor:
-        """shortcut + branch, the branch dropped per image by ``scales[index]``
-        and the kept ones scaled by 1 / (1 - rate), as mmcv's ``DropPath``
-        does, in one operator."""
+        """shortcut + branch, the branch scaled per image by ``scales[index]``
+        (stochastic depth) when given."""
         if scales is None:
             return shortcut + branch
-        return torch.addcmul(
-            shortcut, branch, scales[index], value=1.0 / (1.0 - self.drop_path.drop_prob)
-        )
+        return _ScaledResidual.apply(shortcut, branch, scales[index])
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(
+        self, x: torch.Tensor, drop_path_scales: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """The block's computation (``forward`` adds the checkpointing).
 
         ``conv1`` and ``conv2`` are 1x1 and bilinear resampling mixes pixels
@@ -407,7 +421,7 @@ class DSBlock(BaseModule):
         resampling, into ``conv1`` (``folded_weights``).
         """
         weights = cast_for_autocast(self.folded_weights() or self._live_weights(), x)
-        scales = self._drop_path_scales(x)
+        scales = self.drop_path_scales(x, drop_path_scales)
         pos = F.conv2d(x, *weights.pos_embed, padding=1, groups=self.embed_dims)
         x = pos if weights.pos_embed_has_identity else x + pos
         shortcut = x
@@ -560,6 +574,22 @@ class _Weights(NamedTuple):
     norm2: nn.Module
     fc1: Tuple[torch.Tensor, torch.Tensor]
     fc2: Tuple[torch.Tensor, torch.Tensor]
+
+
+class _ScaledResidual(torch.autograd.Function):
+    """shortcut + branch * scale for a constant ``scale``: one operator
+    forward, one backward (autograd's ``addcmul`` also multiplies the scale
+    by its ``value`` in the backward)."""
+
+    @staticmethod
+    def forward(ctx, shortcut: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor):
+        ctx.save_for_backward(scale)
+        return torch.addcmul(shortcut, branch, scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (scale,) = ctx.saved_tensors
+        return grad, grad * scale, None
 
 
 class _PackedCast(torch.autograd.Function):
