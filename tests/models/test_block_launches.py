@@ -41,7 +41,7 @@ def test_state_dict_keeps_the_public_conv_keys():
     block = make_block()
     state = block.state_dict()
     assert PUBLIC_KEYS <= set(state)
-    assert not [k for k in state if 'local_' in k or 'global_' in k or 'pos_identity' in k]
+    assert not [k for k in state if 'local_' in k or 'global_' in k]
     assert state['conv1.weight'].shape == state['conv2.weight'].shape == (16, 16, 1, 1)
     assert state['conv1.bias'].shape == state['conv2.bias'].shape == (16,)
     # conv1: global output channels first; conv2: local input channels first.

@@ -8,7 +8,7 @@ of operations follows ``docs/architecture.md``, "The DS-Block", exactly.
 
 import functools
 import weakref
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,7 @@ from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from ..utils.norm import allow_one_value_groups
 from ..utils.validation import (
@@ -121,13 +122,13 @@ class ConvMlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(
-        self, x: torch.Tensor, fc1: Optional[Tuple] = None, fc2: Optional[Tuple] = None
+        self, x: torch.Tensor, fc1: Optional[Callable] = None, fc2: Optional[Callable] = None
     ) -> torch.Tensor:
-        """The FFN; ``fc1`` or ``fc2``, a (weight, bias) pair, replaces that
-        layer's own (a BatchNorm folded in, a cast: ``DSBlock._forward``)."""
-        x = self.fc1(x) if fc1 is None else F.conv2d(x, *fc1)
+        """The FFN; ``fc1`` or ``fc2`` given replaces that layer (a BatchNorm
+        folded in, weights cast: ``DSBlock._weights``)."""
+        x = (self.fc1 if fc1 is None else fc1)(x)
         x = self.drop(self.act(x))
-        return self.drop(self.fc2(x) if fc2 is None else F.conv2d(x, *fc2))
+        return self.drop((self.fc2 if fc2 is None else fc2)(x))
 
 
 class StreamConv(nn.Module):
@@ -142,8 +143,10 @@ class StreamConv(nn.Module):
     different resolutions; separate parameters spare it the slicing of one
     weight per call (a slice, a zero-filled gradient and a sum per piece and
     step). The state dict holds ``weight`` and ``bias`` as ``nn.Conv2d``'s
-    would (the public checkpoints' keys and shapes), and loads them; the
-    initial values equal an ``nn.Conv2d``'s from the same random state.
+    would (the public checkpoints' keys and shapes), and loads them; only
+    ``state_dict(keep_vars=True)`` hands out the parameters themselves under
+    their own names. The initial values equal an ``nn.Conv2d``'s from the
+    same random state.
     """
 
     def __init__(self, channels: int, split: str):
@@ -191,6 +194,10 @@ class StreamConv(nn.Module):
 
     @staticmethod
     def _pack_state(module, state_dict, prefix, local_metadata) -> None:
+        if isinstance(state_dict.get(prefix + 'local_weight'), nn.Parameter):
+            # state_dict(keep_vars=True), e.g. for torch.jit's tracer: the
+            # parameters themselves, under their own names.
+            return
         for name, parts in module._parts().items():
             values = [state_dict.pop(prefix + part) for part in parts]
             state_dict[prefix + name] = module._packed(name, values)
@@ -283,10 +290,6 @@ class DSBlock(BaseModule):
 
         # Conditional position encoding, pre-norm and 1x1 mixing before the split.
         self.pos_embed = nn.Conv2d(embed_dims, embed_dims, 3, padding=1, groups=embed_dims)
-        # x + pos_embed(x) is the convolution with this added to its weight.
-        identity = torch.zeros_like(self.pos_embed.weight, requires_grad=False)
-        identity[:, :, 1, 1] = 1
-        self.register_buffer('pos_identity', identity, persistent=False)
         self.norm1 = norm(embed_dims)
         self.conv1 = StreamConv(embed_dims, split='out')
         self.conv2 = StreamConv(embed_dims, split='in')
@@ -329,7 +332,7 @@ class DSBlock(BaseModule):
 
     def _global_self_attention(self, tokens: torch.Tensor, weights: '_Weights') -> torch.Tensor:
         """tokens + MHSA(LN(tokens)) without output projection; (B, M, C/2)."""
-        q, k, v = split_heads(F.linear(self.norm_sa1(tokens), *weights.channel_up), self.num_heads)
+        q, k, v = split_heads(weights.channel_up(self.norm_sa1(tokens)), self.num_heads)
         return tokens + merge_heads(attention(q, k, v, self._attn_dropout()))
 
     def _align(
@@ -341,24 +344,20 @@ class DSBlock(BaseModule):
         (B, C/2, H, W) and global tokens (B, M, C/2).
         """
         batch, half, height, width = local.shape
-        local_qkv = F.conv2d(weights.norm_conv2(local), *weights.cross_channel_up_conv)
+        local_qkv = weights.cross_channel_up_conv(weights.norm_conv2(local))
         # Token-major (B, N, 3C/2): free for a channels-last map. The fused
         # kernel needs unit stride along the head dimension; with a strided
         # view it silently falls back to the math path, which materialises
         # the N x M attention maps.
         q_l, k_l, v_l = split_heads(to_tokens(local_qkv), self.num_heads)
         q_g, k_g, v_g = split_heads(
-            F.linear(self.norm_sa2(tokens), *weights.cross_channel_up_sa), self.num_heads
+            weights.cross_channel_up_sa(self.norm_sa2(tokens)), self.num_heads
         )
         dropout = self._attn_dropout()
         global_to_local = merge_heads(attention(q_l, k_g, v_g, dropout))
         local_to_global = merge_heads(attention(q_g, k_l, v_l, dropout))
-        local = add_projection(
-            local, global_to_local, weights.fuse_channel_conv_weight, weights.fuse_channel_conv_bias
-        )
-        tokens = add_projection(
-            tokens, local_to_global, weights.fuse_channel_sa_weight, weights.fuse_channel_sa_bias
-        )
+        local = add_projection(local, global_to_local, weights.fuse_channel_conv)
+        tokens = add_projection(tokens, local_to_global, weights.fuse_channel_sa)
         return local, tokens
 
     def forward(
@@ -420,25 +419,24 @@ class DSBlock(BaseModule):
         moves ``norm1`` (a per-channel affine map in eval) past the
         resampling, into ``conv1`` (``folded_weights``).
         """
-        weights = cast_for_autocast(self.folded_weights() or self._live_weights(), x)
+        weights = self._weights(x)
         scales = self.drop_path_scales(x, drop_path_scales)
-        pos = F.conv2d(x, *weights.pos_embed, padding=1, groups=self.embed_dims)
+        pos = weights.pos_embed(x)
         x = pos if weights.pos_embed_has_identity else x + pos
         shortcut = x
         height, width = x.shape[2:]
-        half = self.embed_dims // 2
         normed = weights.norm1(x)
-        local = F.conv2d(normed, *weights.conv1_local)
-        local = local + F.conv2d(self.norm_conv1(local), *weights.conv, padding=1, groups=half)
+        local = weights.conv1_local(normed)
+        local = local + weights.conv(self.norm_conv1(local))
 
         grid = self.global_size(height, width)
         small = F.interpolate(normed, size=grid, mode='bilinear', align_corners=False)
-        tokens = to_tokens(F.conv2d(small, *weights.conv1_global))
+        tokens = to_tokens(weights.conv1_global(small))
         tokens = self._global_self_attention(tokens, weights)
         if self.with_alignment:
             local, tokens = self._align(local, tokens, weights)
-        global_out = F.conv2d(to_map(tokens, *grid), weights.conv2_global_weight)
-        fused = F.conv2d(local, weights.conv2_local_weight, weights.conv2_bias)
+        global_out = weights.conv2_global(to_map(tokens, *grid))
+        fused = weights.conv2_local(local)
         fused = fused + F.interpolate(
             global_out, size=(height, width), mode='bilinear', align_corners=False
         )
@@ -446,41 +444,55 @@ class DSBlock(BaseModule):
         mlp = self.mlp(weights.norm2(x), fc1=weights.fc1, fc2=weights.fc2)
         return self._residual(x, mlp, scales, 1)
 
-    def _live_weights(self) -> '_Weights':
-        """The parameters as they are, the norms as modules (training, autograd)."""
-        align = self.with_alignment
-
-        def pair(layer):
-            return (layer.weight, layer.bias)
-
-        pos_embed, pos_embed_has_identity = pair(self.pos_embed), False
-        if self.training and not torch.is_autocast_enabled(self.pos_embed.weight.device.type):
+    def _weights(self, x: torch.Tensor) -> '_Weights':
+        """The layers ``_forward`` runs: the block's own modules while any
+        forward hook watches the block (what an inspector hooks then runs),
+        else the folded inference weights where they apply, the
+        position-encoding residual inside its kernel in float32 training, and
+        under autocast everything cast in one packed copy."""
+        weights = self._live_weights()
+        if self._hooked():
+            return weights
+        folded = self.folded_weights()
+        if folded is not None:
+            weights = folded
+        elif self.training and not torch.is_autocast_enabled(x.device.type):
             # x + pos_embed(x) as one convolution: a one added at the kernel's
             # centre costs a tiny add instead of a gradient sum over the map.
             # Not under autocast, where the sum keeps the residual in float32.
-            pos_embed = (pos_embed[0] + self.pos_identity, pos_embed[1])
-            pos_embed_has_identity = True
+            pos_embed = _Layer.of(self.pos_embed)
+            weights = weights._replace(
+                pos_embed=pos_embed._replace(weight=with_identity(pos_embed.weight)),
+                pos_embed_has_identity=True,
+            )
+        return cast_for_autocast(weights, x)
+
+    def _hooked(self) -> bool:
+        return bool(_global_forward_hooks or _global_forward_pre_hooks) or any(
+            m._forward_hooks or m._forward_pre_hooks for m in self.modules()
+        )
+
+    def _live_weights(self) -> '_Weights':
+        """The block's modules as they are (per-stream ``conv1``/``conv2`` halves as layers)."""
+        align = self.with_alignment
         return _Weights(
-            pos_embed=pos_embed,
-            pos_embed_has_identity=pos_embed_has_identity,
+            pos_embed=self.pos_embed,
+            pos_embed_has_identity=False,
             norm1=self.norm1,
-            conv1_local=(self.conv1.local_weight, self.conv1.local_bias),
-            conv1_global=(self.conv1.global_weight, self.conv1.global_bias),
-            conv=pair(self.conv),
-            channel_up=pair(self.channel_up),
+            conv1_local=_Layer(F.conv2d, self.conv1.local_weight, self.conv1.local_bias),
+            conv1_global=_Layer(F.conv2d, self.conv1.global_weight, self.conv1.global_bias),
+            conv=self.conv,
+            channel_up=self.channel_up,
             norm_conv2=self.norm_conv2 if align else None,
-            cross_channel_up_conv=pair(self.cross_channel_up_conv) if align else None,
-            cross_channel_up_sa=pair(self.cross_channel_up_sa) if align else None,
-            fuse_channel_conv_weight=self.fuse_channel_conv.weight if align else None,
-            fuse_channel_conv_bias=self.fuse_channel_conv.bias if align else None,
-            fuse_channel_sa_weight=self.fuse_channel_sa.weight if align else None,
-            fuse_channel_sa_bias=self.fuse_channel_sa.bias if align else None,
-            conv2_local_weight=self.conv2.local_weight,
-            conv2_global_weight=self.conv2.global_weight,
-            conv2_bias=self.conv2.local_bias,
+            cross_channel_up_conv=self.cross_channel_up_conv if align else None,
+            cross_channel_up_sa=self.cross_channel_up_sa if align else None,
+            fuse_channel_conv=self.fuse_channel_conv if align else None,
+            fuse_channel_sa=self.fuse_channel_sa if align else None,
+            conv2_local=_Layer(F.conv2d, self.conv2.local_weight, self.conv2.local_bias),
+            conv2_global=_Layer(F.conv2d, self.conv2.global_weight, None),
             norm2=self.norm2,
-            fc1=pair(self.mlp.fc1),
-            fc2=pair(self.mlp.fc2),
+            fc1=self.mlp.fc1,
+            fc2=self.mlp.fc2,
         )
 
     def _foldable_norms(self) -> Tuple[nn.Module, ...]:
@@ -520,60 +532,81 @@ class DSBlock(BaseModule):
     def _fold(self) -> '_Weights':
         """Compute ``folded_weights`` from the current parameters."""
         align = self.with_alignment
-        pos_weight = self.pos_embed.weight + self.pos_identity
-        conv1_local = fold_norm(self.norm1, self.conv1.local_weight, self.conv1.local_bias)
-        conv1_global = fold_norm(self.norm1, self.conv1.global_weight, self.conv1.global_bias)
+        pos_embed = _Layer.of(self.pos_embed)
+        conv1 = self.conv1
         conv2_bias = self.conv2.local_bias
-        cross = None
+        folded = dict(
+            pos_embed=pos_embed._replace(weight=with_identity(pos_embed.weight)),
+            pos_embed_has_identity=True,
+            norm1=nn.Identity(),
+            conv1_local=fold_norm(self.norm1, conv1.local_weight, conv1.local_bias),
+            conv1_global=fold_norm(self.norm1, conv1.global_weight, conv1.global_bias),
+            norm2=nn.Identity(),
+            fc1=fold_norm(self.norm2, self.mlp.fc1.weight, self.mlp.fc1.bias),
+        )
         if align:
-            cross = fold_norm(
-                self.norm_conv2, self.cross_channel_up_conv.weight, self.cross_channel_up_conv.bias
-            )
+            cross = self.cross_channel_up_conv
             conv2_bias = (
                 conv2_bias
                 + self.conv2.local_weight.flatten(1) @ self.fuse_channel_conv.bias
                 + self.conv2.global_weight.flatten(1) @ self.fuse_channel_sa.bias
             )
-        return self._live_weights()._replace(
-            pos_embed=(pos_weight, self.pos_embed.bias),
-            pos_embed_has_identity=True,
-            norm1=nn.Identity(),
-            conv1_local=conv1_local,
-            conv1_global=conv1_global,
-            norm_conv2=nn.Identity() if align else None,
-            cross_channel_up_conv=cross,
-            fuse_channel_conv_bias=None,
-            fuse_channel_sa_bias=None,
-            conv2_bias=conv2_bias,
-            norm2=nn.Identity(),
-            fc1=fold_norm(self.norm2, self.mlp.fc1.weight, self.mlp.fc1.bias),
+            folded.update(
+                norm_conv2=nn.Identity(),
+                cross_channel_up_conv=fold_norm(self.norm_conv2, cross.weight, cross.bias),
+                fuse_channel_conv=_Layer(F.linear, self.fuse_channel_conv.weight, None),
+                fuse_channel_sa=_Layer(F.linear, self.fuse_channel_sa.weight, None),
+            )
+        folded['conv2_local'] = _Layer(F.conv2d, self.conv2.local_weight, conv2_bias)
+        return self._live_weights()._replace(**folded)
+
+
+class _Layer(NamedTuple):
+    """A convolution or linear layer as a function and its tensors: a
+    module's own (``of``), or folded or cast ones."""
+
+    function: Callable
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+    options: Tuple[Tuple[str, object], ...] = ()
+
+    @classmethod
+    def of(cls, module: nn.Module) -> '_Layer':
+        if isinstance(module, nn.Linear):
+            return cls(F.linear, module.weight, module.bias)
+        options = tuple(
+            (name, getattr(module, name)) for name in ('stride', 'padding', 'dilation', 'groups')
         )
+        return cls(F.conv2d, module.weight, module.bias, options)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x, self.weight, self.bias, **dict(self.options))
+
+
+#: A layer of ``_Weights``: the module itself or a ``_Layer``.
+LayerLike = Union[nn.Module, _Layer]
 
 
 class _Weights(NamedTuple):
-    """What ``DSBlock._forward`` runs with: the live parameters and norms, or
-    the folded inference weights (``DSBlock.folded_weights``)."""
+    """What ``DSBlock._forward`` runs with (``DSBlock._weights``)."""
 
-    pos_embed: Tuple[torch.Tensor, torch.Tensor]
+    pos_embed: LayerLike
     pos_embed_has_identity: bool
     norm1: nn.Module
-    conv1_local: Tuple[torch.Tensor, torch.Tensor]
-    conv1_global: Tuple[torch.Tensor, torch.Tensor]
-    conv: Tuple[torch.Tensor, torch.Tensor]
-    channel_up: Tuple[torch.Tensor, torch.Tensor]
+    conv1_local: LayerLike
+    conv1_global: LayerLike
+    conv: LayerLike
+    channel_up: LayerLike
     norm_conv2: Optional[nn.Module]
-    cross_channel_up_conv: Optional[Tuple[torch.Tensor, torch.Tensor]]
-    cross_channel_up_sa: Optional[Tuple[torch.Tensor, torch.Tensor]]
-    fuse_channel_conv_weight: Optional[torch.Tensor]
-    fuse_channel_conv_bias: Optional[torch.Tensor]
-    fuse_channel_sa_weight: Optional[torch.Tensor]
-    fuse_channel_sa_bias: Optional[torch.Tensor]
-    conv2_local_weight: torch.Tensor
-    conv2_global_weight: torch.Tensor
-    conv2_bias: torch.Tensor
+    cross_channel_up_conv: Optional[LayerLike]
+    cross_channel_up_sa: Optional[LayerLike]
+    fuse_channel_conv: Optional[LayerLike]
+    fuse_channel_sa: Optional[LayerLike]
+    conv2_local: LayerLike
+    conv2_global: LayerLike
     norm2: nn.Module
-    fc1: Tuple[torch.Tensor, torch.Tensor]
-    fc2: Tuple[torch.Tensor, torch.Tensor]
+    fc1: LayerLike
+    fc2: LayerLike
 
 
 class _ScaledResidual(torch.autograd.Function):
@@ -616,70 +649,80 @@ class _PackedCast(torch.autograd.Function):
         return (None, *(p.view(shape) for p, shape in zip(flat.split(ctx.sizes), ctx.shapes)))
 
 
+@functools.lru_cache(maxsize=64)
+def _centre_ones(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        ones = torch.zeros(shape, dtype=dtype, device=device)
+        ones[:, :, shape[2] // 2, shape[3] // 2] = 1
+    return ones
+
+
+def with_identity(weight: torch.Tensor) -> torch.Tensor:
+    """A depthwise kernel plus the identity: ``conv(x, with_identity(w))``
+    is ``x + conv(x, w)`` (odd kernel, 'same' padding). The ones are built
+    once per shape, dtype and device."""
+    return weight + _centre_ones(weight.shape, weight.dtype, weight.device)
+
+
 def cast_for_autocast(weights: _Weights, x: torch.Tensor) -> _Weights:
-    """``weights`` with every float32 tensor in autocast's dtype, all in one
-    cast (``_PackedCast``), when autocast is on for ``x``'s device; else as
-    they are. The values equal autocast's own per-layer casts."""
+    """``weights`` with the float32 tensors of every convolution and linear
+    layer in autocast's dtype, all in one cast (``_PackedCast``), when
+    autocast is on for ``x``'s device; else as they are. The values equal
+    autocast's own per-layer casts."""
     device = x.device.type
     if not torch.is_autocast_enabled(device):
         return weights
-    dtype = torch.get_autocast_dtype(device)
-    fields = weights._asdict()
-    places = []  # (field, index in its pair or None)
-    for name, value in fields.items():
-        for index, item in enumerate(value) if isinstance(value, tuple) else [(None, value)]:
-            if isinstance(item, torch.Tensor) and item.dtype == torch.float32:
-                places.append((name, index))
-    if not places:
+    layers = {
+        name: value if isinstance(value, _Layer) else _Layer.of(value)
+        for name, value in weights._asdict().items()
+        if isinstance(value, (_Layer, nn.Linear, nn.Conv2d))
+    }
+    tensors = [
+        (name, part, tensor)
+        for name, layer in layers.items()
+        for part, tensor in (('weight', layer.weight), ('bias', layer.bias))
+        if tensor is not None and tensor.dtype == torch.float32
+    ]
+    if not tensors:
         return weights
-    tensors = [fields[n] if i is None else fields[n][i] for n, i in places]
-    for (name, index), cast in zip(places, _PackedCast.apply(dtype, *tensors)):
-        if index is None:
-            fields[name] = cast
-        else:
-            pair = list(fields[name])
-            pair[index] = cast
-            fields[name] = tuple(pair)
-    return _Weights(**fields)
+    cast = _PackedCast.apply(torch.get_autocast_dtype(device), *(t for _, _, t in tensors))
+    for (name, part, _), value in zip(tensors, cast):
+        layers[name] = layers[name]._replace(**{part: value})
+    return weights._replace(**layers)
 
 
-def fold_norm(
-    norm: _BatchNorm, weight: torch.Tensor, bias: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(weight, bias) of the 1x1 convolution ``conv(norm(x))`` for an
-    eval-mode BatchNorm with running statistics: the norm is
-    x * scale + shift per input channel."""
+def fold_norm(norm: _BatchNorm, weight: torch.Tensor, bias: torch.Tensor) -> _Layer:
+    """The 1x1 convolution ``conv(norm(x))`` for an eval-mode BatchNorm with
+    running statistics: the norm is x * scale + shift per input channel."""
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight
     shift = -norm.running_mean * scale
     if norm.bias is not None:
         shift = shift + norm.bias
-    return weight * scale.view(1, -1, 1, 1), bias + weight.flatten(1) @ shift
+    return _Layer(F.conv2d, weight * scale.view(1, -1, 1, 1), bias + weight.flatten(1) @ shift)
 
 
-def add_projection(
-    residual: torch.Tensor,
-    values: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-) -> torch.Tensor:
-    """residual + values W^T (+ bias): the output projection of an attention
-    added to its stream. ``residual`` is a (B, C, H, W) map or (B, L, C)
-    tokens, ``values`` (B, L, C_in). Without a bias on a token-major residual
-    (tokens, or a channels-last map) it is one ``addmm``."""
-    if residual.dim() == 4:
+def add_projection(residual: torch.Tensor, values: torch.Tensor, layer: LayerLike) -> torch.Tensor:
+    """residual + layer(values): the output projection of an attention added
+    to its stream. ``residual`` is a (B, C, H, W) map or (B, L, C) tokens,
+    ``values`` (B, L, C_in). A bias-free ``_Layer`` on a token-major residual
+    (tokens, or a channels-last map) is one ``addmm``."""
+    rows = None
+    if isinstance(layer, _Layer) and layer.bias is None:
+        if residual.dim() == 4 and residual.is_contiguous(memory_format=torch.channels_last):
+            rows = residual.permute(0, 2, 3, 1).reshape(-1, residual.shape[1])
+        elif residual.dim() == 3 and residual.is_contiguous():
+            rows = residual.reshape(-1, residual.shape[-1])
+    if rows is not None:
+        summed = torch.addmm(rows, values.reshape(-1, values.shape[-1]), layer.weight.t())
+        if residual.dim() == 3:
+            return summed.view(residual.shape)
         batch, channels, height, width = residual.shape
-        if bias is None and residual.is_contiguous(memory_format=torch.channels_last):
-            rows = residual.permute(0, 2, 3, 1).reshape(-1, channels)
-            summed = torch.addmm(rows, values.reshape(-1, values.shape[-1]), weight.t())
-            return to_map(summed.view(batch, height * width, channels), height, width)
-        return residual + to_map(F.linear(values, weight, bias), height, width)
-    if bias is None and residual.is_contiguous():
-        rows = residual.reshape(-1, residual.shape[-1])
-        summed = torch.addmm(rows, values.reshape(-1, values.shape[-1]), weight.t())
-        return summed.view(residual.shape)
-    return residual + F.linear(values, weight, bias)
+        return to_map(summed.view(batch, height * width, channels), height, width)
+    if residual.dim() == 4:
+        return residual + to_map(layer(values), *residual.shape[2:])
+    return residual + layer(values)
 
 
 def linear_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list:
