@@ -167,7 +167,7 @@ class StreamConv(nn.Module):
             self.local_weight = nn.Parameter(weight[:, :half].clone())
             self.global_weight = nn.Parameter(weight[:, half:].clone())
             self.local_bias = nn.Parameter(bias.clone())
-        self.register_state_dict_post_hook(StreamConv._pack_state)
+        self.register_state_dict_post_hook(StreamConv.pack_state)
         self.register_load_state_dict_pre_hook(StreamConv._unpack_state)
 
     def _parts(self) -> Dict[str, Tuple[str, ...]]:
@@ -193,7 +193,9 @@ class StreamConv(nn.Module):
         return self._packed('bias', [getattr(self, n) for n in self._parts()['bias']])
 
     @staticmethod
-    def _pack_state(module, state_dict, prefix, local_metadata) -> None:
+    def pack_state(module, state_dict, prefix, local_metadata=None) -> None:
+        """State-dict hook: ``prefix + 'weight'`` / ``'bias'`` in place of the
+        per-stream entries; packs any such dict (gradients too)."""
         if isinstance(state_dict.get(prefix + 'local_weight'), nn.Parameter):
             # state_dict(keep_vars=True), e.g. for torch.jit's tracer: the
             # parameters themselves, under their own names.
