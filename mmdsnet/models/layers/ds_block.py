@@ -332,19 +332,25 @@ class DSBlock(BaseModule):
     def _attn_dropout(self) -> float:
         return self.attn_drop_rate if self.training else 0.0
 
-    def _global_self_attention(self, tokens: torch.Tensor, weights: '_Weights') -> torch.Tensor:
-        """tokens + MHSA(LN(tokens)) without output projection; (B, M, C/2)."""
+    def _global_self_attention(
+        self, tokens: torch.Tensor, weights: Optional['_Weights'] = None
+    ) -> torch.Tensor:
+        """tokens + MHSA(LN(tokens)) without output projection; (B, M, C/2).
+        ``weights``: the block's own modules unless given (``_weights``)."""
+        weights = self._live_weights() if weights is None else weights
         q, k, v = split_heads(weights.channel_up(self.norm_sa1(tokens)), self.num_heads)
         return tokens + merge_heads(attention(q, k, v, self._attn_dropout()))
 
     def _align(
-        self, local: torch.Tensor, tokens: torch.Tensor, weights: '_Weights'
+        self, local: torch.Tensor, tokens: torch.Tensor, weights: Optional['_Weights'] = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Bidirectional co-attention between the local map and global tokens.
 
         Both directions read the same inputs. Returns the updated local map
-        (B, C/2, H, W) and global tokens (B, M, C/2).
+        (B, C/2, H, W) and global tokens (B, M, C/2). ``weights``: the
+        block's own modules unless given (``_weights``).
         """
+        weights = self._live_weights() if weights is None else weights
         batch, half, height, width = local.shape
         local_qkv = weights.cross_channel_up_conv(weights.norm_conv2(local))
         # Token-major (B, N, 3C/2): free for a channels-last map. The fused
