@@ -1,9 +1,12 @@
 """Kernel launches counted on the CPU: every aten operator that would launch
 a kernel on a GPU, recorded by a ``TorchDispatchMode``.
 
-A training step whose operators are many and small waits on the host, not on
-the GPU (docs/performance.md); the count of operators is what the host pays
-per step, independent of the device, so it is measured here on the CPU.
+A training step of many small operators waits on the host, not on the GPU
+(docs/performance.md): each operator costs host time to dispatch and
+launch. The count compares backbones on any machine. It is taken on the CPU,
+where a few operators decompose otherwise than on CUDA (the attention
+kernels, autocast's float32 list), so it ranks models rather than giving a
+CUDA launch total.
 
 The rule (``launches_kernel``): an operator reaching the dispatcher counts
 once, unless it only makes a view or changes metadata, which needs no kernel:
@@ -14,12 +17,13 @@ once, unless it only makes a view or changes metadata, which needs no kernel:
 * allocations without a fill (``empty``, ``empty_strided``, ``new_empty``,
   ...), ``resize_``, ``set_`` and ``lift_fresh``.
 
-Everything else counts, copies and casts (``_to_copy``, ``clone``,
-``copy_``), fills (``zeros``, ``fill_``) and the gradient accumulation
-included. Operators run below autograd, so a backward's operators count as
-they dispatch; composite operators count by what they decompose into, as
-they run on a GPU. The counts depend on the model and the input's layout, not
-on its size (``tests/analysis/test_launches.py`` checks two sizes).
+Everything else counts: copies and casts (``_to_copy``, ``clone``,
+``copy_``), fills (``zeros``, ``fill_``), random draws, and the sums autograd
+makes of the gradients of a tensor used twice. Operators run below autograd,
+so the backward's count as they dispatch; composite operators count by what
+they decompose into. DS-Net's counts do not depend on the input size
+(``tests/analysis/test_launches.py``); Swin's grow where its windows need
+padding (sides not multiples of 4 x 7 x 8 = 224).
 """
 
 from collections import Counter
@@ -104,11 +108,11 @@ def backbone_launches(
     ``torch.autocast('cpu', torch.bfloat16)`` for bf16, as
     ``AmpOptimWrapper(dtype='bfloat16')`` runs it), a float32 loss (sum of
     the outputs' means) and the backward, into gradients set to ``None``
-    as ``optimizer.zero_grad()`` leaves them (so every step runs the same
-    operators). ``'eval'``: the
-    forward in eval mode under ``torch.no_grad``, run once uncounted first
-    (state built on first use, e.g. cached inference weights). The model is
-    left in eval mode, its gradients set.
+    as ``optimizer.zero_grad()`` leaves them. ``'eval'``: the
+    forward in eval mode under ``torch.no_grad``. Each mode runs once
+    uncounted first, so that what is built on first use (cached inference
+    weights, constants) is not counted: the counts are those of every
+    further step. The model is left in eval mode, its gradients set.
     """
     modes = tuple(MODES if modes is None else modes)
     unknown = set(modes) - set(MODES)
@@ -136,8 +140,7 @@ def backbone_launches(
     }
     counts = {}
     for mode in modes:
-        if mode == 'eval':
-            steps[mode]()
+        steps[mode]()
         counts[mode] = count_launches(steps[mode]).total
     model.eval()
     return counts
