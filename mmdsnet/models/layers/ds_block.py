@@ -641,7 +641,7 @@ class _PackedCast(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, dtype: torch.dtype, *tensors: torch.Tensor):
-        ctx.source_dtype = tensors[0].dtype
+        ctx.source_dtype, ctx.dtype, ctx.device = tensors[0].dtype, dtype, tensors[0].device
         ctx.shapes = [t.shape for t in tensors]
         ctx.sizes = [t.numel() for t in tensors]
         flat = torch.cat([t.reshape(-1) for t in tensors]).to(dtype)
@@ -650,7 +650,7 @@ class _PackedCast(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: Optional[torch.Tensor]):
         parts = [
-            g.reshape(-1) if g is not None else torch.zeros(n, dtype=ctx.source_dtype)
+            g.reshape(-1) if g is not None else torch.zeros(n, dtype=ctx.dtype, device=ctx.device)
             for g, n in zip(grads, ctx.sizes)
         ]
         flat = torch.cat(parts).to(ctx.source_dtype)
