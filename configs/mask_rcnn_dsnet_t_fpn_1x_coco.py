@@ -12,6 +12,12 @@ model = dict(
         norm_eval=True,
     ),
     neck=dict(in_channels=[64, 128, 320, 512]),
+    # RoIAlign in float32 under --amp: mmcv's has no bf16 kernel, and its fp16
+    # backward is slow (docs/configs.md, "RoIAlign under AMP").
+    roi_head=dict(
+        bbox_roi_extractor=dict(type='FP32SingleRoIExtractor'),
+        mask_roi_extractor=dict(type='FP32SingleRoIExtractor'),
+    ),
 )
 
 optim_wrapper = dict(

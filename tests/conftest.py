@@ -66,3 +66,19 @@ def pytest_generate_tests(metafunc):
             paths = config_paths(*patterns)
             ids = [os.path.relpath(p, os.path.join(REPO_ROOT, 'configs')) for p in paths]
             metafunc.parametrize(name, paths, ids=ids)
+
+
+@pytest.fixture
+def roi_align_dtypes(monkeypatch):
+    """The (features, RoIs) dtypes of every call of mmcv's RoIAlign kernel,
+    recorded on the way in (the kernel itself runs unchanged)."""
+    roi_align_module = importlib.import_module('mmcv.ops.roi_align')
+    kernel = roi_align_module.ext_module.roi_align_forward
+    calls = []
+
+    def recording(features, rois, *args, **kwargs):
+        calls.append((features.dtype, rois.dtype))
+        return kernel(features, rois, *args, **kwargs)
+
+    monkeypatch.setattr(roi_align_module.ext_module, 'roi_align_forward', recording)
+    return calls

@@ -19,9 +19,11 @@ Not covered: CUDA kernels and their fp16/bf16 numerics, cuDNN, the CUDA
 scaler's fused unscale kernel, speed. mmcv 2.1's CPU ``nms`` needs float32
 boxes; under CUDA autocast ``exp`` runs in float32 so RPN boxes arrive as
 float32 there, under CPU autocast they stay reduced; the Mask R-CNN tests cast
-the boxes (only) to float32 before mmcv's kernel. mmcv 2.1's ``roi_align``
-has no bfloat16 kernel on CPU nor on CUDA (``AT_DISPATCH_FLOATING_TYPES_AND_HALF``),
-so bf16 Mask R-CNN runs it in float32 here, and fails on a GPU as well.
+the boxes (only) to float32 before mmcv's kernel, as on CUDA. mmcv 2.1's
+``roi_align`` has no bfloat16 kernel on CPU nor on CUDA
+(``AT_DISPATCH_FLOATING_TYPES_AND_HALF``): the Mask R-CNN configs run it in
+float32 through ``FP32SingleRoIExtractor``, which these steps check (every
+call of the kernel records its dtypes), with nothing patched around it.
 fp16 runs at 64x64 with 16 sampled RoIs: CPU fp16 convolutions take the slow
 reference kernels (minutes at the demo's 128x128).
 """
@@ -168,12 +170,9 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale(cpu_amp_wrapper):
 
 
 @pytest.fixture
-def mmcv_ops_as_on_cuda(monkeypatch):
-    """mmcv's CPU kernels given what the CUDA ones accept under autocast
-    (see the module docstring): float32 boxes into ``nms``, ``roi_align``
-    computed in float32 for bfloat16 inputs."""
-    from mmcv.ops import RoIAlign
-
+def nms_as_on_cuda(monkeypatch):
+    """mmcv's CPU ``nms`` given the float32 boxes that CUDA autocast hands
+    it (see the module docstring)."""
     nms_module = importlib.import_module('mmcv.ops.nms')
     nms_kernel = nms_module.ext_module.nms
     monkeypatch.setattr(
@@ -181,36 +180,24 @@ def mmcv_ops_as_on_cuda(monkeypatch):
         'nms',
         lambda boxes, scores, **kwargs: nms_kernel(boxes.float(), scores, **kwargs),
     )
-    roi_align = RoIAlign.forward
-
-    def roi_align_fp32_for_bf16(self, features, rois):
-        if features.dtype != torch.bfloat16:
-            return roi_align(self, features, rois)
-        return roi_align(self, features.float(), rois.float()).to(features.dtype)
-
-    monkeypatch.setattr(RoIAlign, 'forward', roi_align_fp32_for_bf16)
 
 
-@pytest.mark.usefixtures('mmdet_scope', 'mmcv_ops_as_on_cuda')
-@pytest.mark.parametrize('dtype', DTYPES, ids=str)
-def test_demo_mask_rcnn_amp_step(dtype, cpu_amp_wrapper):
-    """The demo Mask R-CNN (DS-Net-T + DS-FPN): every loss and gradient is
-    finite and the step is taken, with a static loss scale of 512."""
+def mask_rcnn_amp_step(cfg, dtype, sizes, wrapper_of):
+    """One AmpOptimWrapper step of the Mask R-CNN ``cfg`` on demo inputs of
+    ``sizes`` ([C, H, W] per image), static loss scale 512: the step is taken,
+    every loss is finite and every gradient too. Returns the model."""
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
 
-    cfg = Config.fromfile(f'{REPO_ROOT}/configs/demo/mask_rcnn_dsnet_t_dsfpn_demo.py')
-    size = 128 if dtype == torch.bfloat16 else 64
-    if dtype == torch.float16:
-        cfg.model.train_cfg.rcnn.sampler.num = 16
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
     model.train()
+    num_classes = cfg.model.roi_head.bbox_head.num_classes
     data = model.data_preprocessor(
-        demo_mm_inputs(2, [[3, size, size]] * 2, num_classes=3, with_mask=True), training=True
+        demo_mm_inputs(len(sizes), sizes, num_classes=num_classes, with_mask=True), training=True
     )
-    wrapper = cpu_amp_wrapper(model, dtype, loss_scale=512.0)
+    wrapper = wrapper_of(model, dtype, loss_scale=512.0)
     losses = {}
 
     def loss_fn():
@@ -223,5 +210,32 @@ def test_demo_mask_rcnn_amp_step(dtype, cpu_amp_wrapper):
     for name, value in losses.items():
         values = value if isinstance(value, list) else [value]
         assert all(torch.isfinite(v).all() for v in values), name
-    assert model.backbone.stages[0][0].norm1.weight.grad.abs().sum() > 0
     assert_finite_step(model, loss, before)
+    return model
+
+
+@pytest.mark.usefixtures('mmdet_scope', 'nms_as_on_cuda')
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_demo_mask_rcnn_amp_step(dtype, cpu_amp_wrapper, roi_align_dtypes):
+    """The demo Mask R-CNN (DS-Net-T + DS-FPN) takes a finite step in
+    ``dtype``, its RoIAlign kernel running on float32 features and RoIs."""
+    cfg = Config.fromfile(f'{REPO_ROOT}/configs/demo/mask_rcnn_dsnet_t_dsfpn_demo.py')
+    size = 128 if dtype == torch.bfloat16 else 64
+    if dtype == torch.float16:
+        cfg.model.train_cfg.rcnn.sampler.num = 16
+    model = mask_rcnn_amp_step(cfg, dtype, [[3, size, size]] * 2, cpu_amp_wrapper)
+    assert model.backbone.stages[0][0].norm1.weight.grad.abs().sum() > 0
+    assert roi_align_dtypes and set(roi_align_dtypes) == {(torch.float32, torch.float32)}
+
+
+@pytest.mark.usefixtures('mmdet_scope', 'nms_as_on_cuda')
+def test_mask_rcnn_dsnet_s_bf16_step(cpu_amp_wrapper, roi_align_dtypes):
+    """``mask_rcnn_dsnet_s_fpn_1x_coco.py`` (ImageNet init left out) takes a
+    finite bf16 step on one 128x160 image, RoIAlign in float32."""
+    cfg = Config.fromfile(f'{REPO_ROOT}/configs/mask_rcnn_dsnet_s_fpn_1x_coco.py')
+    cfg.model.backbone.init_cfg = None
+    # One image: stochastic depth would drop whole blocks, leaving their
+    # parameters without a step.
+    cfg.model.backbone.drop_path_rate = 0.0
+    mask_rcnn_amp_step(cfg, torch.bfloat16, [[3, 128, 160]], cpu_amp_wrapper)
+    assert roi_align_dtypes and set(roi_align_dtypes) == {(torch.float32, torch.float32)}

@@ -222,6 +222,12 @@ class DSNet(BaseModule):
             ]
             self.stages.append(nn.Sequential(*blocks))
             prev_channels = self.embed_dims[i]
+        # Keep probability of every built block's residuals, for one draw of
+        # all their stochastic-depth scales per forward (``_drop_path_scales``).
+        built = sum(self.depths[: self.num_built_stages])
+        self.with_drop_path = any(rate > 0 for rate in rates[:built])
+        keep = torch.tensor([1.0 - rate for rate in rates[:built]])
+        self.register_buffer('drop_path_keep', keep.view(-1, 1, 1, 1, 1, 1), persistent=False)
 
     def _compile_blocks(self, options: dict) -> None:
         """``torch.compile`` each DS-Block in place (``nn.Module.compile``;
@@ -408,6 +414,16 @@ class DSNet(BaseModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _drop_path_scales(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Every block's stochastic-depth scales (``DSBlock.drop_path_scales``)
+        in one draw, (blocks, 2, B, 1, 1, 1); None in eval mode or without
+        drop path. A block in eval mode (frozen) or at rate 0 ignores its own."""
+        if not (self.training and self.with_drop_path):
+            return None
+        keep = self.drop_path_keep.to(x.dtype)
+        shape = (keep.shape[0], 2, x.shape[0], 1, 1, 1)
+        return torch.bernoulli(keep.expand(shape)).div_(keep)
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """Return ``len(out_indices)`` maps; output i has shape
         (B, C_i, ceil(H / s_i), ceil(W / s_i)) with strides s = 4, 8, 16, 32.
@@ -419,9 +435,14 @@ class DSNet(BaseModule):
         self._check_input(x)
         height, width = x.shape[2:]
         x = self._pad_input(x)
+        scales = self._drop_path_scales(x)
         outs = []
+        block_index = 0
         for i in range(self.num_built_stages):
-            x = self.stages[i](self.patch_embeds[i](x))
+            x = self.patch_embeds[i](x)
+            for block in self.stages[i]:
+                x = block(x, None if scales is None else scales[block_index])
+                block_index += 1
             if i in self.out_indices:
                 stride = self.strides[i]
                 out = x[..., : math.ceil(height / stride), : math.ceil(width / stride)]
