@@ -25,6 +25,8 @@ from mmengine.registry import init_default_scope
 from ..models import DSNet
 from ..testing import reference_for
 from .inputs import PRECISIONS, build_detector, detector_batch, parse_setting, split_choices
+from .launches import MODES as LAUNCH_MODES
+from .launches import backbone_launches
 from .memory import peak_memory_mb, release_free_heap, saved_activations_mb
 from .profiling import PHASES, backbone_step, detector_iteration, sync, timed_phase
 
@@ -140,6 +142,9 @@ class Case:
     memory_mb: Optional[float] = None
     saved_mb: Optional[float] = None  # activations kept for backward (train cases)
     phases: Dict[str, List[float]] = field(default_factory=dict)
+    # kernel-launching operators of one step, counted on the CPU (backbone cases)
+    launch_count: Optional[Callable[[], Optional[int]]] = field(default=None, repr=False)
+    launches: Optional[int] = None
 
     def prepare(self, device):
         if self.state is None:
@@ -170,6 +175,8 @@ class Case:
         )
         if self.batch is not None:
             entry['images_per_s'] = self.batch / median
+        if self.launches is not None:
+            entry['launches'] = self.launches
         for phase, key in zip(PHASES, PHASE_KEYS):
             if self.phases.get(phase):
                 entry[key] = statistics.median(self.phases[phase])
@@ -188,6 +195,21 @@ def backbone_build(name, setting, train):
     return build
 
 
+def launch_count(name, mode, precision):
+    """A counter of the kernel-launching operators of one step of backbone ``name``
+    (``analysis.launches``: on the CPU, at 224 b1, where Swin-T pads no window and
+    DS-Net's count does not depend on the size); None where it counts no such step."""
+    key = mode if mode == 'eval' and precision == 'fp32' else f'{mode} {precision}'
+
+    def count():
+        if key not in LAUNCH_MODES:
+            return None
+        torch.manual_seed(0)
+        return backbone_launches(BACKBONES[name](), (1, 3, 224, 224), [key])[key]
+
+    return count
+
+
 def backbone_case(name, setting, mode, precision='fp32'):
     """Inference, or forward and backward of the summed outputs, of a backbone;
     the forward under autocast unless ``precision`` is fp32."""
@@ -201,6 +223,7 @@ def backbone_case(name, setting, mode, precision='fp32'):
         build,
         lambda state: backbone_step(*state, train=train, precision=precision),
         measures_saved=train,
+        launch_count=launch_count(name, mode, precision),
     )
 
 
@@ -337,12 +360,16 @@ def select_cases(
     return cases
 
 
-def run_group(members, device, trials, warmup, trim_heap=True, memory_command=None):
+def run_group(members, device, trials, warmup, trim_heap=True, memory_command=None, launches=False):
     """Measure one group of cases: the peak memory of each alone (unless
     ``memory_command`` is None; on the CPU ``memory_command(case)`` runs it in a
     fresh process, see :func:`peak_memory_mb`), then per case ``warmup`` runs
     and its saved activations, then ``trials`` trials interleaved, one run of
-    each case in turn. The models are freed afterwards."""
+    each case in turn. The models are freed afterwards. ``launches``: also
+    count each backbone case's kernel-launching operators (on the CPU)."""
+    if launches:
+        for case in members:
+            case.launches = case.launch_count() if case.launch_count else None
     if memory_command is not None:
         for case in members:
             case.memory_mb = peak_memory_mb(case, device, memory_command(case))
@@ -383,6 +410,8 @@ COLUMNS = (
     ('saved MB', '8.0f', _value('saved_activations_mb'), 'saved_activations_mb'),
     ('x saved', '7.2f', _ratio('saved_activations_mb'), 'saved_activations_mb'),
     ('img/s', '5.0f', _value('images_per_s'), 'images_per_s'),
+    ('launches', '8.0f', _value('launches'), 'launches'),
+    ('x launches', '10.2f', _ratio('launches'), 'launches'),
     ('fwd+loss ms', '11.1f', _value('forward_loss_ms'), 'forward_loss_ms'),
     ('bwd ms', '8.1f', _value('backward_ms'), 'backward_ms'),
     ('step ms', '7.1f', _value('optimizer_step_ms'), 'optimizer_step_ms'),

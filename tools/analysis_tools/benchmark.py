@@ -25,7 +25,8 @@ under bf16 and fp16 autocast; ``--det-precisions fp32,amp`` times the
 detectors in fp32 and under AMP as ``--amp`` trains (fp16 autocast, dynamic
 loss scaling); a detector training iteration is forward, backward and an
 AdamW step, each phase also timed (synchronised), and
-``--backbone-precisions`` adds the backbone suite under autocast.
+``--backbone-precisions`` adds the backbone suite under autocast; ``--launches``
+counts each backbone entry's kernel-launching operators per step (on the CPU).
 ``--settings``, ``--det-size`` and ``--throughput-setting`` take any input
 size (``make gpu-check``'s CPU mode uses small ones). The models,
 cases, selection check and table are in mmdsnet/analysis/benchmark.py, the
@@ -80,6 +81,12 @@ def parse_args(argv):
         '--precisions',
         default=','.join(PRECISIONS),
         help='throughput suite: fp32 and/or bf16, fp16 autocast',
+    )
+    parser.add_argument(
+        '--launches',
+        action='store_true',
+        help="backbone suite: also count each entry's kernel-launching operators per step "
+        '(on the CPU at 224 b1; mmdsnet/analysis/launches.py)',
     )
     parser.add_argument(
         '--backbone-precisions',
@@ -139,7 +146,8 @@ def main(argv=None):
         groups.setdefault(case.group, []).append(case)
     for group, members in groups.items():
         run_group(members, device, args.trials, args.warmup, trim_heap=not args.keep_heap,
-                  memory_command=None if args.no_memory else memory_command)  # fmt: skip
+                  memory_command=None if args.no_memory else memory_command,
+                  launches=args.launches)  # fmt: skip
         print(format_group(group, members), flush=True)
         # rewritten after every group: an interrupted run keeps what it measured
         result = report(cases, device, args.trials, args.warmup, not args.keep_heap)
