@@ -69,6 +69,7 @@ def test_cpu_mode_figures_reach_the_summary(cpu_run):
     groups = {r['group'] for r in backbones}
     assert groups == {
         'backbone 64x96 b1 train',
+        'backbone 64x96 b1 train bf16',
         'throughput 64 b2 fp32',
         'throughput 64 b2 bf16',
     }
@@ -79,6 +80,14 @@ def test_cpu_mode_figures_reach_the_summary(cpu_run):
         ('Mask R-CNN 2x64x96 train fp32', 'MaskRCNN DS-Net-S+FPN'),
         ('Mask R-CNN 2x64x96 eval fp32', 'MaskRCNN R-50+FPN'),
     }
+    with open(out / 'results' / 'benchmark_detectors_roi_extractor.json') as f:
+        pair = json.load(f)['results']
+    # the training iteration's phases, timed for each entry
+    assert {r['name'] for r in pair} == {
+        'MaskRCNN DS-Net-S+FPN',
+        'MaskRCNN DS-Net-S+FPN mmcv RoIAlign',
+    }
+    assert all(r['forward_loss_ms'] > 0 and r['backward_ms'] > 0 for r in pair)
     with open(out / 'results' / 'attention_backends.json') as f:
         attention = json.load(f)['results']
     # DS-Net-T has 9 blocks of 3 attentions; on the CPU the fused kernel takes them all
@@ -108,6 +117,8 @@ def test_cpu_mode_figures_reach_the_summary(cpu_run):
         in summary
     )
     assert 'DS-Net-T eval at 2x64x64, bf16, on cpu' in summary  # the inference profile
+    assert 'cudnn.benchmark on' in summary  # ... and again with it
+    assert 'benchmark_detectors_roi_extractor.json' in summary and 'fwd + loss ms' in summary
 
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path):

@@ -106,12 +106,17 @@ CPU = dict(
     benchmark=[
         ('benchmark.py', 'results/benchmark_backbones.json',
          ['--suites', 'backbone,throughput', '--backbones', 'DS-Net-T,ResNet-50',
-          '--settings', '64x96 b1', '--modes', 'train', '--throughput-setting', '64 b2',
-          '--precisions', 'fp32,bf16', *CPU_TRIALS]),
+          '--settings', '64x96 b1', '--modes', 'train', '--backbone-precisions', 'fp32,bf16',
+          '--throughput-setting', '64 b2', '--precisions', 'fp32,bf16', *CPU_TRIALS]),
         ('benchmark.py', 'results/benchmark_detectors.json',
          ['--suites', 'detector', '--detectors', 'MaskRCNN R-50+FPN,MaskRCNN DS-Net-S+FPN',
           '--modes', 'train,eval', '--det-size', '64x96', '--det-precisions', 'fp32',
           *CPU_TRIALS]),
+        # the RoI-extractor pair, in fp32 (CPU autocast hands mmcv's nms bf16 boxes)
+        ('benchmark.py', 'results/benchmark_detectors_roi_extractor.json',
+         ['--suites', 'detector', '--detectors',
+          'MaskRCNN DS-Net-S+FPN,MaskRCNN DS-Net-S+FPN mmcv RoIAlign', '--modes', 'train',
+          '--det-size', '64x96', '--det-precisions', 'fp32', *CPU_TRIALS]),
     ],
     profile=profiles('tiny', '64', '2', ['bf16'], '64x96', '1', amp=False),
 )  # fmt: skip
