@@ -141,6 +141,59 @@ def train(config, work, env, *extra, wait=True):
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.parametrize('dangling', [False, True])
+def test_lock_never_follows_a_link_nor_writes_through_it(tmp_path, dangling):
+    from mmdsnet.engine import WorkDirLockError, lock_work_dir
+    from mmdsnet.engine.work_dir_lock import LOCK_NAME
+
+    work = tmp_path / 'work'
+    work.mkdir()
+    victim = tmp_path / 'bashrc'
+    if not dangling:
+        victim.write_text('export PATH=~/bin:$PATH\n')
+    (work / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(WorkDirLockError, match=f'{work / LOCK_NAME} is a symbolic link'):
+        lock_work_dir(str(work))
+    if dangling:
+        assert not victim.exists()  # the link's target is not created
+    else:
+        assert victim.read_text() == 'export PATH=~/bin:$PATH\n'
+
+
+@pytest.mark.parametrize(
+    'make, what',
+    [
+        (lambda p: p.mkdir(), 'a directory'),
+        (lambda p: os.mkfifo(p), 'not a regular file'),
+        (lambda p: p.write_text('# notes\n'), 'a file holding something other than a pid'),
+        (lambda p: os.link(p.parent / 'other', p), 'a file with 2 hard links'),
+    ],
+)
+def test_lock_refuses_a_path_that_is_not_a_run_lock_and_names_it(tmp_path, make, what):
+    from mmdsnet.engine import WorkDirLockError, lock_work_dir
+    from mmdsnet.engine.work_dir_lock import LOCK_NAME
+
+    (tmp_path / 'other').write_text('')
+    path = tmp_path / LOCK_NAME
+    make(path)
+    before = path.read_text() if path.is_file() else None
+    with pytest.raises(WorkDirLockError, match=f'{path} is {what}'):
+        lock_work_dir(str(tmp_path))
+    assert (path.read_text() if path.is_file() else None) == before
+
+
+def test_lock_rewrites_the_pid_of_an_earlier_run(tmp_path):
+    from mmdsnet.engine import lock_work_dir, release_work_dir
+    from mmdsnet.engine.work_dir_lock import LOCK_NAME
+
+    (tmp_path / LOCK_NAME).write_text('123456789\n')
+    try:
+        assert lock_work_dir(str(tmp_path)) == str(tmp_path / LOCK_NAME)
+        assert (tmp_path / LOCK_NAME).read_text() == f'{os.getpid()}\n'
+    finally:
+        release_work_dir(str(tmp_path))
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_second_run_in_a_live_work_dir_is_refused_and_a_killed_one_frees_it(tmp_path):
