@@ -390,6 +390,45 @@ def test_fit_hook_refuses_weights_it_cannot_load_faithfully(tmp_path, kind):
         CheckpointFitHook().after_load_checkpoint(runner, {'state_dict': state})
 
 
+KEY_VAR_PUBLIC = 'blocks1.0.norm1.running_var'
+KEY_VAR_EITHER = r'(blocks1\.0|stages\.0\.0)\.norm1\.running_var'
+
+
+def test_backbone_loader_refuses_a_negative_batchnorm_variance(tmp_path):
+    reference = reference_for('tiny').state_dict()
+    variance = reference[KEY_VAR_PUBLIC].clone().fill_(1.0)
+    variance[3] = -1.0
+    path = tmp_path / 'bad.pth'
+    torch.save(dict(reference, **{KEY_VAR_PUBLIC: variance}), path)
+    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(
+        ValueError, match=rf"bad\.pth: BatchNorm variance '{KEY_VAR_EITHER}'.* 1 negative values"
+    ):
+        model.init_weights()
+
+
+def test_backbone_loader_warns_of_weights_that_overflow_in_the_forward(tmp_path):
+    reference = reference_for('tiny').state_dict()
+    path = tmp_path / 'huge.pth'
+    torch.save(dict(reference, **{KEY_PUBLIC: torch.full_like(reference[KEY_PUBLIC], 1e30)}), path)
+    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.warns(
+        RuntimeWarning, match=rf"huge\.pth: weight '{KEY_EITHER}'.* magnitude 1e\+30"
+    ):
+        model.init_weights()
+
+
+def test_fit_hook_refuses_a_negative_batchnorm_variance(tmp_path):
+    runner = _fit_runner(tmp_path, 'bad.pth')
+    runner.model = torch.nn.Sequential(torch.nn.BatchNorm1d(4))
+    state = dict(runner.model.state_dict())
+    state['0.running_var'] = torch.tensor([1.0, -1.0, 2.0, 1.0])
+    with pytest.raises(
+        CheckpointMismatchError, match=r"bad\.pth: BatchNorm variance '0.running_var' .*\(min -1\)"
+    ):
+        CheckpointFitHook().after_load_checkpoint(runner, {'state_dict': state})
+
+
 def test_fit_hook_on_auto_resume_names_the_file_and_fits_train(tmp_path):
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_3.pth'))
     runner = _fit_runner(tmp_path, None, resume=True)
