@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 import torch
 from mmengine.dist import barrier, get_dist_info
 
-from .unpickling import NumpyOnlyUnpickler, runner_checkpoint_globals
+from .unpickling import NumpyOnlyUnpickler, check_numpy_arrays, runner_checkpoint_globals
 
 #: First bytes of what torch.load and the .pdparams reader accept: a zip
 #: archive (torch.save since 1.6) or a pickle of protocol 2 or later.
@@ -128,6 +128,7 @@ def torch_load_weights_only(path: str, map_location=None) -> Mapping:
             'written by torch.save (a Runner checkpoint or a state dict) is expected'
         ) from err
     check_is_mapping(checkpoint, path)
+    check_numpy_arrays(checkpoint, path)
     return checkpoint
 
 
@@ -143,8 +144,17 @@ def read_checkpoint(path: str) -> Dict[str, object]:
     if str(path).endswith('.pdparams'):
         check_checkpoint_file(path)
         with open(path, 'rb') as f:
-            checkpoint = NumpyOnlyUnpickler(f).load()
+            try:
+                checkpoint = NumpyOnlyUnpickler(f).load()
+            except pickle.UnpicklingError as err:
+                raise pickle.UnpicklingError(f'checkpoint {path} refused: {err}') from err
+            except Exception as err:  # numpy's ValueError, a cut file's EOFError...
+                raise RuntimeError(
+                    f'checkpoint {path} could not be read ({type(err).__name__}: {err}); '
+                    'a .pdparams of numpy arrays (paddle.save) is expected'
+                ) from err
         check_is_mapping(checkpoint, path)
+        check_numpy_arrays(checkpoint, path)
     else:
         checkpoint = torch_load_weights_only(path, map_location='cpu')
     return unwrap_state_dict(checkpoint)[0]

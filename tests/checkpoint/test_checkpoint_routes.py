@@ -12,8 +12,10 @@ import pickle
 import subprocess
 import sys
 import threading
+import tracemalloc
 import types
 
+import numpy as np
 import pytest
 import torch
 from helpers import REPO_ROOT, TESTS_ROOT
@@ -21,6 +23,7 @@ from mmengine.logging import HistoryBuffer, MMLogger
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmdsnet  # noqa: F401  (installs the loaders and guards under test)
+from mmdsnet.checkpoint import read_checkpoint
 from mmdsnet.engine import CheckpointFitHook, CheckpointMismatchError
 from mmdsnet.models import DSNet
 from mmdsnet.testing import reference_for
@@ -316,6 +319,86 @@ def test_checkpoint_cannot_rebind_history_buffer_statistics(tmp_path, monkeypatc
     loaded = _load_checkpoint(str(tmp_path / 'plain.pth'))['message_hub']['log_scalars']['loss']
     assert type(loaded) is HistoryBuffer
     assert loaded.statistics('mean') == 2.0 and '_statistics_methods' not in vars(loaded)
+
+
+# ---------------------------------------------------------------------------
+# numpy arrays of Runner checkpoints and .pdparams: no bigger than their bytes
+# ---------------------------------------------------------------------------
+class DeclaredArray:
+    """Pickles as numpy's _reconstruct of a 2 GB float64 array and no values."""
+
+    def __reduce__(self):
+        reconstruct = np.zeros(0).__reduce__()[0]  # numpy's multiarray._reconstruct
+        return (reconstruct, (np.ndarray, (250_000_000,), np.dtype('f8')))
+
+
+def _history(**state):
+    buffer = HistoryBuffer([1.0, 3.0], [1, 1])
+    buffer.__dict__.update(state)
+    return buffer
+
+
+HUB_KEY = 'message_hub.log_scalars.train/loss'
+BAD_ARRAYS = {
+    'meta: declared 2.5e8 values': (
+        {'meta': {'eta': DeclaredArray()}},
+        r"'meta.eta' is a numpy array declaring 250000000 elements .* over 8 bytes",
+    ),
+    'history: declared 2.5e8 values': (
+        {'message_hub': {'log_scalars': {'train/loss': _history(_log_history=DeclaredArray())}}},
+        rf"'{HUB_KEY}._log_history' has shape \(250000000,\), dtype float64, not contiguous",
+    ),
+    'history: 2-D': (
+        {'message_hub': {'log_scalars': {'train/loss': _history(_count_history=np.ones((2, 2)))}}},
+        rf"'{HUB_KEY}._count_history' has shape \(2, 2\).* 1-D contiguous numeric",
+    ),
+    'history: longer than max_length': (
+        {
+            'message_hub': {
+                'log_scalars': {'train/loss': _history(max_length=2, _log_history=np.ones(5))}
+            }
+        },
+        rf"'{HUB_KEY}._log_history' has shape \(5,\).* at most max_length=2",
+    ),
+    'history: max_length not an int': (
+        {'message_hub': {'log_scalars': {'train/loss': _history(max_length=2.5)}}},
+        rf"'{HUB_KEY}.max_length' is 2.5; a positive int",
+    ),
+}
+
+
+def _assert_refused_in_bounded_memory(load, path, message):
+    tracemalloc.start()  # numpy reports its allocations to tracemalloc
+    try:
+        with pytest.raises(pickle.UnpicklingError, match=rf'checkpoint {path} refused: {message}'):
+            load(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6
+
+
+@pytest.mark.parametrize('case', sorted(BAD_ARRAYS))
+def test_runner_checkpoint_numpy_arrays_are_bounded_by_their_bytes(tmp_path, case):
+    contents, message = BAD_ARRAYS[case]
+    path = tmp_path / 'bomb.pth'
+    torch.save({'state_dict': {'w': torch.zeros(2)}, **contents}, path)
+    assert path.stat().st_size < 5000
+    _assert_refused_in_bounded_memory(_load_checkpoint, path, message)
+
+
+@pytest.mark.parametrize(
+    'value, message',
+    [
+        (DeclaredArray(), r"'x' is a numpy array declaring 250000000 elements"),
+        (np.array([1, 'a'], dtype=object), r"'x' is a numpy array of dtype object; numeric"),
+    ],
+)
+def test_pdparams_numpy_arrays_are_bounded_and_numeric(tmp_path, value, message):
+    path = tmp_path / 'bomb.pdparams'
+    with open(path, 'wb') as f:
+        pickle.dump({'x': value}, f, protocol=4)
+    _assert_refused_in_bounded_memory(read_checkpoint, path, message)
 
 
 # ---------------------------------------------------------------------------
