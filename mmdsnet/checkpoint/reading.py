@@ -5,9 +5,6 @@
 * :func:`read_checkpoint` - the weights of a local file, unwrapped once
   (:func:`unwrap_state_dict`): ``.pdparams`` through a numpy-only unpickler,
   anything else through :func:`torch_load_weights_only`;
-* :func:`download_checkpoint` - an http(s) URL, downloaded once into torch
-  hub's cache (where mmengine's own loader keeps downloads) and then read
-  like a local file;
 * :func:`select_prefix` - the weights under a prefix (``init_cfg``'s
   ``Pretrained`` ``prefix``, as mmengine's ``PretrainedInit`` takes it);
 * :func:`check_tensor_layouts` - tensors that are dense and fit their
@@ -25,10 +22,8 @@ import pickle
 import stat
 import zipfile
 from typing import Any, Dict, Iterable, Mapping, Tuple
-from urllib.parse import urlparse
 
 import torch
-from mmengine.dist import barrier, get_dist_info
 
 from .unpickling import NumpyOnlyUnpickler, check_numpy_arrays, runner_checkpoint_globals
 
@@ -163,35 +158,6 @@ def read_checkpoint(path: str) -> Dict[str, object]:
 def is_url(path: Any) -> bool:
     """Whether ``path`` is an http(s) URL."""
     return isinstance(path, str) and path.startswith(('http://', 'https://'))
-
-
-def download_checkpoint(url: str) -> str:
-    """Download ``url`` once into torch hub's checkpoint cache; return the local path.
-
-    The same cache as mmengine's http(s) loader and
-    ``torch.hub.load_state_dict_from_url`` (``$TORCH_HOME/hub/checkpoints``),
-    but nothing is unpickled here: the caller reads the file weights-only.
-    In distributed runs rank 0 downloads first and the others reuse its file
-    (or fetch their own on another node).
-    """
-    name = osp.basename(urlparse(url).path)
-    if not name:
-        raise ValueError(
-            f'checkpoint URL {url} names no file; a URL ending in a file name is expected'
-        )
-    model_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
-    cached = osp.join(model_dir, name)
-    rank, world_size = get_dist_info()
-    for turn in (0, 1):
-        if (rank == 0) == (turn == 0) and not osp.exists(cached):
-            os.makedirs(model_dir, exist_ok=True)
-            try:
-                torch.hub.download_url_to_file(url, cached, progress=False)
-            except OSError as err:  # URLError, HTTPError: say which URL
-                raise OSError(f'could not download checkpoint {url}: {err}') from err
-        if world_size > 1 and turn == 0:
-            barrier()
-    return cached
 
 
 def select_prefix(state_dict: Mapping[str, object], prefix: str, path: str) -> dict:

@@ -6,12 +6,15 @@ checkpoints. Malicious files are served by an HTTP server on 127.0.0.1 that
 each test starts and stops; nothing leaves the machine."""
 
 import functools
+import hashlib
 import http.server
 import os
+import os.path as osp
 import pickle
 import subprocess
 import sys
 import threading
+import time
 import tracemalloc
 import types
 
@@ -23,7 +26,7 @@ from mmengine.logging import HistoryBuffer, MMLogger
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmdsnet  # noqa: F401  (installs the loaders and guards under test)
-from mmdsnet.checkpoint import read_checkpoint
+from mmdsnet.checkpoint import downloading, read_checkpoint, url_cache_path
 from mmdsnet.engine import CheckpointFitHook, CheckpointMismatchError
 from mmdsnet.models import DSNet
 from mmdsnet.testing import reference_for
@@ -47,14 +50,23 @@ def served(tmp_path, monkeypatch):
     root = tmp_path / 'www'
     root.mkdir()
     requests = []
+    special = {}  # URL path -> function(handler) answering it instead of the file
 
     class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path in special:
+                requests.append(self.path)
+                return special[self.path](self)
+            return super().do_GET()
+
         def log_message(self, *args):
-            requests.append(self.path)
+            if self.path not in special:
+                requests.append(self.path)
 
     server = http.server.ThreadingHTTPServer(
         ('127.0.0.1', 0), functools.partial(Handler, directory=str(root))
     )
+    server.daemon_threads = True  # a stalled answer does not hold up the shutdown
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
@@ -65,6 +77,7 @@ def served(tmp_path, monkeypatch):
         url=f'http://127.0.0.1:{server.server_address[1]}/',
         marker=marker,
         requests=requests,
+        special=special,
         cache=tmp_path / 'hub' / 'checkpoints',
         hub=tmp_path,
     )
@@ -92,10 +105,114 @@ def test_url_checkpoint_is_loaded_weights_only_and_cached(served):
         assert torch.equal(loaded['state_dict']['w'], torch.ones(2))
     assert served.requests.count('/good.pth') == 1
     # The cached copy is read weights-only too.
-    os.replace(served.root / 'evil.pth', served.cache / 'good.pth')
+    os.replace(served.root / 'evil.pth', url_cache_path(served.url + 'good.pth'))
     with pytest.raises(pickle.UnpicklingError):
         _load_checkpoint(served.url + 'good.pth', map_location='cpu')
     assert not served.marker.exists()
+
+
+def test_url_cache_is_keyed_by_the_whole_url(served):
+    for folder, value in [('a', 1.0), ('b', 2.0)]:
+        (served.root / folder).mkdir()
+        torch.save({'w': torch.full((2,), value)}, served.root / folder / 'model.pth')
+    torch.save({'w': torch.full((2,), 3.0)}, served.root / 'model.pth')
+    for url, value in [('a/model.pth', 1.0), ('b/model.pth', 2.0), ('model.pth?token=1', 3.0)]:
+        for _ in range(2):  # the second load from the cache
+            loaded = _load_checkpoint(served.url + url, map_location='cpu')
+            assert torch.equal(loaded['w'], torch.full((2,), value)), url
+    torch.save({'w': torch.full((2,), 4.0)}, served.root / 'model.pth')
+    loaded = _load_checkpoint(served.url + 'model.pth', map_location='cpu')
+    assert torch.equal(loaded['w'], torch.full((2,), 4.0))  # not the ?token=1 entry
+    assert sorted(served.requests) == [
+        '/a/model.pth',
+        '/b/model.pth',
+        '/model.pth',
+        '/model.pth?token=1',
+    ]
+
+
+def test_url_with_torch_hub_hash_in_its_name_is_checked(served):
+    torch.save({'w': torch.ones(2)}, served.root / 'net.pth')
+    sha256 = hashlib.sha256((served.root / 'net.pth').read_bytes()).hexdigest()
+    os.replace(served.root / 'net.pth', served.root / f'net-{sha256[:8]}.pth')
+    loaded = _load_checkpoint(served.url + f'net-{sha256[:8]}.pth', map_location='cpu')
+    assert torch.equal(loaded['w'], torch.ones(2))
+    wrong = '0' * 8 if not sha256.startswith('0' * 8) else '1' * 8
+    os.replace(served.root / f'net-{sha256[:8]}.pth', served.root / f'net-{wrong}.pth')
+    url = served.url + f'net-{wrong}.pth'
+    with pytest.raises(OSError, match=rf'could not download checkpoint {url}: its SHA-256 '):
+        _load_checkpoint(url, map_location='cpu')
+    assert not osp.exists(osp.dirname(url_cache_path(url)))  # nothing kept, no .partial
+
+
+def _cut_short(handler):
+    handler.send_response(200)
+    handler.send_header('Content-Length', '1000')
+    handler.end_headers()
+    handler.wfile.write(b'PK\x03\x04' + b'x' * 496)
+
+
+def _stall(handler):
+    handler.send_response(200)
+    handler.send_header('Content-Length', '1000')
+    handler.end_headers()
+    handler.wfile.write(b'PK\x03\x04')
+    handler.wfile.flush()
+    time.sleep(5)
+
+
+def _one_terabyte(handler):
+    handler.send_response(200)
+    handler.send_header('Content-Length', str(10**12))
+    handler.end_headers()
+
+
+@pytest.mark.parametrize(
+    'answer, message',
+    [
+        (_cut_short, 'the download stopped after 500 of the 1000 bytes'),
+        (_stall, 'timed out'),
+        (_one_terabyte, 'the server announces 1000000000000 bytes, more than the .* bytes free'),
+    ],
+)
+def test_url_download_that_does_not_arrive_whole_keeps_nothing(
+    served, monkeypatch, answer, message
+):
+    monkeypatch.setattr(downloading, 'DOWNLOAD_TIMEOUT_S', 0.5)
+    served.special['/cut.pth'] = answer
+    url = served.url + 'cut.pth'
+    start = time.monotonic()
+    for attempt in (1, 2):  # nothing was cached: the second load downloads again
+        with pytest.raises(OSError, match=rf'could not download checkpoint {url}: .*{message}'):
+            _load_checkpoint(url, map_location='cpu')
+        assert not osp.exists(osp.dirname(url_cache_path(url)))
+        assert served.requests.count('/cut.pth') == attempt
+    assert time.monotonic() - start < 30
+
+
+def test_unreadable_cached_download_names_its_url_and_the_file_to_delete(served):
+    torch.save({'w': torch.ones(2)}, served.root / 'net.pth')
+    url = served.url + 'net.pth'
+    _load_checkpoint(url, map_location='cpu')
+    cached = url_cache_path(url)
+    with open(cached, 'r+b') as f:
+        f.truncate(100)
+    with pytest.raises(RuntimeError, match=rf'cached download of {url}: delete {cached} to'):
+        _load_checkpoint(url, map_location='cpu')
+    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=url))
+    with pytest.raises(RuntimeError, match=rf'cached download of {url}: delete {cached} to'):
+        model.init_weights()
+
+
+def test_failed_download_of_rank_0_fails_every_rank_with_its_message(served, monkeypatch):
+    monkeypatch.setattr(downloading, 'get_dist_info', lambda: (1, 2))
+    message = 'could not download checkpoint X: HTTP Error 404: File not found; nothing was kept'
+    monkeypatch.setattr(
+        downloading, 'broadcast_object_list', lambda data, src: data.__setitem__(0, message)
+    )
+    with pytest.raises(OSError, match=f'^{message}$'):
+        downloading.download_checkpoint(served.url + 'missing.pth')
+    assert served.requests == []  # rank 1 did not try on its own
 
 
 def test_url_routes_of_runner_inferencer_and_necks(served, drop_runner_globals, tmp_path):
@@ -209,7 +326,7 @@ def test_backbone_pretrained_url_fails_like_a_local_file(served, tmp_path):
             model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=source))
             with pytest.raises(error) as raised:
                 model.init_weights()
-            path = path or str(served.cache / name)  # a URL's errors name its download
+            path = path or url_cache_path(served.url + name)  # a URL's errors name its download
             messages.append(str(raised.value).replace(path, 'FILE'))
         assert messages[0] == messages[1], messages
         assert messages[0].startswith(start), messages[0]
