@@ -78,7 +78,6 @@ def served(tmp_path, monkeypatch):
         marker=marker,
         requests=requests,
         special=special,
-        cache=tmp_path / 'hub' / 'checkpoints',
         hub=tmp_path,
     )
     server.shutdown()
