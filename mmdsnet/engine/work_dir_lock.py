@@ -17,6 +17,7 @@ import errno
 import os
 import os.path as osp
 import stat
+import warnings
 
 LOCK_NAME = '.mmdsnet_run.lock'
 
@@ -90,6 +91,15 @@ def _open_lock_file(path: str):
     raise _refuse(path, problem)
 
 
+def _warn_unlocked(work_dir: str, why: str) -> None:
+    warnings.warn(
+        f'work dir {work_dir} is not locked: {why}. A second run started in it would '
+        "overwrite this run's checkpoints; make sure only one run uses it.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def _other_pid(lock_file) -> str:
     lock_file.seek(0)
     text = lock_file.read().strip()
@@ -109,6 +119,7 @@ def lock_work_dir(work_dir: str) -> str:
     try:
         import fcntl
     except ImportError:  # not POSIX: no protection, as before
+        _warn_unlocked(work_dir, 'this system has no fcntl.flock')
         return ''
     os.makedirs(work_dir, exist_ok=True)
     key = osp.realpath(work_dir)
@@ -129,6 +140,7 @@ def lock_work_dir(work_dir: str) -> str:
                 '--work-dir.'
             ) from error
         lock_file.close()  # flock unsupported here (e.g. some network file systems)
+        _warn_unlocked(work_dir, f'its file system does not support flock ({error.strerror})')
         return ''
     lock_file.seek(0)
     lock_file.truncate()

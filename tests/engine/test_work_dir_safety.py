@@ -194,6 +194,39 @@ def test_lock_rewrites_the_pid_of_an_earlier_run(tmp_path):
         release_work_dir(str(tmp_path))
 
 
+def test_lock_warns_where_the_file_system_has_no_flock(tmp_path, monkeypatch):
+    import fcntl
+
+    from mmdsnet.engine import lock_work_dir
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, 'flock', no_flock)
+    with pytest.warns(
+        RuntimeWarning, match=f'work dir {tmp_path} is not locked: its file system does not'
+    ):
+        assert lock_work_dir(str(tmp_path)) == ''
+
+
+def test_iteration_based_resume_warns_that_it_is_not_bit_exact():
+    import warnings
+
+    from mmengine.config import Config
+
+    from mmdsnet.engine import use_epoch_seed_hook
+
+    iters = Config(dict(train_cfg=dict(type='IterBasedTrainLoop', max_iters=10), resume=True))
+    with pytest.warns(UserWarning, match='train loop is IterBasedTrainLoop: .* not bit-identical'):
+        use_epoch_seed_hook(iters)
+    assert 'custom_hooks' not in iters
+    epochs = Config(dict(train_cfg=dict(by_epoch=True, max_epochs=2), resume=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        use_epoch_seed_hook(epochs)
+    assert epochs.custom_hooks == [dict(type='EpochSeedHook')]
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_second_run_in_a_live_work_dir_is_refused_and_a_killed_one_frees_it(tmp_path):
