@@ -182,6 +182,18 @@ def test_lock_refuses_a_path_that_is_not_a_run_lock_and_names_it(tmp_path, make,
     assert (path.read_text() if path.is_file() else None) == before
 
 
+def test_train_tool_refuses_a_linked_lock_file_before_anything_else(tmp_path):
+    from mmdsnet.engine.work_dir_lock import LOCK_NAME
+
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / LOCK_NAME).symlink_to(tmp_path / 'bashrc')
+    (tmp_path / 'cfg.py').write_text('work_dir = None\n')
+    with pytest.raises(SystemExit, match=f'^tools/train.py: {work / LOCK_NAME} is a symbolic link'):
+        load_tool('tools/train.py').main([str(tmp_path / 'cfg.py'), '--work-dir', str(work)])
+    assert not (tmp_path / 'bashrc').exists()
+
+
 def test_lock_rewrites_the_pid_of_an_earlier_run(tmp_path):
     from mmdsnet.engine import lock_work_dir, release_work_dir
     from mmdsnet.engine.work_dir_lock import LOCK_NAME
