@@ -7,6 +7,7 @@ options applied, and building the Runner with the CPU-distributed fix.
 import argparse
 import atexit
 import difflib
+import functools
 import gc
 import inspect
 import os
@@ -240,6 +241,36 @@ def destroy_process_group_at_exit() -> None:
         dist.destroy_process_group()
 
 
+def name_unreadable_images() -> None:
+    """Make mmcv's ``LoadImageFromFile`` name the image it cannot read (once).
+
+    mmcv re-raises a decoding failure as it comes: a 0-byte or truncated
+    training image stops the run with a bare OpenCV assertion
+    (``!buf.empty()``) that does not say which of thousands of files it was.
+    ``ignore_empty=True`` keeps mmcv's own behaviour (the sample is skipped).
+    """
+    from mmcv.transforms import LoadImageFromFile
+
+    original = LoadImageFromFile.transform
+    if getattr(original, 'names_the_image', False):
+        return
+
+    @functools.wraps(original)
+    def transform(self, results):
+        try:
+            return original(self, results)
+        except Exception as error:
+            path = results.get('img_path')
+            raise RuntimeError(
+                f'image {path} could not be read ({type(error).__name__}: '
+                f'{str(error).strip()}); an empty (0-byte) or corrupt file? Replace it or '
+                'remove it from the annotations'
+            ) from error
+
+    transform.names_the_image = True
+    LoadImageFromFile.transform = transform
+
+
 def build_runner(cfg: Config):
     """Build ``cfg.runner_type`` or mmengine's Runner under the config's scope.
 
@@ -248,8 +279,10 @@ def build_runner(cfg: Config):
     group at exit (:func:`destroy_process_group_at_exit`). The stock
     ``CheckpointHook`` becomes :class:`~mmdsnet.engine.AtomicCheckpointHook`, so
     a kill during a save always leaves a complete checkpoint to resume from.
+    An image the data pipeline cannot read is named (:func:`name_unreadable_images`).
     """
     use_atomic_checkpoint_hook(cfg)
+    name_unreadable_images()
     if cfg.get('launcher', 'none') != 'none':
         patch_cpu_distributed()
         atexit.register(destroy_process_group_at_exit)

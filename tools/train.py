@@ -22,6 +22,7 @@ from mmdsnet.engine import (
     CheckpointMismatchError,
     CheckpointSaveError,
     WorkDirBusyError,
+    WorkDirLockError,
     release_work_dir,
     use_epoch_seed_hook,
 )
@@ -96,7 +97,12 @@ def main(argv=None):
         # One live run per work dir (a lock), interrupted saves removed first.
         claim_work_dir(cfg)
         build_runner(cfg).train()
-    except (CheckpointMismatchError, CheckpointSaveError, WorkDirBusyError) as error:
+    except (
+        CheckpointMismatchError,
+        CheckpointSaveError,
+        WorkDirBusyError,
+        WorkDirLockError,
+    ) as error:
         raise SystemExit(f'tools/train.py: {error}') from error
     except ValueError as error:
         explained = explain_upstream_error(error)

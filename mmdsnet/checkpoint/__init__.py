@@ -2,8 +2,10 @@
 they fit a model, and writing them atomically. One module per step:
 
 * :mod:`.reading` - file checks, weights-only loading (with
-  :mod:`.unpickling`'s allow-lists), ``.pdparams``, http(s) downloads, the
-  weights taken out of their container once, prefixes, tensor layouts;
+  :mod:`.unpickling`'s allow-lists), ``.pdparams``, the weights taken out of
+  their container once, prefixes, tensor layouts;
+* :mod:`.downloading` - http(s) checkpoints, each URL downloaded once, whole
+  and verified, into torch hub's cache;
 * :mod:`.conversion` - the public timm / PaddleClas layouts mapped to this
   package's keys (no I/O);
 * :mod:`.fitting` - a state dict compared with a model (missing, unexpected,
@@ -18,11 +20,11 @@ It imports neither ``mmdsnet.models`` nor ``mmdsnet.engine``; both use it.
 """
 
 from .conversion import LINEAR_LAYERS, detect_layout, dsnet_convert
+from .downloading import download_checkpoint, naming_the_download, url_cache_path
 from .fitting import CheckpointMismatchError, StateDictFit, check_all_tensors, check_weight_value
 from .reading import (
     check_checkpoint_file,
     check_tensor_layouts,
-    download_checkpoint,
     is_url,
     read_checkpoint,
     sample_keys,
@@ -55,6 +57,7 @@ __all__ = [
     'download_checkpoint',
     'dsnet_convert',
     'is_url',
+    'naming_the_download',
     'read_checkpoint',
     'remove_interrupted_saves',
     'runner_checkpoint_globals',
@@ -62,6 +65,7 @@ __all__ = [
     'select_prefix',
     'torch_load_weights_only',
     'unwrap_state_dict',
+    'url_cache_path',
     'write_atomically',
     'write_text_atomically',
 ]

@@ -1,4 +1,4 @@
-"""Whether a checkpoint's weights fit a model: keys, shapes, dtypes, finite values.
+"""Whether a checkpoint's weights fit a model: keys, shapes, dtypes, possible values.
 
 One comparison (:class:`StateDictFit`) and one value check
 (:func:`check_weight_value`) serve both the backbone's ``Pretrained`` loader
@@ -6,6 +6,7 @@ One comparison (:class:`StateDictFit`) and one value check
 (``load_from`` and ``--resume``); each applies its own policy to the result.
 """
 
+import warnings
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -40,7 +41,10 @@ def check_weight_value(
 
     A NaN or Inf weight makes every output NaN without any error; float64
     values beyond float32's range only become Inf in the cast, so the check
-    is made on the cast values. Integers and bools are not silently turned
+    is made on the cast values. A negative BatchNorm ``running_var`` (every
+    eval output NaN) is refused too, and a magnitude whose square overflows
+    the dtype (every output Inf after a product or two) is warned about with
+    its key: huge weights are unusual but not impossible. Integers and bools are not silently turned
     into float weights, nor complex numbers into real ones. Without a
     target, floating and integer tensors are accepted. Call it on tensors
     whose layout is checked (:func:`~mmdsnet.checkpoint.reading.check_tensor_layouts`):
@@ -69,6 +73,38 @@ def check_weight_value(
         raise ValueError(
             f'{source}: weight {key!r} {tuple(value.shape)} holds {bad} values{after}; '
             'refusing a corrupt (or diverged) checkpoint: finite weights are accepted'
+        )
+    _check_statistic(key, cast, source)
+    _warn_overflow(key, cast, source)
+
+
+def _check_statistic(key: str, cast: torch.Tensor, source: str) -> None:
+    """A BatchNorm running variance is never negative (its square root is NaN)."""
+    if key.rsplit('.', 1)[-1] != 'running_var' or cast.is_complex():
+        return
+    negative = cast < 0
+    if bool(negative.any()):
+        raise ValueError(
+            f'{source}: BatchNorm variance {key!r} {tuple(cast.shape)} holds '
+            f'{int(negative.sum())} negative values (min {cast.min().item():.3g}); every '
+            'output would be NaN. Refusing a corrupt checkpoint: variances >= 0 are accepted'
+        )
+
+
+def _warn_overflow(key: str, cast: torch.Tensor, source: str) -> None:
+    """Warn about values whose product with one another overflows the dtype."""
+    if cast.numel() == 0:
+        return
+    limit = torch.finfo(cast.dtype).max ** 0.5
+    largest = cast.abs().max().item()
+    if largest > limit:
+        warnings.warn(
+            f'{source}: weight {key!r} {tuple(cast.shape)} reaches magnitude '
+            f"{largest:.3g}, beyond {limit:.3g} (the square root of {cast.dtype}'s "
+            'largest value): products in the forward overflow and outputs become Inf. '
+            'A corrupt or diverged checkpoint?',
+            RuntimeWarning,
+            stacklevel=3,
         )
 
 

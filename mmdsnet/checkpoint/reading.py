@@ -5,9 +5,6 @@
 * :func:`read_checkpoint` - the weights of a local file, unwrapped once
   (:func:`unwrap_state_dict`): ``.pdparams`` through a numpy-only unpickler,
   anything else through :func:`torch_load_weights_only`;
-* :func:`download_checkpoint` - an http(s) URL, downloaded once into torch
-  hub's cache (where mmengine's own loader keeps downloads) and then read
-  like a local file;
 * :func:`select_prefix` - the weights under a prefix (``init_cfg``'s
   ``Pretrained`` ``prefix``, as mmengine's ``PretrainedInit`` takes it);
 * :func:`check_tensor_layouts` - tensors that are dense and fit their
@@ -25,12 +22,10 @@ import pickle
 import stat
 import zipfile
 from typing import Any, Dict, Iterable, Mapping, Tuple
-from urllib.parse import urlparse
 
 import torch
-from mmengine.dist import barrier, get_dist_info
 
-from .unpickling import NumpyOnlyUnpickler, runner_checkpoint_globals
+from .unpickling import NumpyOnlyUnpickler, check_numpy_arrays, runner_checkpoint_globals
 
 #: First bytes of what torch.load and the .pdparams reader accept: a zip
 #: archive (torch.save since 1.6) or a pickle of protocol 2 or later.
@@ -128,6 +123,7 @@ def torch_load_weights_only(path: str, map_location=None) -> Mapping:
             'written by torch.save (a Runner checkpoint or a state dict) is expected'
         ) from err
     check_is_mapping(checkpoint, path)
+    check_numpy_arrays(checkpoint, path)
     return checkpoint
 
 
@@ -143,8 +139,17 @@ def read_checkpoint(path: str) -> Dict[str, object]:
     if str(path).endswith('.pdparams'):
         check_checkpoint_file(path)
         with open(path, 'rb') as f:
-            checkpoint = NumpyOnlyUnpickler(f).load()
+            try:
+                checkpoint = NumpyOnlyUnpickler(f).load()
+            except pickle.UnpicklingError as err:
+                raise pickle.UnpicklingError(f'checkpoint {path} refused: {err}') from err
+            except Exception as err:  # numpy's ValueError, a cut file's EOFError...
+                raise RuntimeError(
+                    f'checkpoint {path} could not be read ({type(err).__name__}: {err}); '
+                    'a .pdparams of numpy arrays (paddle.save) is expected'
+                ) from err
         check_is_mapping(checkpoint, path)
+        check_numpy_arrays(checkpoint, path)
     else:
         checkpoint = torch_load_weights_only(path, map_location='cpu')
     return unwrap_state_dict(checkpoint)[0]
@@ -153,35 +158,6 @@ def read_checkpoint(path: str) -> Dict[str, object]:
 def is_url(path: Any) -> bool:
     """Whether ``path`` is an http(s) URL."""
     return isinstance(path, str) and path.startswith(('http://', 'https://'))
-
-
-def download_checkpoint(url: str) -> str:
-    """Download ``url`` once into torch hub's checkpoint cache; return the local path.
-
-    The same cache as mmengine's http(s) loader and
-    ``torch.hub.load_state_dict_from_url`` (``$TORCH_HOME/hub/checkpoints``),
-    but nothing is unpickled here: the caller reads the file weights-only.
-    In distributed runs rank 0 downloads first and the others reuse its file
-    (or fetch their own on another node).
-    """
-    name = osp.basename(urlparse(url).path)
-    if not name:
-        raise ValueError(
-            f'checkpoint URL {url} names no file; a URL ending in a file name is expected'
-        )
-    model_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
-    cached = osp.join(model_dir, name)
-    rank, world_size = get_dist_info()
-    for turn in (0, 1):
-        if (rank == 0) == (turn == 0) and not osp.exists(cached):
-            os.makedirs(model_dir, exist_ok=True)
-            try:
-                torch.hub.download_url_to_file(url, cached, progress=False)
-            except OSError as err:  # URLError, HTTPError: say which URL
-                raise OSError(f'could not download checkpoint {url}: {err}') from err
-        if world_size > 1 and turn == 0:
-            barrier()
-    return cached
 
 
 def select_prefix(state_dict: Mapping[str, object], prefix: str, path: str) -> dict:

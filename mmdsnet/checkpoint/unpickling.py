@@ -9,9 +9,17 @@ Two allow-lists, one per file kind:
   scalars such as ``eta``/``best_score``) is refused without them.
 * :class:`NumpyOnlyUnpickler` - PaddleClas ``.pdparams`` files, pickles of
   numpy arrays that ``torch.load`` does not read.
+
+Both rebuild numpy arrays only as numpy's own pickles do (an empty array
+filled from the pickled bytes, whose length numpy checks against the shape),
+and :func:`check_numpy_arrays` then refuses, naming the key, arrays that are
+not numeric or declare more elements than their bytes hold, and
+``HistoryBuffer`` histories that are not what mmengine writes: a few bytes of
+file cannot make the loader allocate gigabytes.
 """
 
 import pickle
+from collections.abc import Mapping
 from typing import Any, List, Tuple
 
 import numpy as np
@@ -38,6 +46,126 @@ _HISTORY_BUFFER_METHODS = frozenset(('min', 'max', 'current', 'mean'))
 _HISTORY_BUFFER_STATE = frozenset(
     ('max_length', '_log_history', '_count_history', 'statistics_methods')
 )
+
+
+def _reconstruct_empty(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct``, allocating nothing a pickle declares.
+
+    ``ndarray.__reduce__`` writes ``_reconstruct(ndarray, (0,), b'b')`` and
+    fills the empty array in ``__setstate__``, which checks the stored bytes
+    against the shape. numpy's ``_reconstruct`` given another shape allocates
+    an uninitialised array of that size from a few bytes of file (2 GB from
+    ``(250000000,)`` of float64). Here any other shape gets a read-only view
+    of one element: ``__setstate__`` replaces it as usual, and left as it is
+    :func:`check_numpy_arrays` refuses it, naming its key.
+    """
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(
+            f'numpy _reconstruct of {subtype!r} is refused: only numpy.ndarray is accepted'
+        )
+    if isinstance(shape, (tuple, list)) and list(shape) == [0]:
+        return multiarray._reconstruct(np.ndarray, (0,), dtype)
+    try:
+        return np.broadcast_to(np.zeros(1, np.dtype(dtype)), shape)
+    except (TypeError, ValueError) as err:
+        raise pickle.UnpicklingError(
+            f'numpy _reconstruct with shape {shape!r} and dtype {dtype!r} is refused: {err}'
+        ) from err
+
+
+def _buffer_bytes(array: np.ndarray) -> int:
+    """Bytes of the memory under ``array`` (of the array that owns it)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    if array.base is None:
+        return array.nbytes
+    try:
+        return memoryview(array.base).nbytes
+    except TypeError:  # a buffer numpy knows but Python cannot measure
+        return array.nbytes
+
+
+#: dtype kinds of the arrays a checkpoint may hold: bool, integers, floats, complex.
+_NUMERIC_KINDS = 'biufc'
+
+
+def _array_problem(array: np.ndarray) -> str:
+    """Why ``array`` is not a plain numeric array backed by its own bytes ('' if it is)."""
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        return (
+            f'is a numpy array of dtype {array.dtype}; numeric (bool, integer, float, '
+            'complex) arrays are accepted'
+        )
+    if array.size == 0:
+        return ''
+    held = _buffer_bytes(array)
+    if any(n > 1 and step == 0 for n, step in zip(array.shape, array.strides)) or (
+        array.size * array.itemsize > held
+    ):
+        return (
+            f'is a numpy array declaring {array.size} elements of shape {array.shape} (strides '
+            f'{array.strides}) over {held} bytes: an expanded array; arrays whose values '
+            'are all stored are accepted'
+        )
+    return ''
+
+
+def _history_problem(buffer: HistoryBuffer) -> Tuple[str, str]:
+    """(attribute, why) for a HistoryBuffer that mmengine would not have saved."""
+    max_length = buffer.__dict__.get('max_length')
+    if type(max_length) is not int or max_length < 1:
+        return 'max_length', f'is {max_length!r}; a positive int is accepted'
+    for name in ('_log_history', '_count_history'):
+        history = buffer.__dict__.get(name)
+        if not isinstance(history, np.ndarray):
+            return name, f'is a {type(history).__name__}; a numpy array is accepted'
+        if (
+            history.ndim != 1
+            or not history.flags.c_contiguous
+            or history.dtype.kind not in 'biuf'
+            or len(history) > max_length
+        ):
+            return name, (
+                f'has shape {history.shape}, dtype {history.dtype}'
+                f'{"" if history.flags.c_contiguous else ", not contiguous"}; a 1-D '
+                f'contiguous numeric array of at most max_length={max_length} values '
+                'is accepted'
+            )
+    return '', ''
+
+
+def check_numpy_arrays(checkpoint: Any, source: str) -> None:
+    """Refuse a loaded checkpoint whose numpy arrays are not plain numeric data.
+
+    Walks dicts, lists, tuples and ``HistoryBuffer`` objects (the Runner's
+    ``message_hub``, ``meta``, a ``.pdparams``'s arrays) without recursion;
+    tensors are checked elsewhere
+    (:func:`~mmdsnet.checkpoint.reading.check_tensor_layouts`). The error
+    names ``source`` and the key path of the array. Nothing is copied: the
+    arrays checked hold no more bytes than the file gave them.
+    """
+    pending = [('', checkpoint)]
+    seen = set()
+    while pending:
+        key, value = pending.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, np.ndarray):
+            problem = _array_problem(value)
+        elif isinstance(value, HistoryBuffer):
+            attribute, problem = _history_problem(value)
+            key = f'{key}.{attribute}'
+        elif isinstance(value, Mapping):
+            pending.extend((f'{key}.{k}' if key else str(k), v) for k, v in value.items())
+            continue
+        elif isinstance(value, (list, tuple)):
+            pending.extend((f'{key}[{i}]', v) for i, v in enumerate(value))
+            continue
+        else:
+            continue
+        if problem:
+            raise pickle.UnpicklingError(f'checkpoint {source} refused: {key!r} {problem}')
 
 
 def _torch_version() -> Tuple[int, int]:
@@ -103,7 +231,7 @@ def _numpy_safe_globals() -> Tuple[List[Any], List[Tuple[Any, str]]]:
     (``numpy.core.multiarray``) and numpy 2.x (``numpy._core.multiarray``)
     both load with either numpy installed.
     """
-    plain: List[Any] = [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype]
+    plain: List[Any] = [multiarray.scalar, np.ndarray, np.dtype]
     # Concrete dtype classes seen in Runner checkpoints: float64/int64 from
     # HistoryBuffer's log/count arrays and ``eta``; float32 from metrics kept
     # raw in runtime_info (e.g. mmseg IoUMetric -> CheckpointHook best_score).
@@ -112,8 +240,8 @@ def _numpy_safe_globals() -> Tuple[List[Any], List[Tuple[Any, str]]]:
         plain += [dtypes.Float64DType, dtypes.Int64DType, dtypes.Float32DType]
     aliases = []
     for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-        for fn in (multiarray._reconstruct, multiarray.scalar):
-            aliases.append((fn, f'{module}.{fn.__name__}'))
+        aliases.append((multiarray.scalar, f'{module}.scalar'))
+        aliases.append((_reconstruct_empty, f'{module}._reconstruct'))
     return plain, aliases
 
 
@@ -179,4 +307,6 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
                 f'refusing to load {module}.{name} from a .pdparams file: only '
                 'numpy arrays are accepted (no arbitrary code is unpickled)'
             )
+        if name == '_reconstruct':
+            return _reconstruct_empty
         return super().find_class(module, name)

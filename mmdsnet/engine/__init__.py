@@ -14,7 +14,7 @@ from .checkpoint_routes import (
 )
 from .cpu_distributed import patch_cpu_distributed
 from .epoch_seed_hook import EpochSeedHook, use_epoch_seed_hook
-from .work_dir_lock import WorkDirBusyError, lock_work_dir, release_work_dir
+from .work_dir_lock import WorkDirBusyError, WorkDirLockError, lock_work_dir, release_work_dir
 
 __all__ = [
     'TRUST_CONFIG_ENV',
@@ -24,6 +24,7 @@ __all__ = [
     'CheckpointSaveError',
     'EpochSeedHook',
     'WorkDirBusyError',
+    'WorkDirLockError',
     'allow_runner_checkpoint_globals',
     'guard_checkpoint_routes',
     'load_from_local_weights_only',

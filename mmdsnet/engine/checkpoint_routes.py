@@ -22,7 +22,7 @@ import mmengine.runner.checkpoint as mmengine_checkpoint
 import mmengine.runner.runner as runner_module
 from mmengine.infer.infer import BaseInferencer
 
-from ..checkpoint import download_checkpoint, torch_load_weights_only
+from ..checkpoint import download_checkpoint, naming_the_download, torch_load_weights_only
 
 _checkpoint_globals_allowed = False
 
@@ -51,7 +51,9 @@ def load_from_http_weights_only(filename: str, map_location=None, **_) -> Mappin
     loaded with :func:`~mmdsnet.checkpoint.torch_load_weights_only`, now and
     on every later load.
     """
-    return torch_load_weights_only(download_checkpoint(filename), map_location)
+    path = download_checkpoint(filename)
+    with naming_the_download(filename, path):
+        return torch_load_weights_only(path, map_location)
 
 
 def allow_runner_checkpoint_globals() -> bool:

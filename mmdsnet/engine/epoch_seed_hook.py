@@ -10,6 +10,8 @@ different weights. Seeding every epoch from ``(seed, epoch)`` makes the state
 at an epoch's start the same however the run got there.
 """
 
+import warnings
+
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner.utils import set_random_seed
@@ -35,10 +37,24 @@ class EpochSeedHook(Hook):
 
 
 def use_epoch_seed_hook(cfg) -> None:
-    """Add :class:`EpochSeedHook` to an epoch-based training config (once)."""
+    """Add :class:`EpochSeedHook` to an epoch-based training config (once).
+
+    A resumed run of another loop (the iteration-based ADE20K configs) does not
+    repeat the uninterrupted run bit for bit: that is warned about.
+    """
     train_cfg = cfg.get('train_cfg') or {}
     loop = train_cfg.get('type', 'EpochBasedTrainLoop' if train_cfg.get('by_epoch') else None)
     if loop not in ('EpochBasedTrainLoop', 'mmengine.EpochBasedTrainLoop'):
+        if train_cfg and cfg.get('resume', False):
+            warnings.warn(
+                f'resuming a run whose train loop is {loop or "not epoch-based"}: the random '
+                'generators '
+                'restart from the seed at the resumed iteration, so random augmentation and '
+                'stochastic depth differ from the uninterrupted run and the result is not '
+                'bit-identical to it (only epoch-based loops are; docs/configs.md)',
+                UserWarning,
+                stacklevel=2,
+            )
         return
     hooks = list(cfg.get('custom_hooks', None) or [])
     if not any(h.get('type') in ('EpochSeedHook', EpochSeedHook) for h in hooks):

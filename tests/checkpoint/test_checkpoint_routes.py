@@ -6,14 +6,19 @@ checkpoints. Malicious files are served by an HTTP server on 127.0.0.1 that
 each test starts and stops; nothing leaves the machine."""
 
 import functools
+import hashlib
 import http.server
 import os
+import os.path as osp
 import pickle
 import subprocess
 import sys
 import threading
+import time
+import tracemalloc
 import types
 
+import numpy as np
 import pytest
 import torch
 from helpers import REPO_ROOT, TESTS_ROOT
@@ -21,6 +26,7 @@ from mmengine.logging import HistoryBuffer, MMLogger
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmdsnet  # noqa: F401  (installs the loaders and guards under test)
+from mmdsnet.checkpoint import downloading, read_checkpoint, url_cache_path
 from mmdsnet.engine import CheckpointFitHook, CheckpointMismatchError
 from mmdsnet.models import DSNet
 from mmdsnet.testing import reference_for
@@ -44,14 +50,23 @@ def served(tmp_path, monkeypatch):
     root = tmp_path / 'www'
     root.mkdir()
     requests = []
+    special = {}  # URL path -> function(handler) answering it instead of the file
 
     class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path in special:
+                requests.append(self.path)
+                return special[self.path](self)
+            return super().do_GET()
+
         def log_message(self, *args):
-            requests.append(self.path)
+            if self.path not in special:
+                requests.append(self.path)
 
     server = http.server.ThreadingHTTPServer(
         ('127.0.0.1', 0), functools.partial(Handler, directory=str(root))
     )
+    server.daemon_threads = True  # a stalled answer does not hold up the shutdown
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))
@@ -62,7 +77,7 @@ def served(tmp_path, monkeypatch):
         url=f'http://127.0.0.1:{server.server_address[1]}/',
         marker=marker,
         requests=requests,
-        cache=tmp_path / 'hub' / 'checkpoints',
+        special=special,
         hub=tmp_path,
     )
     server.shutdown()
@@ -89,10 +104,114 @@ def test_url_checkpoint_is_loaded_weights_only_and_cached(served):
         assert torch.equal(loaded['state_dict']['w'], torch.ones(2))
     assert served.requests.count('/good.pth') == 1
     # The cached copy is read weights-only too.
-    os.replace(served.root / 'evil.pth', served.cache / 'good.pth')
+    os.replace(served.root / 'evil.pth', url_cache_path(served.url + 'good.pth'))
     with pytest.raises(pickle.UnpicklingError):
         _load_checkpoint(served.url + 'good.pth', map_location='cpu')
     assert not served.marker.exists()
+
+
+def test_url_cache_is_keyed_by_the_whole_url(served):
+    for folder, value in [('a', 1.0), ('b', 2.0)]:
+        (served.root / folder).mkdir()
+        torch.save({'w': torch.full((2,), value)}, served.root / folder / 'model.pth')
+    torch.save({'w': torch.full((2,), 3.0)}, served.root / 'model.pth')
+    for url, value in [('a/model.pth', 1.0), ('b/model.pth', 2.0), ('model.pth?token=1', 3.0)]:
+        for _ in range(2):  # the second load from the cache
+            loaded = _load_checkpoint(served.url + url, map_location='cpu')
+            assert torch.equal(loaded['w'], torch.full((2,), value)), url
+    torch.save({'w': torch.full((2,), 4.0)}, served.root / 'model.pth')
+    loaded = _load_checkpoint(served.url + 'model.pth', map_location='cpu')
+    assert torch.equal(loaded['w'], torch.full((2,), 4.0))  # not the ?token=1 entry
+    assert sorted(served.requests) == [
+        '/a/model.pth',
+        '/b/model.pth',
+        '/model.pth',
+        '/model.pth?token=1',
+    ]
+
+
+def test_url_with_torch_hub_hash_in_its_name_is_checked(served):
+    torch.save({'w': torch.ones(2)}, served.root / 'net.pth')
+    sha256 = hashlib.sha256((served.root / 'net.pth').read_bytes()).hexdigest()
+    os.replace(served.root / 'net.pth', served.root / f'net-{sha256[:8]}.pth')
+    loaded = _load_checkpoint(served.url + f'net-{sha256[:8]}.pth', map_location='cpu')
+    assert torch.equal(loaded['w'], torch.ones(2))
+    wrong = '0' * 8 if not sha256.startswith('0' * 8) else '1' * 8
+    os.replace(served.root / f'net-{sha256[:8]}.pth', served.root / f'net-{wrong}.pth')
+    url = served.url + f'net-{wrong}.pth'
+    with pytest.raises(OSError, match=rf'could not download checkpoint {url}: its SHA-256 '):
+        _load_checkpoint(url, map_location='cpu')
+    assert not osp.exists(osp.dirname(url_cache_path(url)))  # nothing kept, no .partial
+
+
+def _cut_short(handler):
+    handler.send_response(200)
+    handler.send_header('Content-Length', '1000')
+    handler.end_headers()
+    handler.wfile.write(b'PK\x03\x04' + b'x' * 496)
+
+
+def _stall(handler):
+    handler.send_response(200)
+    handler.send_header('Content-Length', '1000')
+    handler.end_headers()
+    handler.wfile.write(b'PK\x03\x04')
+    handler.wfile.flush()
+    time.sleep(5)
+
+
+def _one_terabyte(handler):
+    handler.send_response(200)
+    handler.send_header('Content-Length', str(10**12))
+    handler.end_headers()
+
+
+@pytest.mark.parametrize(
+    'answer, message',
+    [
+        (_cut_short, 'the download stopped after 500 of the 1000 bytes'),
+        (_stall, 'timed out'),
+        (_one_terabyte, 'the server announces 1000000000000 bytes, more than the .* bytes free'),
+    ],
+)
+def test_url_download_that_does_not_arrive_whole_keeps_nothing(
+    served, monkeypatch, answer, message
+):
+    monkeypatch.setattr(downloading, 'DOWNLOAD_TIMEOUT_S', 0.5)
+    served.special['/cut.pth'] = answer
+    url = served.url + 'cut.pth'
+    start = time.monotonic()
+    for attempt in (1, 2):  # nothing was cached: the second load downloads again
+        with pytest.raises(OSError, match=rf'could not download checkpoint {url}: .*{message}'):
+            _load_checkpoint(url, map_location='cpu')
+        assert not osp.exists(osp.dirname(url_cache_path(url)))
+        assert served.requests.count('/cut.pth') == attempt
+    assert time.monotonic() - start < 30
+
+
+def test_unreadable_cached_download_names_its_url_and_the_file_to_delete(served):
+    torch.save({'w': torch.ones(2)}, served.root / 'net.pth')
+    url = served.url + 'net.pth'
+    _load_checkpoint(url, map_location='cpu')
+    cached = url_cache_path(url)
+    with open(cached, 'r+b') as f:
+        f.truncate(100)
+    with pytest.raises(RuntimeError, match=rf'cached download of {url}: delete {cached} to'):
+        _load_checkpoint(url, map_location='cpu')
+    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=url))
+    with pytest.raises(RuntimeError, match=rf'cached download of {url}: delete {cached} to'):
+        model.init_weights()
+
+
+def test_failed_download_of_rank_0_fails_every_rank_with_its_message(served, monkeypatch):
+    monkeypatch.setattr(downloading, 'get_dist_info', lambda: (1, 2))
+    message = 'could not download checkpoint X: HTTP Error 404: File not found; nothing was kept'
+    monkeypatch.setattr(
+        downloading, 'broadcast_object_list', lambda data, src: data.__setitem__(0, message)
+    )
+    with pytest.raises(OSError, match=f'^{message}$'):
+        downloading.download_checkpoint(served.url + 'missing.pth')
+    assert served.requests == []  # rank 1 did not try on its own
 
 
 def test_url_routes_of_runner_inferencer_and_necks(served, drop_runner_globals, tmp_path):
@@ -206,7 +325,7 @@ def test_backbone_pretrained_url_fails_like_a_local_file(served, tmp_path):
             model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=source))
             with pytest.raises(error) as raised:
                 model.init_weights()
-            path = path or str(served.cache / name)  # a URL's errors name its download
+            path = path or url_cache_path(served.url + name)  # a URL's errors name its download
             messages.append(str(raised.value).replace(path, 'FILE'))
         assert messages[0] == messages[1], messages
         assert messages[0].startswith(start), messages[0]
@@ -319,6 +438,86 @@ def test_checkpoint_cannot_rebind_history_buffer_statistics(tmp_path, monkeypatc
 
 
 # ---------------------------------------------------------------------------
+# numpy arrays of Runner checkpoints and .pdparams: no bigger than their bytes
+# ---------------------------------------------------------------------------
+class DeclaredArray:
+    """Pickles as numpy's _reconstruct of a 2 GB float64 array and no values."""
+
+    def __reduce__(self):
+        reconstruct = np.zeros(0).__reduce__()[0]  # numpy's multiarray._reconstruct
+        return (reconstruct, (np.ndarray, (250_000_000,), np.dtype('f8')))
+
+
+def _history(**state):
+    buffer = HistoryBuffer([1.0, 3.0], [1, 1])
+    buffer.__dict__.update(state)
+    return buffer
+
+
+HUB_KEY = 'message_hub.log_scalars.train/loss'
+BAD_ARRAYS = {
+    'meta: declared 2.5e8 values': (
+        {'meta': {'eta': DeclaredArray()}},
+        r"'meta.eta' is a numpy array declaring 250000000 elements .* over 8 bytes",
+    ),
+    'history: declared 2.5e8 values': (
+        {'message_hub': {'log_scalars': {'train/loss': _history(_log_history=DeclaredArray())}}},
+        rf"'{HUB_KEY}._log_history' has shape \(250000000,\), dtype float64, not contiguous",
+    ),
+    'history: 2-D': (
+        {'message_hub': {'log_scalars': {'train/loss': _history(_count_history=np.ones((2, 2)))}}},
+        rf"'{HUB_KEY}._count_history' has shape \(2, 2\).* 1-D contiguous numeric",
+    ),
+    'history: longer than max_length': (
+        {
+            'message_hub': {
+                'log_scalars': {'train/loss': _history(max_length=2, _log_history=np.ones(5))}
+            }
+        },
+        rf"'{HUB_KEY}._log_history' has shape \(5,\).* at most max_length=2",
+    ),
+    'history: max_length not an int': (
+        {'message_hub': {'log_scalars': {'train/loss': _history(max_length=2.5)}}},
+        rf"'{HUB_KEY}.max_length' is 2.5; a positive int",
+    ),
+}
+
+
+def _assert_refused_in_bounded_memory(load, path, message):
+    tracemalloc.start()  # numpy reports its allocations to tracemalloc
+    try:
+        with pytest.raises(pickle.UnpicklingError, match=rf'checkpoint {path} refused: {message}'):
+            load(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6
+
+
+@pytest.mark.parametrize('case', sorted(BAD_ARRAYS))
+def test_runner_checkpoint_numpy_arrays_are_bounded_by_their_bytes(tmp_path, case):
+    contents, message = BAD_ARRAYS[case]
+    path = tmp_path / 'bomb.pth'
+    torch.save({'state_dict': {'w': torch.zeros(2)}, **contents}, path)
+    assert path.stat().st_size < 5000
+    _assert_refused_in_bounded_memory(_load_checkpoint, path, message)
+
+
+@pytest.mark.parametrize(
+    'value, message',
+    [
+        (DeclaredArray(), r"'x' is a numpy array declaring 250000000 elements"),
+        (np.array([1, 'a'], dtype=object), r"'x' is a numpy array of dtype object; numeric"),
+    ],
+)
+def test_pdparams_numpy_arrays_are_bounded_and_numeric(tmp_path, value, message):
+    path = tmp_path / 'bomb.pdparams'
+    with open(path, 'wb') as f:
+        pickle.dump({'x': value}, f, protocol=4)
+    _assert_refused_in_bounded_memory(read_checkpoint, path, message)
+
+
+# ---------------------------------------------------------------------------
 # 4, 5 and 10: what a weight may be, in the backbone loader and CheckpointFitHook
 # ---------------------------------------------------------------------------
 KEY_PUBLIC = 'blocks3.1.mlp.fc1.weight'
@@ -387,6 +586,45 @@ def test_fit_hook_refuses_weights_it_cannot_load_faithfully(tmp_path, kind):
     state = dict(runner.model.state_dict())
     state['fc.weight'] = _bad_weight(kind, state['fc.weight'])
     with pytest.raises(CheckpointMismatchError, match=rf"bad\.pth: .*'fc.weight'.* {BAD[kind]}"):
+        CheckpointFitHook().after_load_checkpoint(runner, {'state_dict': state})
+
+
+KEY_VAR_PUBLIC = 'blocks1.0.norm1.running_var'
+KEY_VAR_EITHER = r'(blocks1\.0|stages\.0\.0)\.norm1\.running_var'
+
+
+def test_backbone_loader_refuses_a_negative_batchnorm_variance(tmp_path):
+    reference = reference_for('tiny').state_dict()
+    variance = reference[KEY_VAR_PUBLIC].clone().fill_(1.0)
+    variance[3] = -1.0
+    path = tmp_path / 'bad.pth'
+    torch.save(dict(reference, **{KEY_VAR_PUBLIC: variance}), path)
+    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(
+        ValueError, match=rf"bad\.pth: BatchNorm variance '{KEY_VAR_EITHER}'.* 1 negative values"
+    ):
+        model.init_weights()
+
+
+def test_backbone_loader_warns_of_weights_that_overflow_in_the_forward(tmp_path):
+    reference = reference_for('tiny').state_dict()
+    path = tmp_path / 'huge.pth'
+    torch.save(dict(reference, **{KEY_PUBLIC: torch.full_like(reference[KEY_PUBLIC], 1e30)}), path)
+    model = DSNet('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.warns(
+        RuntimeWarning, match=rf"huge\.pth: weight '{KEY_EITHER}'.* magnitude 1e\+30"
+    ):
+        model.init_weights()
+
+
+def test_fit_hook_refuses_a_negative_batchnorm_variance(tmp_path):
+    runner = _fit_runner(tmp_path, 'bad.pth')
+    runner.model = torch.nn.Sequential(torch.nn.BatchNorm1d(4))
+    state = dict(runner.model.state_dict())
+    state['0.running_var'] = torch.tensor([1.0, -1.0, 2.0, 1.0])
+    with pytest.raises(
+        CheckpointMismatchError, match=r"bad\.pth: BatchNorm variance '0.running_var' .*\(min -1\)"
+    ):
         CheckpointFitHook().after_load_checkpoint(runner, {'state_dict': state})
 
 

@@ -141,6 +141,104 @@ def train(config, work, env, *extra, wait=True):
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.parametrize('dangling', [False, True])
+def test_lock_never_follows_a_link_nor_writes_through_it(tmp_path, dangling):
+    from mmdsnet.engine import WorkDirLockError, lock_work_dir
+    from mmdsnet.engine.work_dir_lock import LOCK_NAME
+
+    work = tmp_path / 'work'
+    work.mkdir()
+    victim = tmp_path / 'bashrc'
+    if not dangling:
+        victim.write_text('export PATH=~/bin:$PATH\n')
+    (work / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(WorkDirLockError, match=f'{work / LOCK_NAME} is a symbolic link'):
+        lock_work_dir(str(work))
+    if dangling:
+        assert not victim.exists()  # the link's target is not created
+    else:
+        assert victim.read_text() == 'export PATH=~/bin:$PATH\n'
+
+
+@pytest.mark.parametrize(
+    'make, what',
+    [
+        (lambda p: p.mkdir(), 'a directory'),
+        (lambda p: os.mkfifo(p), 'not a regular file'),
+        (lambda p: p.write_text('# notes\n'), 'a file holding something other than a pid'),
+        (lambda p: os.link(p.parent / 'other', p), 'a file with 2 hard links'),
+    ],
+)
+def test_lock_refuses_a_path_that_is_not_a_run_lock_and_names_it(tmp_path, make, what):
+    from mmdsnet.engine import WorkDirLockError, lock_work_dir
+    from mmdsnet.engine.work_dir_lock import LOCK_NAME
+
+    (tmp_path / 'other').write_text('')
+    path = tmp_path / LOCK_NAME
+    make(path)
+    before = path.read_text() if path.is_file() else None
+    with pytest.raises(WorkDirLockError, match=f'{path} is {what}'):
+        lock_work_dir(str(tmp_path))
+    assert (path.read_text() if path.is_file() else None) == before
+
+
+def test_train_tool_refuses_a_linked_lock_file_before_anything_else(tmp_path):
+    from mmdsnet.engine.work_dir_lock import LOCK_NAME
+
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / LOCK_NAME).symlink_to(tmp_path / 'bashrc')
+    (tmp_path / 'cfg.py').write_text('work_dir = None\n')
+    with pytest.raises(SystemExit, match=f'^tools/train.py: {work / LOCK_NAME} is a symbolic link'):
+        load_tool('tools/train.py').main([str(tmp_path / 'cfg.py'), '--work-dir', str(work)])
+    assert not (tmp_path / 'bashrc').exists()
+
+
+def test_lock_rewrites_the_pid_of_an_earlier_run(tmp_path):
+    from mmdsnet.engine import lock_work_dir, release_work_dir
+    from mmdsnet.engine.work_dir_lock import LOCK_NAME
+
+    (tmp_path / LOCK_NAME).write_text('123456789\n')
+    try:
+        assert lock_work_dir(str(tmp_path)) == str(tmp_path / LOCK_NAME)
+        assert (tmp_path / LOCK_NAME).read_text() == f'{os.getpid()}\n'
+    finally:
+        release_work_dir(str(tmp_path))
+
+
+def test_lock_warns_where_the_file_system_has_no_flock(tmp_path, monkeypatch):
+    import fcntl
+
+    from mmdsnet.engine import lock_work_dir
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, 'flock', no_flock)
+    with pytest.warns(
+        RuntimeWarning, match=f'work dir {tmp_path} is not locked: its file system does not'
+    ):
+        assert lock_work_dir(str(tmp_path)) == ''
+
+
+def test_iteration_based_resume_warns_that_it_is_not_bit_exact():
+    import warnings
+
+    from mmengine.config import Config
+
+    from mmdsnet.engine import use_epoch_seed_hook
+
+    iters = Config(dict(train_cfg=dict(type='IterBasedTrainLoop', max_iters=10), resume=True))
+    with pytest.warns(UserWarning, match='train loop is IterBasedTrainLoop: .* not bit-identical'):
+        use_epoch_seed_hook(iters)
+    assert 'custom_hooks' not in iters
+    epochs = Config(dict(train_cfg=dict(by_epoch=True, max_epochs=2), resume=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        use_epoch_seed_hook(epochs)
+    assert epochs.custom_hooks == [dict(type='EpochSeedHook')]
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_second_run_in_a_live_work_dir_is_refused_and_a_killed_one_frees_it(tmp_path):

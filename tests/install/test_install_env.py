@@ -926,3 +926,33 @@ def test_install_env_sh_mmcv_builds_only_mmcv_for_the_given_python(tmp_path):
 
     usage = fake.run('everything')
     assert usage.returncode == 2 and 'usage:' in usage.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize('fails', ['download', 'interrupted'])
+def test_install_env_sh_removes_its_temp_folders_on_every_exit(tmp_path, fails):
+    cpu = machine(
+        torch_version='2.13.0+cpu',
+        torch_cuda=None,
+        gpus=(),
+        nvcc=None,
+        nvcc_version=None,
+        nvcc_arches=None,
+    )
+    fake = FakeVenv(tmp_path, cpu)
+    temp = tmp_path / 'tmp'
+    temp.mkdir()
+    if fails == 'download':  # pip download hands out nothing: tar fails after mktemp
+        proc = fake.run(STUB_SDIST=str(tmp_path / 'missing.tar.gz'), TMPDIR=str(temp))
+        assert proc.returncode != 0
+    else:  # SIGINT while pip builds the unpacked sdist
+        stub = tmp_path / 'venv' / 'bin' / 'python'
+        stub.write_text(
+            stub.read_text().replace(
+                'echo "${FORCE_CUDA:-0}" > "$STUB_DIR/mmcv"', 'kill -INT $PPID; sleep 1'
+            )
+        )
+        proc = fake.run(TMPDIR=str(temp))
+        assert proc.returncode == 130, proc.stderr
+    assert fake.calls(' download ')
+    assert list(temp.iterdir()) == []

@@ -298,3 +298,75 @@ def test_benchmark_counts_the_launches_of_each_backbone_entry(tmp_path):
     assert results['backbone 64x64 b1 train', 'ResNet-50']['launches'] > 0
     # no count for a mode the counter does not run (eval under autocast)
     assert 'launches' not in results['backbone 64x64 b1 eval bf16', 'DS-Net-T']
+
+
+BAD_ARGUMENTS = [
+    ('profile_backbone', ['--batch', '0'], "--batch: '0' is not a whole number of at least 1"),
+    ('profile_backbone', ['--batch', '-1'], "--batch: '-1' is not a whole number"),
+    ('profile_backbone', ['--top', '-3'], "--top: '-3' is not a whole number"),
+    (
+        'profile_backbone',
+        ['--out', 'FILE/x.txt'],
+        '--out: FILE/x.txt: FILE is a file, not a folder',
+    ),
+    ('attention_kernels', ['--shape', '31', '31'], "--shape: '31' is not an image side"),
+    ('attention_kernels', ['--out', 'FOLDER'], '--out: FOLDER is a folder; a file name'),
+    ('get_flops', ['CONFIG', '--shape', '-64'], "--shape: '-64' is not an image side"),
+    ('profile_detector', ['--size', '0x0'], "--size: '0x0' is not an image size 'HxW'"),
+    ('benchmark', ['--trials', '0'], "--trials: '0' is not a whole number"),
+    ('benchmark', ['--out', 'FILE/b.json'], '--out: FILE/b.json: FILE is a file, not a folder'),
+    (
+        'visualize_attention',
+        ['CONFIG', 'none', 'EMPTY', '--out-dir', 'FOLDER'],
+        'image: EMPTY is empty',
+    ),
+    (
+        'visualize_attention',
+        ['CONFIG', 'none', 'FILE', '--out-dir', 'FILE'],
+        '--out-dir: FILE exists',
+    ),
+]
+
+
+@pytest.mark.parametrize('tool, argv, message', BAD_ARGUMENTS)
+def test_analysis_tools_refuse_bad_arguments_with_a_usage_error(
+    tmp_path, capsys, tool, argv, message
+):
+    places = {
+        'FILE': str(tmp_path / 'file'),
+        'FOLDER': str(tmp_path),
+        'EMPTY': str(tmp_path / 'empty.png'),
+        'CONFIG': osp.join(REPO_ROOT, 'configs', 'mask_rcnn_dsnet_t_fpn_1x_coco.py'),
+    }
+    (tmp_path / 'file').write_text('not a folder')
+    (tmp_path / 'empty.png').write_bytes(b'')
+
+    def fill(text):
+        for name, place in places.items():
+            text = text.replace(name, place)
+        return text
+
+    with pytest.raises(SystemExit) as raised:
+        load_tool(f'tools/analysis_tools/{tool}.py').main([fill(a) for a in argv])
+    assert raised.value.code == 2
+    assert f'error: argument {fill(message)}' in capsys.readouterr().err
+
+
+def test_attention_kernels_makes_the_folder_of_its_out_file(tmp_path):
+    out = tmp_path / 'new' / 'kernels.json'
+    load_tool('tools/analysis_tools/attention_kernels.py').main(
+        [
+            '--arch',
+            'tiny',
+            '--shape',
+            '32',
+            '32',
+            '--kernels',
+            'math',
+            '--trials',
+            '1',
+            '--out',
+            str(out),
+        ]
+    )
+    assert json.loads(out.read_text())['shape'] == [32, 32]

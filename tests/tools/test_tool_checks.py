@@ -96,3 +96,18 @@ def test_train_tool_names_an_empty_dataset(tmp_path, monkeypatch):
     message = str(raised.value)
     assert message.startswith('tools/train.py: the dataset BaseDataset has no samples')
     assert f"ann_file='{ann_file}'" in message and 'filter_empty_gt' in message
+
+
+def test_tools_name_a_training_image_that_cannot_be_read(tmp_path, monkeypatch):
+    from mmcv.transforms import LoadImageFromFile
+
+    from mmdsnet.cli import name_unreadable_images
+
+    monkeypatch.setattr(LoadImageFromFile, 'transform', LoadImageFromFile.transform)  # restored
+    empty = tmp_path / 'img_0001.jpg'
+    empty.write_bytes(b'')
+    name_unreadable_images()
+    name_unreadable_images()  # once only
+    with pytest.raises(RuntimeError, match=f'^image {empty} could not be read .*empty'):
+        LoadImageFromFile()(dict(img_path=str(empty)))
+    assert LoadImageFromFile(ignore_empty=True)(dict(img_path=str(empty))) is None

@@ -22,7 +22,7 @@ from collections import Counter
 import torch
 
 from mmdsnet.analysis.attention_backends import ATTENTIONS, describe_sdpa_calls
-from mmdsnet.analysis.inputs import PRECISIONS, parse_setting, split_choices
+from mmdsnet.analysis.inputs import PRECISIONS, output_file, parse_setting, split_choices
 from mmdsnet.models import DSNet
 
 
@@ -51,7 +51,7 @@ def main(argv=None):
     parser.add_argument('--archs', default=','.join(DSNet.arch_settings))
     parser.add_argument('--settings', default='224 b1,800x1344 b1')
     parser.add_argument('--precisions', default='fp32,fp16,bf16')
-    parser.add_argument('--out', default='work_dirs/attention_backends.json')
+    parser.add_argument('--out', type=output_file, default='work_dirs/attention_backends.json')
     args = parser.parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try:

@@ -28,7 +28,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mmdsnet.analysis.attention_backends import attention_shapes
-from mmdsnet.analysis.inputs import PRECISIONS
+from mmdsnet.analysis.inputs import PRECISIONS, image_side, output_file, positive_int
+from mmdsnet.analysis.profiling import write_text
 from mmdsnet.models import DSNet
 from mmdsnet.models.layers.fused_attention import (
     EFFICIENT_TILES,
@@ -97,26 +98,25 @@ def matmul_gflops(device, size=2048, trials=3):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--arch', default='small', choices=sorted(DSNet.arch_settings))
-    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1344], metavar=('H', 'W'))
+    parser.add_argument(
+        '--shape', type=image_side, nargs=2, default=[800, 1344], metavar=('H', 'W')
+    )
     parser.add_argument('--kernels', nargs='+', default=['flash', 'math'], choices=sorted(KERNELS))
     parser.add_argument('--precisions', nargs='+', default=['fp32'], choices=list(PRECISIONS))
-    parser.add_argument('--batch', type=int, default=1, help='images per call')
+    parser.add_argument('--batch', type=positive_int, default=1, help='images per call')
     parser.add_argument(
         '--splits', nargs='+', default=['never'], choices=['never', 'auto'],
         help="plain calls, and/or as attn_split='auto' runs them in training",
     )  # fmt: skip
     parser.add_argument(
-        '--sms', type=int, help="SM count for the 'auto' rule (default: the GPU's, or 132)"
+        '--sms', type=positive_int, help="SM count for the 'auto' rule (default: the GPU's, or 132)"
     )
     parser.add_argument(
         '--plan', action='store_true', help="only the 'auto' plans and thread blocks, no timing"
     )
-    parser.add_argument('--trials', type=int, default=3)
-    parser.add_argument('--out', help='write the rows as JSON')
+    parser.add_argument('--trials', type=positive_int, default=3)
+    parser.add_argument('--out', type=output_file, help='write the rows as JSON')
     args = parser.parse_args(argv)
-    for name in ('trials', 'batch', 'sms'):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     sms = args.sms or (
         torch.cuda.get_device_properties(device).multi_processor_count
@@ -180,12 +180,11 @@ def main(argv=None):
     print(f'fp32 matmul 2048^3 on the same device: {matmul:.1f} GFLOP/s')
     print(f'device: {device.type}, {torch.get_num_threads()} threads; torch {torch.__version__}')
     if args.out:
-        with open(args.out, 'w') as f:
-            summary = dict(
-                rows=rows, matmul_gflops_per_s=matmul, device=device.type,
-                sms_for_rule=sms, arch=args.arch, shape=args.shape,
-            )  # fmt: skip
-            json.dump(summary, f, indent=1)
+        summary = dict(
+            rows=rows, matmul_gflops_per_s=matmul, device=device.type,
+            sms_for_rule=sms, arch=args.arch, shape=args.shape,
+        )  # fmt: skip
+        write_text(args.out, json.dumps(summary, indent=1))
     return rows
 
 

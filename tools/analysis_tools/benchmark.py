@@ -51,7 +51,7 @@ from mmdsnet.analysis.benchmark import (
     run_group,
     select_cases,
 )
-from mmdsnet.analysis.inputs import PRECISIONS
+from mmdsnet.analysis.inputs import PRECISIONS, output_file, positive_int
 from mmdsnet.analysis.memory import measure_rss_growth_mb
 
 # The configs beside this tool: a source checkout's, or the installed package's .mim copy.
@@ -109,7 +109,7 @@ def parse_args(argv):
         help='comma-separated subset of: ' + ', '.join(DETECTORS),
     )
     parser.add_argument('--modes', default='eval,train', help='eval, train or both')
-    parser.add_argument('--trials', type=int, default=5)
+    parser.add_argument('--trials', type=positive_int, default=5)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--no-memory', action='store_true')
     parser.add_argument(
@@ -119,7 +119,7 @@ def parse_args(argv):
         'but the process grows with the number of cases)',
     )
     parser.add_argument('--measure-memory', type=int, help=argparse.SUPPRESS)
-    parser.add_argument('--out', default='work_dirs/benchmark.json')
+    parser.add_argument('--out', type=output_file, default='work_dirs/benchmark.json')
     return parser, parser.parse_args(argv)
 
 

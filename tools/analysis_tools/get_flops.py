@@ -24,6 +24,7 @@ from mmengine.registry import MODELS, DefaultScope, init_default_scope
 
 # importing mmdsnet registers the models
 from mmdsnet.analysis import commuted_conv_macs, count_flops, parameter_count
+from mmdsnet.analysis.inputs import image_side
 from mmdsnet.utils import load_config_file
 
 DEFAULT_SHAPES = {'mmdet': (800, 1280), 'mmseg': (512, 512)}
@@ -88,7 +89,7 @@ def analyse(cfg, shape):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config')
-    parser.add_argument('--shape', type=int, nargs='+', help='H W (or one size for both)')
+    parser.add_argument('--shape', type=image_side, nargs='+', help='H W (or one size for both)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
     cfg = load_config_file(args.config)

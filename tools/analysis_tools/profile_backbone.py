@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from mmdsnet.analysis.inputs import PRECISIONS
+from mmdsnet.analysis.inputs import PRECISIONS, image_side, output_file, positive_int
 from mmdsnet.analysis.profiling import backbone_step, median_wall_ms, profile_run, write_text
 from mmdsnet.models import DSNet
 
@@ -26,15 +26,17 @@ from mmdsnet.models import DSNet
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--arch', default='small', choices=list(DSNet.arch_settings))
-    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1344], metavar=('H', 'W'))
-    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument(
+        '--shape', type=image_side, nargs=2, default=[800, 1344], metavar=('H', 'W')
+    )
+    parser.add_argument('--batch', type=positive_int, default=1)
     parser.add_argument('--mode', default='eval', choices=['eval', 'train'])
     parser.add_argument('--precision', default='fp32', choices=list(PRECISIONS))
     parser.add_argument(
         '--cudnn-benchmark', action='store_true', help='torch.backends.cudnn.benchmark = True'
     )
-    parser.add_argument('--top', type=int, default=15)
-    parser.add_argument('--out', help='also write the text to this file')
+    parser.add_argument('--top', type=positive_int, default=15)
+    parser.add_argument('--out', type=output_file, help='also write the text to this file')
     args = parser.parse_args(argv)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     torch.backends.cudnn.benchmark = args.cudnn_benchmark

@@ -18,7 +18,13 @@ from functools import partial
 import torch
 from torch.profiler import record_function
 
-from mmdsnet.analysis.inputs import build_detector, detector_batch
+from mmdsnet.analysis.inputs import (
+    build_detector,
+    detector_batch,
+    image_size,
+    output_file,
+    positive_int,
+)
 from mmdsnet.analysis.profiling import (
     PHASES,
     detector_iteration,
@@ -36,13 +42,13 @@ def main(argv=None):
     parser.add_argument(
         'config', nargs='?', default=osp.join(CONFIG_DIR, 'mask_rcnn_dsnet_s_fpn_1x_coco.py')
     )
-    parser.add_argument('--size', default='800x1333', help='image size HxW')
+    parser.add_argument('--size', type=image_size, default='800x1333', help='image size HxW')
     parser.add_argument('--amp', action='store_true')
-    parser.add_argument('--top', type=int, default=25)
+    parser.add_argument('--top', type=positive_int, default=25)
     parser.add_argument('--warmup', type=int, default=2, help='iterations before the profiled one')
-    parser.add_argument('--out', default='work_dirs/profile_detector.txt')
+    parser.add_argument('--out', type=output_file, default='work_dirs/profile_detector.txt')
     args = parser.parse_args(argv)
-    height, width = (int(v) for v in args.size.split('x'))
+    height, width = args.size
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if args.amp and device.type != 'cuda':
         parser.error('--amp needs a GPU (mmcv has no fp16 CPU kernels)')
@@ -61,7 +67,7 @@ def main(argv=None):
     iteration(partial(timed_phase, phases, device=device))
     prof = profile_run(partial(iteration, record_function), device, skip=PHASES)
     lines = [
-        f'{osp.basename(args.config)}: one training iteration, 2x{args.size}, '
+        f'{osp.basename(args.config)}: one training iteration, 2x{height}x{width}, '
         f'{"AMP fp16" if args.amp else "fp32"}, {device.type} '
         f'({torch.cuda.get_device_name() if prof.on_gpu else "CPU"}), torch {torch.__version__}',
         'phases of an unprofiled iteration (ms, synchronised): '

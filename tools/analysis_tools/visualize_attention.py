@@ -36,6 +36,7 @@ from mmengine.model import revert_sync_batchnorm
 
 # importing mmdsnet registers the models
 from mmdsnet.analysis.attention_maps import TargetNames, attention_targets, record_attention_targets
+from mmdsnet.analysis.inputs import image_file, output_dir
 from mmdsnet.checkpoint import is_url
 from mmdsnet.models import DSNet
 from mmdsnet.models.backbones.pretrained import load_pretrained_dsnet
@@ -304,8 +305,10 @@ def parse_args(argv=None):
         help='training checkpoint of CONFIG, a DS-Net '
         "checkpoint (public or converted), or 'none' for random weights",
     )
-    parser.add_argument('image', help='image file')
-    parser.add_argument('--out-dir', required=True, help='where the PNGs are written')
+    parser.add_argument('image', type=image_file, help='image file')
+    parser.add_argument(
+        '--out-dir', type=output_dir, required=True, help='where the PNGs are written'
+    )
     parser.add_argument(
         '--stage',
         type=int,

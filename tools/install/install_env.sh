@@ -90,6 +90,14 @@ fi
 
 PIP=("$PY" -m pip --disable-pip-version-check)
 
+# Temporary folders of this run (the mmcv sdist and build tree, filtered requirements): removed
+# on every exit, a failure or an interrupt included. Add one with TEMP_DIRS+=("$dir").
+TEMP_DIRS=()
+remove_temp_dirs() { rm -rf ${TEMP_DIRS[@]+"${TEMP_DIRS[@]}"}; }
+trap remove_temp_dirs EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 # The venv and what requirements/*.txt lists (not for `install_env.sh mmcv`).
 install_requirements() {
     local system_torch="${USE_SYSTEM_TORCH:-0}" venv_args=() f
@@ -107,7 +115,7 @@ install_requirements() {
     "${PIP[@]}" install -r requirements/build.txt
     if [[ "$system_torch" == 1 ]]; then
         reqs="$(mktemp -d)"
-        trap 'rm -rf "$reqs"' EXIT
+        TEMP_DIRS+=("$reqs")
         for f in runtime tests; do
             grep -viE '^torch([<>=!~ ;[]|$)' "requirements/$f.txt" > "$reqs/$f.txt" || true
         done
@@ -158,6 +166,7 @@ build_mmcv() {
         exit 2
     }
     src="$(mktemp -d)"
+    TEMP_DIRS+=("$src")
     "${PIP[@]}" download --no-deps --no-binary mmcv --no-build-isolation -d "$src" \
         "mmcv==$MMCV_VERSION"
     tar -xzf "$src/mmcv-$MMCV_VERSION.tar.gz" -C "$src"

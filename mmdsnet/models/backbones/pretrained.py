@@ -15,6 +15,7 @@ alone or in a list; a local path or an http(s) URL) takes one route,
 Each step fails loudly, naming the file and the likely cause.
 """
 
+import contextlib
 from typing import Dict, List, Optional, Set, Tuple, Union
 
 import torch.nn as nn
@@ -28,6 +29,7 @@ from ...checkpoint import (
     download_checkpoint,
     dsnet_convert,
     is_url,
+    naming_the_download,
     read_checkpoint,
     sample_keys,
     select_prefix,
@@ -92,9 +94,11 @@ def other_init_cfgs(init_cfg: Union[None, dict, List[dict]]) -> Optional[List[di
 
 def _read(checkpoint: str, prefix: Optional[str]) -> Tuple[str, dict]:
     """Step 1: (the local file read, its weights) with their tensor layouts checked."""
-    path = download_checkpoint(checkpoint) if is_url(checkpoint) else checkpoint
+    url = is_url(checkpoint)
+    path = download_checkpoint(checkpoint) if url else checkpoint
     try:
-        state_dict = read_checkpoint(path)
+        with naming_the_download(checkpoint, path) if url else contextlib.nullcontext():
+            state_dict = read_checkpoint(path)
     except FileNotFoundError:
         raise FileNotFoundError(
             f'DSNet pretrained checkpoint not found: {path}. Convert the public '
