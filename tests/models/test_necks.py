@@ -241,3 +241,23 @@ def test_shipped_dsfpn_configs_put_every_global_grid_at_1_32(dsfpn_config_path):
         for block in blocks:
             grids.append(block.global_size(-(-height // stride), -(-width // stride)))
     assert grids and grids == [(height // 32, width // 32)] * len(grids)
+
+
+def test_fpn_xavier_init_reaches_the_ds_blocks_1x1_convs():
+    """DS-FPN's init_cfg (FPN's Xavier on layer='Conv2d') gives the DS-Blocks' conv1/conv2,
+    kept per stream, what it gives an nn.Conv2d: zero bias, Xavier-uniform weights (bound
+    sqrt(6 / (C + C)), above a default Conv2d's 1 / sqrt(C)), every call once."""
+    torch.manual_seed(0)
+    neck = DSFPN([64, 128], 64, 2)
+    neck.init_weights()
+    bound = (6 / (64 + 64)) ** 0.5
+    for name in ('conv1', 'conv2'):
+        convs = [getattr(block, name) for block in neck.modules() if isinstance(block, DSBlock)]
+        assert convs
+        for conv in convs:
+            assert torch.count_nonzero(conv.bias) == 0, name
+            weight = conv.weight.abs().max().item()
+            assert 64**-0.5 < weight <= bound, (name, weight)
+    before = {k: v.clone() for k, v in neck.state_dict().items()}
+    neck.init_weights()  # a second call changes nothing (mmengine warns)
+    assert all(torch.equal(before[k], v) for k, v in neck.state_dict().items())

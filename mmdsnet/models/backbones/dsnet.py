@@ -19,7 +19,7 @@ from mmengine.model.weight_init import constant_init, trunc_normal_init
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import register_model
-from ..layers import ATTN_SPLIT_MODES, DSBlock, linear_drop_path_rates
+from ..layers import ATTN_SPLIT_MODES, DSBlock, init_stream_convs, linear_drop_path_rates
 from ..utils.validation import (
     check_bool,
     check_choice,
@@ -332,6 +332,8 @@ class DSNet(BaseModule):
             self.init_cfg = other_inits  # mmengine would load Pretrained unchecked
             try:
                 super().init_weights()
+                if first_call:
+                    init_stream_convs(self, other_inits)
             finally:
                 self.init_cfg = given
         if first_call and pretrained is not None:

@@ -6,6 +6,7 @@ Module names equal those of the public DS-Net checkpoints (``pos_embed``,
 of operations follows ``docs/architecture.md``, "The DS-Block", exactly.
 """
 
+import copy
 import functools
 import weakref
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
@@ -15,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, initialize
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
@@ -193,6 +194,15 @@ class StreamConv(nn.Module):
         """The (C,) bias of the equivalent ``nn.Conv2d`` (a new tensor)."""
         return self._packed('bias', [getattr(self, n) for n in self._parts()['bias']])
 
+    @torch.no_grad()
+    def load_packed(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Copy an ``nn.Conv2d``'s (C, C, 1, 1) weight and (C,) bias into the streams."""
+        for name, packed in (('weight', weight), ('bias', bias)):
+            parts = self._parts()[name]
+            dim = 0 if self.split == 'out' or name == 'bias' else 1
+            for part, value in zip(parts, packed.chunk(len(parts), dim=dim)):
+                getattr(self, part).copy_(value)
+
     @staticmethod
     def pack_state(module, state_dict, prefix, local_metadata=None) -> None:
         """State-dict hook: ``prefix + 'weight'`` / ``'bias'`` in place of the
@@ -226,6 +236,42 @@ class StreamConv(nn.Module):
             dim = 0 if module.split == 'out' or name == 'bias' else 1
             for part, value in zip(parts, packed.chunk(len(parts), dim=dim)):
                 state_dict[prefix + part] = value
+
+
+def _conv2d_entries(init_cfg) -> list:
+    """The mmengine initialiser entries of ``init_cfg`` that name ``layer='Conv2d'``, without
+    their ``override`` (which names children a lone convolution does not have)."""
+    entries = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    chosen = []
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get('type') == 'Pretrained':
+            continue
+        layers = entry.get('layer') or []
+        if 'Conv2d' in ([layers] if isinstance(layers, str) else layers):
+            chosen.append({k: v for k, v in copy.deepcopy(entry).items() if k != 'override'})
+    return chosen
+
+
+def init_stream_convs(module: nn.Module, init_cfg) -> None:
+    """Give every ``StreamConv`` in ``module`` what the ``layer='Conv2d'`` entries of
+    ``init_cfg`` give an ``nn.Conv2d`` (e.g. FPN's Xavier init in DS-FPN): mmengine matches
+    layers by class name, and a ``StreamConv`` keeps its weight per stream. The equivalent
+    packed convolution is initialised and split back (same distribution as before the
+    per-stream parameters; the random numbers are drawn after the other layers')."""
+    entries = _conv2d_entries(init_cfg)
+    if not entries:
+        return
+    for stream_conv in (m for m in module.modules() if isinstance(m, StreamConv)):
+        weight = stream_conv.weight
+        conv = nn.utils.skip_init(
+            nn.Conv2d, stream_conv.channels, stream_conv.channels, 1,
+            device=weight.device, dtype=weight.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            conv.bias.copy_(stream_conv.bias)
+        initialize(conv, entries)
+        stream_conv.load_packed(conv.weight, conv.bias)
 
 
 class DSBlock(BaseModule):

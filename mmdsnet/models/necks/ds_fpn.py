@@ -18,7 +18,7 @@ from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 
 from ...registry import register_model
-from ..layers import ATTN_SPLIT_MODES, DSBlock
+from ..layers import ATTN_SPLIT_MODES, DSBlock, init_stream_convs
 from ..utils.norm import allow_one_value_groups
 from ..utils.validation import (
     check_bool,
@@ -331,6 +331,14 @@ class DSFPN(BaseModule):
         if 'scale_factor' in self.upsample_cfg:
             return F.interpolate(x, **self.upsample_cfg)
         return F.interpolate(x, size=reference.shape[2:], **self.upsample_cfg)
+
+    def init_weights(self) -> None:
+        """mmengine's init, and its ``layer='Conv2d'`` entries (FPN's Xavier by default) also
+        on the DS-Blocks' per-stream 1x1 convolutions (``init_stream_convs``)."""
+        first_call = not self.is_init
+        super().init_weights()
+        if first_call:
+            init_stream_convs(self, self.init_cfg)
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         if len(inputs) != self.num_ins:
