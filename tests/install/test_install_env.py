@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import signal
 import subprocess
 import sys
 import tarfile
@@ -679,6 +680,11 @@ esac
 """
 
 
+def default_sigint():
+    """Restore SIGINT's default action in a child before it execs."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class FakeVenv:
     """A .venv whose python is STUB_PYTHON, and a way to run install_env.sh against it."""
 
@@ -732,6 +738,9 @@ class FakeVenv:
             capture_output=True,
             text=True,
             timeout=120,
+            # SIGINT as a terminal gives it: a runner that started this suite in the
+            # background (SIGINT ignored, inherited) would stop the script's INT trap
+            preexec_fn=default_sigint,
         )
         self.log = (self.dir / 'log').read_text() if (self.dir / 'log').exists() else ''
         return proc
