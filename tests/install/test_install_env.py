@@ -130,6 +130,18 @@ def test_force_cuda_without_gpu_builds_the_default_arches(
     assert 'TORCH_CUDA_ARCH_LIST=9.0 (yours)' in plan.notes[0]
 
 
+def cpu_machine():
+    """torch 2.13.0+cpu, no GPU, no nvcc: the machine of this project's CI."""
+    return machine(
+        torch_version='2.13.0+cpu',
+        torch_cuda=None,
+        gpus=(),
+        nvcc=None,
+        nvcc_version=None,
+        nvcc_arches=None,
+    )
+
+
 def cuda13_machine(**kw):
     """torch 2.13.0 (CUDA 13.0) from the package index, no GPU, no nvcc."""
     base = dict(
@@ -910,15 +922,7 @@ def test_install_env_sh_system_torch_drops_torch_pins(tmp_path):
 def test_install_env_sh_mmcv_builds_only_mmcv_for_the_given_python(tmp_path):
     """make gpu-check's source build: the patched sdist for PYTHON as it is, without a venv,
     requirements, mmdsnet or stamp; no nvcc is provisioned for it."""
-    cpu = machine(
-        torch_version='2.13.0+cpu',
-        torch_cuda=None,
-        gpus=(),
-        nvcc=None,
-        nvcc_version=None,
-        nvcc_arches=None,
-    )
-    fake = FakeVenv(tmp_path, cpu)
+    fake = FakeVenv(tmp_path, cpu_machine())
     no_venv = tmp_path / 'no-venv'
     proc = fake.run('mmcv', PYTHON=fake.env['VENV'] + '/bin/python', VENV=str(no_venv))
     assert proc.returncode == 0, proc.stderr
@@ -940,15 +944,7 @@ def test_install_env_sh_mmcv_builds_only_mmcv_for_the_given_python(tmp_path):
 @pytest.mark.integration
 @pytest.mark.parametrize('fails', ['download', 'interrupted'])
 def test_install_env_sh_removes_its_temp_folders_on_every_exit(tmp_path, fails):
-    cpu = machine(
-        torch_version='2.13.0+cpu',
-        torch_cuda=None,
-        gpus=(),
-        nvcc=None,
-        nvcc_version=None,
-        nvcc_arches=None,
-    )
-    fake = FakeVenv(tmp_path, cpu)
+    fake = FakeVenv(tmp_path, cpu_machine())
     temp = tmp_path / 'tmp'
     temp.mkdir()
     if fails == 'download':  # pip download hands out nothing: tar fails after mktemp
