@@ -56,11 +56,11 @@ def test_the_backward_counts_and_modes_are_checked():
 def test_dsnet_counts_do_not_depend_on_the_input_size():
     def counts(size):
         torch.manual_seed(0)
-        return backbone_launches(DSNet('tiny'), (2, 3, size, size))
+        return backbone_launches(DSNet('tiny', out_indices=(0, 1, 2)), (2, 3, size, size))
 
-    # 128 and 192: every stage's global grid larger than 1x1 (at 64 the stage-4
-    # grid is one token, whose degenerate strides can cost one copy more)
-    assert counts(128) == counts(192)
+    # 64 and 96: every built stage's global grid larger than 1x1 (a one-token grid's
+    # degenerate strides can cost one copy more in the backward)
+    assert counts(64) == counts(96)
 
 
 @pytest.mark.usefixtures('mmdet_scope')

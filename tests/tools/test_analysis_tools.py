@@ -287,7 +287,7 @@ def test_attention_kernels_plan_prints_the_rule_without_timing():
 def test_benchmark_counts_the_launches_of_each_backbone_entry(tmp_path):
     tool = load_tool('tools/analysis_tools/benchmark.py')
     out = tmp_path / 'launches.json'
-    tool.main(['--suites', 'backbone', '--backbones', 'DS-Net-T,ResNet-50', '--settings',
+    tool.main(['--suites', 'backbone', '--backbones', 'DS-Net-T', '--settings',
                '64x64 b1', '--modes', 'train,eval', '--backbone-precisions', 'fp32,bf16',
                '--launches', '--trials', '1', '--warmup', '0', '--no-memory',
                '--out', str(out)])  # fmt: skip
@@ -295,7 +295,6 @@ def test_benchmark_counts_the_launches_of_each_backbone_entry(tmp_path):
     train = results['backbone 64x64 b1 train', 'DS-Net-T']['launches']
     train_bf16 = results['backbone 64x64 b1 train bf16', 'DS-Net-T']['launches']
     assert 0 < results['backbone 64x64 b1 eval', 'DS-Net-T']['launches'] < train < train_bf16
-    assert results['backbone 64x64 b1 train', 'ResNet-50']['launches'] > 0
     # no count for a mode the counter does not run (eval under autocast)
     assert 'launches' not in results['backbone 64x64 b1 eval bf16', 'DS-Net-T']
 
