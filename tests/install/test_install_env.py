@@ -130,28 +130,19 @@ def test_force_cuda_without_gpu_builds_the_default_arches(
     assert 'TORCH_CUDA_ARCH_LIST=9.0 (yours)' in plan.notes[0]
 
 
+#: A machine without a GPU or nvcc (the torch varies).
+NO_GPU = dict(gpus=(), nvcc=None, nvcc_version=None, nvcc_arches=None)
+
+
 def cpu_machine():
     """torch 2.13.0+cpu, no GPU, no nvcc: the machine of this project's CI."""
-    return machine(
-        torch_version='2.13.0+cpu',
-        torch_cuda=None,
-        gpus=(),
-        nvcc=None,
-        nvcc_version=None,
-        nvcc_arches=None,
-    )
+    return machine(torch_version='2.13.0+cpu', torch_cuda=None, **NO_GPU)
 
 
 def cuda13_machine(**kw):
     """torch 2.13.0 (CUDA 13.0) from the package index, no GPU, no nvcc."""
     base = dict(
-        torch_version='2.13.0',
-        torch_cuda='13.0',
-        torch_requires=TORCH_213_REQUIRES,
-        gpus=(),
-        nvcc=None,
-        nvcc_version=None,
-        nvcc_arches=None,
+        torch_version='2.13.0', torch_cuda='13.0', torch_requires=TORCH_213_REQUIRES, **NO_GPU
     )
     base.update(kw)
     return machine(**base)
