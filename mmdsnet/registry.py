@@ -1,16 +1,17 @@
-"""Register mmdsnet modules in mmdet's and mmseg's ``MODELS``.
+"""Register mmdsnet modules in mmdet's, mmseg's and mmpretrain's ``MODELS``.
 
 Each class is defined once and registered into every framework that is
-importable, so ``type='DSNet'`` resolves under ``default_scope='mmdet'`` and
-``default_scope='mmseg'`` alike. A missing framework is skipped (mmdet works
-without mmseg and the reverse); if neither is installed, importing a model
-raises an ImportError that says what to install.
+importable, so ``type='DSNet'`` resolves under ``default_scope='mmdet'``,
+``'mmseg'`` and ``'mmpretrain'`` alike. A missing framework is skipped (each
+works without the others; mmpretrain is optional, for classification); if
+none is installed, importing a model raises an ImportError that says what to
+install.
 """
 
 import importlib
 from typing import List, Type
 
-_FRAMEWORKS = ('mmdet', 'mmseg')
+_FRAMEWORKS = ('mmdet', 'mmseg', 'mmpretrain')
 
 
 def _available_model_registries() -> List:
@@ -23,8 +24,8 @@ def _available_model_registries() -> List:
         registries.append(module.MODELS)
     if not registries:
         raise ImportError(
-            'mmdsnet needs mmdet>=3.0 or mmsegmentation>=1.0 to register its '
-            'models; install one of them (see README, "Install").'
+            'mmdsnet needs mmdet>=3.0, mmsegmentation>=1.0 or mmpretrain>=1.0 to '
+            'register its models; install one of them (see README, "Install").'
         )
     return registries
 

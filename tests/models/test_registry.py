@@ -53,6 +53,7 @@ def test_one_framework_missing_does_not_break_the_other(tmp_path, blocked, prese
         f"""
         import sys
         sys.modules['{blocked}'] = None  # makes `import {blocked}` raise ImportError
+        sys.modules['mmpretrain'] = None  # optional: absent in both cases
         import mmdsnet
         from {present}.registry import MODELS
         model = MODELS.build(dict(type='DSNet', arch='tiny'))
@@ -70,9 +71,10 @@ def test_no_framework_gives_clear_error(tmp_path):
         import sys
         sys.modules['mmdet'] = None
         sys.modules['mmseg'] = None
+        sys.modules['mmpretrain'] = None
         import mmdsnet
     """,
         tmp_path,
     )
     assert result.returncode != 0
-    assert 'mmdsnet needs mmdet>=3.0 or mmsegmentation>=1.0' in result.stderr
+    assert 'mmdsnet needs mmdet>=3.0, mmsegmentation>=1.0 or mmpretrain>=1.0' in result.stderr
