@@ -9,8 +9,10 @@
 #
 # CPU torch, or CUDA torch that sees no GPU: mmcv is installed from a prebuilt
 #   wheel when MMCV_WHEEL_DIR holds one whose Python tag matches and whose ops
-#   load against the installed torch; otherwise it is built from source (about
-#   35 minutes on 2 cores).
+#   load against the installed torch, tried in this order:
+#   MMCV_WHEEL_DIR/torch-<torch's version without its local tag, e.g. 2.14.1>/
+#   (wheels built against that torch), then MMCV_WHEEL_DIR itself; otherwise it
+#   is built from source (about 35-45 minutes on 2 cores).
 # CUDA torch that sees a GPU (or FORCE_CUDA=1): mmcv is built from source with
 #   its CUDA ops. tools/install/cuda_build_env.py decides and checks first: nvcc of
 #   torch's CUDA major version, found the way torch finds it (CUDA_HOME, else
@@ -24,6 +26,14 @@
 #   as is CC (the host compiler). After the build, nms and RoIAlign run on the
 #   GPU and are compared with the CPU kernels. To build CPU-only ops on a GPU
 #   machine, hide the GPUs: CUDA_VISIBLE_DEVICES= .
+#
+# Classification (mmpretrain, an optional dependency of mmdsnet): requirements/classification.txt
+#   (torchvision and mmpretrain) is installed too unless MMDSNET_CLASSIFICATION=0, which installs
+#   everything else (an mmpretrain already installed is kept). With USE_SYSTEM_TORCH=1 the
+#   torchvision pin is never applied, so that pip cannot replace the system torch: a torchvision
+#   installed beside it is kept and mmpretrain is installed, pinned to the installed torch and
+#   torchvision; without a torchvision there, or when the index (or PIP_FIND_LINKS) has no
+#   mmpretrain, classification is skipped with a note and the install goes on.
 #
 # Machines with a preinstalled CUDA torch and no package index:
 #   USE_SYSTEM_TORCH=1  create .venv with --system-site-packages and keep the
@@ -60,22 +70,50 @@ BUILD_ENV=tools/install/cuda_build_env.py
 BUILD_PLAN=tools/install/mmcv_build_plan.py
 MMCV_PATCH=tools/install/mmcv-$MMCV_VERSION-cxx-std.patch
 
+CLASSIFICATION="${MMDSNET_CLASSIFICATION:-1}"
+case "$CLASSIFICATION" in
+    0 | 1) ;;
+    *) echo "[install] error: MMDSNET_CLASSIFICATION=$CLASSIFICATION; expected 1 (install" \
+        "mmpretrain, the default) or 0 (leave it out)" >&2; exit 2 ;;
+esac
+
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [[ "$ONLY" == mmcv ]]; then PY="$PYTHON"; fi
+# requirements/*.txt includes classification.txt; the opt-out changes what is installed too.
 stamp_inputs() {
-    cat requirements/*.txt setup.py tools/install/install_env.sh "$BUILD_ENV" "$BUILD_PLAN" \
-        "$MMCV_PATCH" |
-        sha256sum | cut -d' ' -f1
+    {
+        cat requirements/*.txt setup.py tools/install/install_env.sh "$BUILD_ENV" "$BUILD_PLAN" \
+            "$MMCV_PATCH"
+        echo "MMDSNET_CLASSIFICATION=$CLASSIFICATION"
+    } | sha256sum | cut -d' ' -f1
+}
+
+# "<python tag> <torch version without its local tag> <torchvision version, or - if none>" of
+# PY, e.g. "cp311 2.14.1 0.29.1".
+probe_python() {
+    "$PY" -c 'import importlib.metadata as md, sys
+def version(name):
+    try:
+        return md.version(name).split("+")[0]
+    except md.PackageNotFoundError:
+        return "-"
+print(f"cp{sys.version_info[0]}{sys.version_info[1]}", version("torch"), version("torchvision"))'
 }
 
 check_imports() {
     PYTHONPATH="$ROOT/tools/install${PYTHONPATH:+:$PYTHONPATH}" "$PY" - <<'EOF'
 import mmcv, mmdet, mmengine, mmseg, torch
 from mmcv.ops import nms, RoIAlign  # compiled ops must be present
+import importlib.util
 import mmdsnet
+if importlib.util.find_spec('mmpretrain') is None:
+    mmpretrain = 'not installed (optional)'
+else:  # installed: it must import (torchvision.ops included)
+    import mmpretrain
+    mmpretrain = mmpretrain.__version__
 print(f'torch {torch.__version__} | mmengine {mmengine.__version__} | '
       f'mmcv {mmcv.__version__} (ops) | mmdet {mmdet.__version__} | '
-      f'mmseg {mmseg.__version__} | mmdsnet {mmdsnet.__version__}')
+      f'mmseg {mmseg.__version__} | mmpretrain {mmpretrain} | mmdsnet {mmdsnet.__version__}')
 if torch.version.cuda is not None and torch.cuda.is_available():
     from cuda_build_env import verify_ops  # a GPU is visible: mmcv's CUDA ops must run too
     print(verify_ops('cuda'))
@@ -121,9 +159,34 @@ install_requirements() {
         done
         echo "[install] USE_SYSTEM_TORCH=1: keeping the installed torch; constraints not applied"
         "${PIP[@]}" install -r "$reqs/runtime.txt" -r "$reqs/tests.txt"
+        [[ "$CLASSIFICATION" == 0 ]] || install_classification_beside_system_torch "$reqs"
     else
+        local classification=()
+        [[ "$CLASSIFICATION" == 1 ]] && classification=(-r requirements/classification.txt)
         "${PIP[@]}" install -c requirements/constraints.txt -r requirements/runtime.txt \
-            -r requirements/tests.txt
+            -r requirements/tests.txt ${classification[@]+"${classification[@]}"}
+    fi
+    [[ "$CLASSIFICATION" == 1 ]] ||
+        echo "[install] MMDSNET_CLASSIFICATION=0: mmpretrain and torchvision left out"
+}
+
+# USE_SYSTEM_TORCH=1: mmpretrain beside the system torch and a torchvision installed with it,
+# both pinned to what is installed; skipped (with the reason) rather than replacing them.
+install_classification_beside_system_torch() {
+    local reqs="$1" pytag torch_version torchvision
+    read -r pytag torch_version torchvision < <(probe_python)
+    if [[ "$torchvision" == - ]]; then
+        echo "[install] classification skipped: no torchvision beside the system torch" \
+            "$torch_version (one from the index could replace it); install the torchvision" \
+            "built for it and run again, or set MMDSNET_CLASSIFICATION=0"
+        return
+    fi
+    grep -viE '^torchvision([<>=!~ ;[]|$)' requirements/classification.txt \
+        > "$reqs/classification.txt" || true
+    printf 'torch==%s\ntorchvision==%s\n' "$torch_version" "$torchvision" > "$reqs/installed.txt"
+    if ! "${PIP[@]}" install -c "$reqs/installed.txt" -r "$reqs/classification.txt"; then
+        echo "[install] classification skipped: mmpretrain could not be installed beside" \
+            "torch $torch_version and torchvision $torchvision (see pip's message above)"
     fi
 }
 [[ -n "$ONLY" ]] || install_requirements
@@ -185,6 +248,20 @@ assert mmcv.__version__ == '$MMCV_VERSION'; \
 nms(torch.rand(4, 4) * 10, torch.rand(4), 0.5)" 2>/dev/null
 }
 
+# The prebuilt mmcv wheels of MMCV_WHEEL_DIR for PY, one a line, in the order to try: those
+# built against the installed torch's version (the torch-<version>/ subfolder), then the
+# top-level ones.
+prebuilt_mmcv_wheels() {
+    local pytag torch_version w
+    [[ -n "${MMCV_WHEEL_DIR:-}" && -d "$MMCV_WHEEL_DIR" ]] || return 0
+    read -r pytag torch_version _ < <(probe_python)
+    for w in "$MMCV_WHEEL_DIR/torch-$torch_version"/mmcv-$MMCV_VERSION-"$pytag"-*.whl \
+        "$MMCV_WHEEL_DIR"/mmcv-$MMCV_VERSION-"$pytag"-*.whl; do
+        [[ -f "$w" ]] && echo "$w"
+    done
+    return 0
+}
+
 if [[ "$MMDSNET_MMCV_BUILD" == cuda ]]; then
     if "$PY" "$BUILD_ENV" --verify-ops cuda --expect-mmcv "$MMCV_VERSION" >/dev/null 2>&1; then
         echo "[install] mmcv $MMCV_VERSION with CUDA ops already installed"
@@ -205,20 +282,18 @@ if [[ "$MMDSNET_MMCV_BUILD" == cuda ]]; then
 elif mmcv_ops_ok; then
     echo "[install] mmcv $MMCV_VERSION with ops already installed"
 else
-    wheel=""
-    if [[ -n "${MMCV_WHEEL_DIR:-}" && -d "$MMCV_WHEEL_DIR" ]]; then
-        pytag="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
-        wheel="$(ls "$MMCV_WHEEL_DIR"/mmcv-$MMCV_VERSION-"$pytag"-*.whl 2>/dev/null | head -n1 || true)"
-    fi
-    if [[ -n "$wheel" ]]; then
-        echo "[install] trying prebuilt $wheel"
-        "${PIP[@]}" install --no-deps --force-reinstall "$wheel"
-        if ! mmcv_ops_ok; then
-            echo "[install] prebuilt mmcv does not load against this torch; building from source"
-            "${PIP[@]}" uninstall -y mmcv
-            wheel=""
+    wheel="" candidates=()
+    mapfile -t candidates < <(prebuilt_mmcv_wheels)
+    for candidate in ${candidates[@]+"${candidates[@]}"}; do
+        echo "[install] trying prebuilt $candidate"
+        "${PIP[@]}" install --no-deps --force-reinstall "$candidate"
+        if mmcv_ops_ok; then
+            wheel="$candidate"
+            break
         fi
-    fi
+        echo "[install] prebuilt $candidate does not load against this torch"
+        "${PIP[@]}" uninstall -y mmcv
+    done
     if [[ -z "$wheel" ]]; then
         echo "[install] building mmcv $MMCV_VERSION from source with ops (MAX_JOBS=${MAX_JOBS:-2})"
         MMCV_WITH_OPS=1 FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-2}" build_mmcv
