@@ -54,12 +54,13 @@ ARCHES_12_4 = '\n'.join(f'compute_{a}' for a in (50, 60, 70, 75, 80, 86, 89, 90,
 ARCHES_13_0 = '\n'.join(
     f'compute_{a}' for a in (75, 80, 86, 87, 88, 89, 90, '90a', 100, 103, 110, 120, 121)
 )
-# torch 2.13.0's Requires-Dist on Linux (the CUDA packages part).
-TORCH_213_REQUIRES = (
+# torch 2.14.1's Requires-Dist on Linux (the CUDA packages part; 2.13.0 names the same toolkit).
+TORCH_REQUIRES = (
     'filelock',
     'cuda-toolkit[cublas,cudart,cufft,cufile,cupti,curand,cusolver,cusparse,nvjitlink,nvrtc,nvtx]'
     '==13.0.3; platform_system == "Linux"',
-    'nvidia-cudnn-cu13==9.20.0.48; platform_system == "Linux"',
+    'nvidia-cudnn-cu13==9.24.0.43; platform_system == "Linux"',
+    'nvidia-nccl-cu13==2.30.7; platform_system == "Linux"',
 )
 H100 = planner.Gpu('NVIDIA H100 80GB HBM3', (9, 0))
 A100 = planner.Gpu('NVIDIA A100-SXM4-80GB', (8, 0))
@@ -135,15 +136,15 @@ NO_GPU = dict(gpus=(), nvcc=None, nvcc_version=None, nvcc_arches=None)
 
 
 def cpu_machine():
-    """torch 2.13.0+cpu, no GPU, no nvcc: the machine of this project's CI."""
+    """torch 2.13.0+cpu, no GPU, no nvcc: the older CPU-torch route (CI's machine before the
+    pin moved to 2.14.1)."""
     return machine(torch_version='2.13.0+cpu', torch_cuda=None, **NO_GPU)
 
 
 def cuda13_machine(**kw):
-    """torch 2.13.0 (CUDA 13.0) from the package index, no GPU, no nvcc."""
-    base = dict(
-        torch_version='2.13.0', torch_cuda='13.0', torch_requires=TORCH_213_REQUIRES, **NO_GPU
-    )
+    """torch 2.14.1 (CUDA 13.0) from the package index, no GPU, no nvcc: the machine of this
+    project's CI (and of every CPU user of the pin)."""
+    base = dict(torch_version='2.14.1', torch_cuda='13.0', torch_requires=TORCH_REQUIRES, **NO_GPU)
     base.update(kw)
     return machine(**base)
 
@@ -225,7 +226,7 @@ def test_matching_system_nvcc_is_preferred_to_provisioning():
 @pytest.mark.parametrize(
     'requires,expected',
     [
-        (TORCH_213_REQUIRES, '==13.0.3'),
+        (TORCH_REQUIRES, '==13.0.3'),
         (('cuda-toolkit[cudart] == 13.2.1; platform_system == "Linux"',), '==13.2.1'),
         ((), '==13.1.*'),  # torch names single packages: the toolkit of its CUDA minor
     ],
@@ -615,11 +616,11 @@ def test_main_prints_exports_or_exits_2(tmp_path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert out.startswith('export MMDSNET_MMCV_BUILD=provision\n')
     assert "export MMDSNET_CUDA_PACKAGES='cuda-toolkit[nvcc,cccl," in out
-    assert '[install] torch 2.13.0 was built with CUDA 13.0' in err
+    assert '[install] torch 2.14.1 was built with CUDA 13.0' in err
     monkeypatch.setenv('MMDSNET_PROVISION_CUDA', '0')
     assert cbe.main(['--machine', path]) == 2
     out, err = capsys.readouterr()
-    assert out == '' and err.startswith('[install] error: torch 2.13.0 was built with CUDA 13.0')
+    assert out == '' and err.startswith('[install] error: torch 2.14.1 was built with CUDA 13.0')
     assert f'nvcc {nvcc} is CUDA 12.8' in err
 
 
@@ -644,10 +645,13 @@ def test_verify_ops_refuses_mmcv_without_cuda_ops():
 # ----------------------------------------------------------------------------- install_env.sh
 STUB_PYTHON = r"""#!/usr/bin/env bash
 # Stand-in for the venv's python: logs every call with the mmcv build variables. pip calls only
-# record what would be installed; `pip download` hands out $STUB_SDIST, and installing the
-# unpacked sdist leaves a marker holding the FORCE_CUDA it was built with, if the patch was
-# applied. tools/install/cuda_build_env.py decides for real, for the machine in $STUB_MACHINE
-# ($STUB_MACHINE_AFTER once --assemble-cuda-home has run).
+# record what would be installed (-r and -c files with their contents), failing for a
+# requirements file naming $STUB_PIP_FAIL; `pip download` hands out $STUB_SDIST, and installing
+# the unpacked sdist leaves a marker holding the FORCE_CUDA it was built with, if the patch was
+# applied (a wheel holding "ok" leaves it too). `-c` code that reads importlib.metadata answers
+# $STUB_PROBE (python tag, torch and torchvision versions). tools/install/cuda_build_env.py
+# decides for real, for the machine in $STUB_MACHINE ($STUB_MACHINE_AFTER once
+# --assemble-cuda-home has run).
 log="$STUB_DIR/log"
 echo "CALL $* || FORCE_CUDA=${FORCE_CUDA-} ARCH=${TORCH_CUDA_ARCH_LIST-} MAX_JOBS=${MAX_JOBS-}" \
   "STD=${MMCV_CXX_STD-} CUDA_HOME=${CUDA_HOME-}" >> "$log"
@@ -656,7 +660,15 @@ case "$1" in
     shift 3  # -m pip --disable-pip-version-check
     prev=""
     for a in "$@"; do
-      [[ "$prev" == -r ]] && echo "REQ $a: $(tr '\n' ' ' < "$a")" >> "$log"
+      if [[ "$prev" == -r ]]; then
+        echo "REQ $a: $(tr '\n' ' ' < "$a")" >> "$log"
+        if [[ -n "${STUB_PIP_FAIL-}" ]] && grep -q "^$STUB_PIP_FAIL" "$a"; then
+          echo "ERROR: No matching distribution found for $STUB_PIP_FAIL" >&2; exit 1
+        fi
+      fi
+      [[ "$prev" == -c ]] && echo "CON $a: $(tr '\n' ' ' < "$a")" >> "$log"
+      # a prebuilt mmcv wheel: its ops load if the fake wheel says "ok"
+      [[ "$1" == install && "$a" == *.whl ]] && grep -qx ok "$a" && echo 0 > "$STUB_DIR/mmcv"
       [[ "$1" == download && "$prev" == -d ]] && cp "$STUB_SDIST" "$a/mmcv-2.1.0.tar.gz"
       if [[ "$1" == install && "$a" == */mmcv-2.1.0 ]]; then
         grep -q MMCV_CXX_STD "$a/setup.py" || { echo "stub: unpatched sdist" >&2; exit 98; }
@@ -667,7 +679,9 @@ case "$1" in
     [[ "$1" == uninstall ]] && rm -f "$STUB_DIR/mmcv"
     exit 0 ;;
   -) cat > /dev/null; [[ -f "$STUB_DIR/mmcv" ]] ;;
-  -c) [[ -f "$STUB_DIR/mmcv" ]] ;;
+  -c)  # install_env.sh's probe_python, else mmcv_ops_ok
+    if [[ "$2" == *importlib.metadata* ]]; then echo "$STUB_PROBE"
+    else [[ -f "$STUB_DIR/mmcv" ]]; fi ;;
   tools/install/cuda_build_env.py)
     if [[ "${2-}" == --verify-ops ]]; then
       [[ "$(cat "$STUB_DIR/mmcv" 2>/dev/null)" == 1 ]] && echo "[install] stub: CUDA ops verified"
@@ -691,7 +705,7 @@ def default_sigint():
 class FakeVenv:
     """A .venv whose python is STUB_PYTHON, and a way to run install_env.sh against it."""
 
-    def __init__(self, tmp_path, m, system_site=False, mmcv=None):
+    def __init__(self, tmp_path, m, system_site=False, mmcv=None, torchvision=None):
         self.dir = tmp_path
         venv = tmp_path / 'venv'
         (venv / 'bin').mkdir(parents=True)
@@ -718,6 +732,9 @@ class FakeVenv:
                 'CUDA_HOME',
                 'MMCV_CXX_STD',
                 'MMDSNET_PROVISION_CUDA',
+                'MMDSNET_CLASSIFICATION',
+                'PIP_NO_INDEX',
+                'PIP_FIND_LINKS',
             )
         }
         sdist_dir = tmp_path / 'sdist' / 'mmcv-2.1.0'
@@ -731,6 +748,7 @@ class FakeVenv:
             REAL_PYTHON=sys.executable,
             STUB_MACHINE=write_machine(tmp_path, m),
             STUB_SDIST=str(tmp_path / 'sdist.tar.gz'),
+            STUB_PROBE=f'cp311 {m.torch_version.split("+")[0]} {torchvision or "-"}',
         )
         self.stamp = venv / '.mmdsnet-install-stamp'
 
@@ -838,7 +856,7 @@ def test_install_env_sh_stops_before_the_build_on_nvcc_mismatch(tmp_path):
 
 @pytest.mark.integration
 def test_install_env_sh_provisions_nvcc_then_builds_without_a_gpu(tmp_path):
-    # torch 2.13 (CUDA 13.0), no GPU, no nvcc: FORCE_CUDA=1 installs the toolkit torch pins,
+    # torch 2.14.1 (CUDA 13.0), no GPU, no nvcc: FORCE_CUDA=1 installs the toolkit torch pins,
     # assembles .venv/cuda and plans again, finding nvcc 13.0 there.
     before = cuda13_machine()
     nvcc, nvcc_log = fake_nvcc(tmp_path, version=NVCC_13_0, arches=ARCHES_13_0)
@@ -904,9 +922,109 @@ def test_install_env_sh_system_torch_drops_torch_pins(tmp_path):
     assert all(r.startswith('REQ /') for r in reqs)  # filtered copies, not requirements/*.txt
     assert any('mmdet==3.3.0' in r for r in reqs) and any('pytest' in r for r in reqs)
     assert not fake.calls('constraints.txt')
+    # No torchvision beside the system torch: classification is skipped, not pulled from the
+    # index (torchvision 0.29.1 would bring torch 2.14.1 over the system one).
+    assert 'classification skipped: no torchvision beside the system torch 2.13.0' in proc.stdout
+    assert not fake.calls('mmpretrain') and fake.stamp.exists()
 
     refused = FakeVenv(tmp_path / 'plain', cpu, system_site=False).run(USE_SYSTEM_TORCH='1')
     assert refused.returncode == 2 and 'without --system-site-packages' in refused.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize('in_index', [True, False])
+def test_install_env_sh_system_torch_keeps_its_torchvision_for_mmpretrain(tmp_path, in_index):
+    """A GPU machine's torch and torchvision (e.g. 2.13.0+cu130 and 0.28.0) are kept: mmpretrain
+    is installed pinned to them, or skipped when the index / find-links has none."""
+    m = cuda13_machine(torch_version='2.13.0+cu130')
+    fake = FakeVenv(tmp_path, m, system_site=True, mmcv=0, torchvision='0.28.0')
+    proc = fake.run(USE_SYSTEM_TORCH='1', STUB_PIP_FAIL='' if in_index else 'mmpretrain')
+    assert proc.returncode == 0, proc.stderr
+    (classification,) = [r for r in fake.calls('REQ ') if 'mmpretrain' in r]
+    assert classification.startswith('REQ /') and 'mmpretrain==1.2.0' in classification
+    assert 'torchvision==' not in classification
+    (pinned,) = fake.calls('CON ')
+    assert pinned.endswith('installed.txt: torch==2.13.0 torchvision==0.28.0 ')
+    skipped = 'classification skipped: mmpretrain could not be installed beside torch 2.13.0'
+    assert (skipped in proc.stdout) != in_index
+    assert fake.stamp.exists()
+
+
+@pytest.mark.integration
+def test_install_env_sh_ci_machine_installs_classification_unless_opted_out(tmp_path):
+    fake = FakeVenv(tmp_path, cuda13_machine(), mmcv=0)
+    pinned = '-c requirements/constraints.txt -r requirements/runtime.txt -r requirements/tests.txt'
+    proc = fake.run()
+    assert proc.returncode == 0, proc.stderr
+    (install,) = fake.calls(pinned)
+    assert install.split(' || ')[0].endswith(' -r requirements/classification.txt')
+    assert any('torchvision==0.29.1 mmpretrain==1.2.0' in r for r in fake.calls('REQ '))
+    # The opt-out is part of the stamp: running with it installs again, without classification.
+    (tmp_path / 'log').unlink()
+    proc = fake.run(MMDSNET_CLASSIFICATION='0')
+    assert proc.returncode == 0, proc.stderr
+    assert 'up to date' not in proc.stdout
+    assert 'MMDSNET_CLASSIFICATION=0: mmpretrain and torchvision left out' in proc.stdout
+    (install,) = fake.calls(pinned)
+    assert 'classification' not in install
+    assert not [r for r in fake.calls('REQ ') if 'mmpretrain' in r]
+    assert fake.run(MMDSNET_CLASSIFICATION='0').stdout.endswith('.venv is up to date\n')
+
+    bad = fake.run(MMDSNET_CLASSIFICATION='no')
+    assert bad.returncode == 2
+    assert 'MMDSNET_CLASSIFICATION=no; expected 1 (install mmpretrain' in bad.stderr
+
+
+def fake_wheels(folder, wheels):
+    """MMCV_WHEEL_DIR with fake mmcv wheels: relative path -> whether its ops load."""
+    for rel, loads in wheels.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text('ok\n' if loads else 'undefined symbol\n')
+    return str(folder)
+
+
+TOP = 'mmcv-2.1.0-cp311-cp311-linux_x86_64.whl'
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    'wheels,tried,kept',
+    [
+        # the wheel built against the installed torch first; other folders are not looked at
+        (
+            {f'torch-2.14.1/{TOP}': True, f'torch-2.14.0/{TOP}': True, TOP: True},
+            [f'torch-2.14.1/{TOP}'],
+            f'torch-2.14.1/{TOP}',
+        ),
+        # no folder for this torch (another version's, another Python's): the top-level wheel
+        (
+            {
+                f'torch-2.14.0/{TOP}': True,
+                f'torch-2.14.1/{TOP.replace("311", "312")}': True,
+                TOP: True,
+            },
+            [TOP],
+            TOP,
+        ),
+        # the matching wheel does not load: the top-level one is tried next
+        ({f'torch-2.14.1/{TOP}': False, TOP: True}, [f'torch-2.14.1/{TOP}', TOP], TOP),
+        # none loads: built from source
+        ({f'torch-2.14.1/{TOP}': False, TOP: False}, [f'torch-2.14.1/{TOP}', TOP], None),
+        ({}, [], None),
+    ],
+)
+def test_install_env_sh_picks_the_mmcv_wheel_of_the_installed_torch(tmp_path, wheels, tried, kept):
+    folder = fake_wheels(tmp_path / 'wheels', wheels)
+    fake = FakeVenv(tmp_path, cuda13_machine(torch_version='2.14.1+cu130'))
+    proc = fake.run(MMCV_WHEEL_DIR=folder)
+    assert proc.returncode == 0, proc.stderr
+    installed = [c.split(' || ')[0].rsplit(' ', 1)[1] for c in fake.calls('--force-reinstall')]
+    assert installed == [f'{folder}/{rel}' for rel in tried]
+    assert len(fake.calls('uninstall -y mmcv')) == len(tried) - (kept is not None)
+    assert len(fake.builds()) == (kept is None)
+    if kept is not None:
+        assert 'building mmcv' not in proc.stdout
 
 
 @pytest.mark.integration
