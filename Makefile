@@ -1,5 +1,7 @@
 # Both targets set up .venv first (idempotent: a second run only checks it).
 # PYTHON: the interpreter that creates .venv (`make install PYTHON=python3.12`).
+# MMDSNET_CLASSIFICATION=0 (environment) leaves out mmpretrain and torchvision (optional);
+# MMCV_WHEEL_DIR: a folder of prebuilt mmcv wheels (docs/install.md).
 # Everything else runs with PY, the .venv interpreter, whatever PYTHON is.
 PYTHON ?= python3.11
 VENV := .venv
