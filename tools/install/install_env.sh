@@ -173,8 +173,8 @@ install_requirements() {
 # USE_SYSTEM_TORCH=1: mmpretrain beside the system torch and a torchvision installed with it,
 # both pinned to what is installed; skipped (with the reason) rather than replacing them.
 install_classification_beside_system_torch() {
-    local reqs="$1" pytag torch_version torchvision
-    read -r pytag torch_version torchvision < <(probe_python)
+    local reqs="$1" torch_version torchvision
+    read -r _ torch_version torchvision < <(probe_python)
     if [[ "$torchvision" == - ]]; then
         echo "[install] classification skipped: no torchvision beside the system torch" \
             "$torch_version (one from the index could replace it); install the torchvision" \
