@@ -455,8 +455,8 @@ class DSNet(BaseModule):
 
         Inputs whose sides are not multiples of 32 are zero-padded at the
         bottom/right (as mmdet's ``pad_size_divisor=32`` would) so every stage
-        sees whole patches and an exact global grid; outputs are cropped back
-        (before ``final_norm``'s ``norm``, which sees no padding).
+        sees whole patches and an exact global grid; outputs are cropped back.
+        With ``final_norm`` the last output is normalised by ``norm``.
         """
         self._check_input(x)
         height, width = x.shape[2:]
