@@ -107,6 +107,8 @@ def tiny_run(tmp_path_factory):
         pipeline = loader.dataset.pipeline if split == 'train' else test_pipeline
         loader.dataset = dict(data, pipeline=pipeline)
     cfg.train_cfg = dict(by_epoch=True, max_epochs=1, val_interval=10)
+    cfg.param_scheduler = [cfg.param_scheduler[0]]  # the warm-up, over the one epoch
+    cfg.param_scheduler[0].end = 1
     cfg.default_hooks.logger.interval = 1
     config = str(root / 'dsnet-t_tiny.py')
     cfg.dump(config)
@@ -117,6 +119,7 @@ def tiny_run(tmp_path_factory):
     batch = preprocess(dict(inputs=[dataset[i]['inputs'] for i in range(4)]))['inputs']
     with torch.no_grad():
         labels = public(batch).argmax(1).tolist()
+    assert len(set(labels)) > 1, labels  # a wrong weight or pipeline changes some
     (root / 'labels.txt').write_text(''.join(f'{n} {k}\n' for n, k in zip(names, labels)))
     return dict(root=root, config=config, checkpoint=checkpoint, labels=labels, names=names)
 
