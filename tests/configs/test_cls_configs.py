@@ -139,7 +139,8 @@ def run_mmpretrain_tool(tool, *args, cwd):
 @pytest.mark.integration
 def test_mmpretrain_train_tool_trains_the_config(tiny_run):
     """mmpretrain's own tools/train.py imports mmdsnet through custom_imports and
-    trains (RandAugment, random erasing, repeated augmentation, Mixup/CutMix, EMA)."""
+    trains (RandAugment, random erasing, repeated augmentation, Mixup/CutMix, EMA);
+    so does ours."""
     work_dir = tiny_run['root'] / 'train'
     result = run_mmpretrain_tool(
         'train.py', tiny_run['config'], '--work-dir', work_dir, cwd=tiny_run['root']
@@ -148,6 +149,10 @@ def test_mmpretrain_train_tool_trains_the_config(tiny_run):
     assert re.search(r'Epoch\(train\) \[1\]\[2/2\] .* loss: \d', result.stdout + result.stderr)
     saved = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
     assert 'backbone.norm.running_mean' in saved['state_dict'] and 'ema_state_dict' in saved
+    # Our tools/train.py runs the same config (default_scope='mmpretrain').
+    ours = tiny_run['root'] / 'ours_train'
+    load_tool('tools/train.py').main([tiny_run['config'], '--work-dir', str(ours)])
+    assert (ours / 'epoch_1.pth').is_file()
 
 
 @pytest.mark.integration
