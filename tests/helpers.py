@@ -1,10 +1,12 @@
 """Plain helpers the test modules import (``from helpers import REPO_ROOT``):
-the checkout's root, loading a tool script as a module, and a free TCP port."""
+the checkout's root, loading a tool script as a module, a free TCP port,
+public DS-Net weights as PaddleClas stores them, and a run of the converter."""
 
 import glob
 import importlib.util
 import os.path as osp
 import socket
+import subprocess
 import sys
 from types import ModuleType
 
@@ -47,6 +49,7 @@ CONFIG_KINDS = {
     'det_config_path': ('*_coco.py', 'demo/mask_rcnn_*.py'),
     'seg_config_path': ('*_ade20k-512x512.py', 'demo/*-seg.py'),
     'dsfpn_config_path': ('**/*dsfpn*.py',),
+    'cls_config_path': ('*_in1k.py',),
 }
 
 
@@ -58,3 +61,44 @@ def config_paths(*patterns: str) -> list:
     for pattern in patterns:
         found.update(glob.glob(osp.join(root, pattern), recursive=True))
     return sorted(p for p in found if '_base_' not in osp.relpath(p, root).split(osp.sep))
+
+
+def to_paddle(public: dict) -> dict:
+    """What a PaddleClas ``DSNet_*_pretrained.pdparams`` holds for these public
+    (timm-layout) weights: numpy arrays, BN buffers ``_mean``/``_variance``
+    without ``num_batches_tracked``, Linear weights (in, out), and Paddle's
+    name table."""
+    import numpy as np
+
+    from mmdsnet.checkpoint import LINEAR_LAYERS
+
+    out = {}
+    for key, value in public.items():
+        layer, _, param = key.rpartition('.')
+        array = value.numpy()
+        if param == 'num_batches_tracked':
+            continue
+        if param == 'running_mean':
+            out[f'{layer}._mean'] = array
+        elif param == 'running_var':
+            out[f'{layer}._variance'] = array
+        elif param == 'weight' and layer.rpartition('.')[2] in LINEAR_LAYERS:
+            out[key] = np.ascontiguousarray(array.T)
+        else:
+            out[key] = array
+    out['StructuredToParameterName@@'] = {k: f'param_{i}' for i, k in enumerate(out)}
+    return out
+
+
+def run_converter(*args) -> subprocess.CompletedProcess:
+    """``tools/model_converters/dsnet2mmdet.py ARGS`` in a child process (output captured)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            osp.join(REPO_ROOT, 'tools/model_converters/dsnet2mmdet.py'),
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

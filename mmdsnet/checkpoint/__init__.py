@@ -19,7 +19,7 @@ each later step takes the state dict that ``reading`` returns.
 It imports neither ``mmdsnet.models`` nor ``mmdsnet.engine``; both use it.
 """
 
-from .conversion import LINEAR_LAYERS, detect_layout, dsnet_convert
+from .conversion import LINEAR_LAYERS, detect_layout, dsnet_classifier_convert, dsnet_convert
 from .downloading import download_checkpoint, naming_the_download, url_cache_path
 from .fitting import CheckpointMismatchError, StateDictFit, check_all_tensors, check_weight_value
 from .reading import (
@@ -55,6 +55,7 @@ __all__ = [
     'convert_file',
     'detect_layout',
     'download_checkpoint',
+    'dsnet_classifier_convert',
     'dsnet_convert',
     'is_url',
     'naming_the_download',

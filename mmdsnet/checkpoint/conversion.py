@@ -11,7 +11,9 @@ Public layouts (``docs/architecture.md``, "Checkpoint layout"):
   without ``num_batches_tracked``, and Linear weights stored (in, out).
 
 Ours: ``patch_embeds.{k-1}.*`` and ``stages.{k-1}.{i}.*`` with the per-block
-names unchanged. The classification ``norm`` and ``head`` are dropped.
+names unchanged; the final ``norm.*`` is kept for a ``DSNet(final_norm=True)``
+and dropped otherwise, the ``head`` is dropped. :func:`dsnet_classifier_convert`
+keeps both, for mmpretrain's ``ImageClassifier`` (``backbone.*``, ``head.fc.*``).
 """
 
 import re
@@ -30,20 +32,20 @@ LINEAR_LAYERS = (
     'fuse_channel_sa',
     'head',
 )
-CLASSIFIER_PREFIXES = ('head.', 'norm.', 'pre_logits.')
+CLASSIFIER_PREFIXES = ('head.', 'pre_logits.')
+FINAL_NORM_PREFIX = 'norm.'
 
 _PUBLIC_KEY = re.compile(r'^(patch_embed|blocks)([1-4])\.')
 _OUR_KEY = re.compile(r'^(patch_embeds|stages)\.')
 
 
-def _strip_prefixes(state_dict: Dict[str, object]) -> Dict[str, object]:
+def _strip_prefixes(state_dict: Dict[str, object], keep: tuple = ()) -> Dict[str, object]:
+    """Without ``module.`` and ``backbone.``; of a model with a ``backbone``
+    (a detector, a segmentor, a classifier) only the backbone, and the
+    top-level prefixes in ``keep``."""
+    wanted = ('backbone.', 'module.backbone.') + keep + tuple(f'module.{k}' for k in keep)
     if any(k.startswith('backbone.') or k.startswith('module.backbone.') for k in state_dict):
-        # A detector/segmentor checkpoint: keep the backbone only.
-        state_dict = {
-            k: v
-            for k, v in state_dict.items()
-            if k.startswith('backbone.') or k.startswith('module.backbone.')
-        }
+        state_dict = {k: v for k, v in state_dict.items() if k.startswith(wanted)}
     out = {}
     for key, value in state_dict.items():
         for prefix in STRIP_PREFIXES:
@@ -103,24 +105,37 @@ def _rename_public(key: str) -> str:
     return f'stages.{stage}.{rest}'
 
 
+def _torch_weights(state_dict: Mapping[str, object], keep: tuple = ()):
+    """(layout, weights): prefixes stripped (:func:`_strip_prefixes`), Paddle's
+    names and linear layouts made torch's."""
+    state_dict = _strip_prefixes(dict(state_dict), keep)
+    layout = detect_layout(state_dict)
+    if layout == 'paddle':
+        state_dict = _paddle_to_torch(state_dict)
+    return layout, state_dict
+
+
 def dsnet_convert(
-    state_dict: Mapping[str, object], logger=None
+    state_dict: Mapping[str, object], logger=None, with_norm: bool = False
 ) -> 'OrderedDict[str, torch.Tensor]':
     """Map the keys of DS-Net weights (a state dict) to this package's layout.
 
     Strips ``module.`` and ``backbone.``; maps the timm and PaddleClas
-    layouts; drops the classification ``norm``/``head``. Weights already in
-    our layout pass through. Unknown layouts pass through too, so the loader
-    can report what did not match. Values are renamed, not read (PaddleClas
-    linear weights are transposed), so check their layouts first.
+    layouts; drops the classification ``head``, and the final ``norm``
+    unless ``with_norm`` (a ``DSNet(final_norm=True)``), in every layout.
+    Weights already in our layout pass through. Unknown layouts pass through
+    too, so the loader can report what did not match. Values are renamed,
+    not read (PaddleClas linear weights are transposed), so check their
+    layouts first.
     """
-    state_dict = _strip_prefixes(dict(state_dict))
-    layout = detect_layout(state_dict)
-    if layout == 'paddle':
-        state_dict = _paddle_to_torch(state_dict)
+    layout, state_dict = _torch_weights(state_dict)
     converted, dropped = OrderedDict(), []
     for key, value in state_dict.items():
-        if layout in ('timm', 'paddle'):
+        if key.startswith(FINAL_NORM_PREFIX) and layout != 'unknown':
+            if not with_norm:
+                dropped.append(key)
+                continue
+        elif layout in ('timm', 'paddle'):
             if key.startswith(CLASSIFIER_PREFIXES):
                 dropped.append(key)
                 continue
@@ -135,4 +150,44 @@ def dsnet_convert(
             f'kept, {len(dropped)} classification-only tensors dropped'
             + (f': {", ".join(dropped)}' if dropped else '')
         )
+    return converted
+
+
+def dsnet_classifier_convert(
+    state_dict: Mapping[str, object], source: str = 'the checkpoint', logger=None
+) -> 'OrderedDict[str, torch.Tensor]':
+    """DS-Net classifier weights as an mmpretrain ``ImageClassifier``'s state dict.
+
+    The backbone as :func:`dsnet_convert` with ``with_norm=True``, under
+    ``backbone.``; the public ``head.weight``/``head.bias`` (PaddleClas'
+    weight transposed from (in, out)) as ``LinearClsHead``'s ``head.fc.*``.
+    Takes the public layouts and an ImageClassifier's own weights; refuses
+    weights without a head or a final norm (a backbone-only file) naming
+    ``source``.
+    """
+    layout, weights = _torch_weights(state_dict, keep=('head.',))
+    head = OrderedDict()
+    for key in [k for k in weights if k.startswith('head.')]:
+        name = key[len('head.') :].removeprefix('fc.')
+        head[f'head.fc.{name}'] = weights.pop(key)
+    backbone = dsnet_convert(weights, logger=logger, with_norm=True)
+    has_norm = any(k.startswith(FINAL_NORM_PREFIX) for k in backbone)
+    if set(head) != {'head.fc.weight', 'head.fc.bias'} or not has_norm:
+        raise ValueError(
+            f'{source} has no complete classifier (layout {layout!r}): a head '
+            "('head.weight' and 'head.bias', or mmpretrain's 'head.fc.*') and the final "
+            f"'norm.*' are needed, found head keys {sorted(head) or 'none'} and "
+            f'{"a" if has_norm else "no"} final norm. A backbone-only or detection '
+            'checkpoint converts without --classifier.'
+        )
+    fc_weight, norm_weight = head['head.fc.weight'], backbone['norm.weight']
+    if fc_weight.dim() != 2 or fc_weight.shape[1] != norm_weight.shape[0]:
+        raise ValueError(
+            f'{source}: head weight {tuple(fc_weight.shape)} does not take the '
+            f'{norm_weight.shape[0]} features of the final norm; (num_classes, '
+            f'{norm_weight.shape[0]}) is accepted (PaddleClas stores (in, out); a '
+            '.pdparams file is transposed when its BN buffers are named _mean/_variance)'
+        )
+    converted = OrderedDict((f'backbone.{k}', v) for k, v in backbone.items())
+    converted.update((k, torch.as_tensor(v)) for k, v in head.items())
     return converted

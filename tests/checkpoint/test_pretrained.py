@@ -1,18 +1,16 @@
 """Public DS-Net checkpoints -> DSNet: conversion, loading, and loud failures."""
 
 import os
-import os.path as osp
 import pickle
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import REPO_ROOT
+from helpers import run_converter, to_paddle
 from mmengine.logging import MMLogger
 
-from mmdsnet.checkpoint import LINEAR_LAYERS, detect_layout, dsnet_convert, read_checkpoint
+from mmdsnet.checkpoint import detect_layout, dsnet_convert, read_checkpoint
 from mmdsnet.models import DSNet
 from mmdsnet.testing import randomize_norm_stats, reference_for
 
@@ -72,26 +70,6 @@ def test_timm_layout_round_trip(tmp_path, reference, wrapper, prefix):
     with torch.no_grad():
         for expected, actual in zip(reference.features(x), model(x)):
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
-
-
-def to_paddle(public):
-    """What PaddleClas' DSNet_tiny_pretrained.pdparams holds for these weights."""
-    out = {}
-    for key, value in public.items():
-        layer, _, param = key.rpartition('.')
-        array = value.numpy()
-        if param == 'num_batches_tracked':
-            continue
-        if param == 'running_mean':
-            out[f'{layer}._mean'] = array
-        elif param == 'running_var':
-            out[f'{layer}._variance'] = array
-        elif param == 'weight' and layer.rpartition('.')[2] in LINEAR_LAYERS:
-            out[key] = np.ascontiguousarray(array.T)
-        else:
-            out[key] = array
-    out['StructuredToParameterName@@'] = {k: f'param_{i}' for i, k in enumerate(out)}
-    return out
 
 
 @pytest.mark.parametrize('protocol', [2, 3, 4])
@@ -185,17 +163,7 @@ def test_one_load_takes_the_weights_out_of_their_container_once(tmp_path, refere
 def test_cli_converter(tmp_path, reference):
     src, dst = tmp_path / 'src.pth', tmp_path / 'out' / 'dsnet_t_mm.pth'
     torch.save({'model': reference.state_dict()}, src)
-    result = subprocess.run(
-        [
-            sys.executable,
-            osp.join(REPO_ROOT, 'tools/model_converters/dsnet2mmdet.py'),
-            str(src),
-            str(dst),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_converter(src, dst)
     assert result.returncode == 0, result.stderr
     assert '422 tensors' in result.stdout + result.stderr
     converted = torch.load(dst, weights_only=True)
@@ -390,19 +358,6 @@ def test_unreadable_inputs_say_what_is_wrong(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:100])
     with pytest.raises(RuntimeError, match=r'Could not read .*truncated\.pth: \w+Error'):
         build_and_load(truncated)
-
-
-def run_converter(*args):
-    return subprocess.run(
-        [
-            sys.executable,
-            osp.join(REPO_ROOT, 'tools/model_converters/dsnet2mmdet.py'),
-            *map(str, args),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.mark.integration

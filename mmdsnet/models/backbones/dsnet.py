@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, trunc_normal_init
@@ -52,13 +53,20 @@ class DSNet(BaseModule):
             rows), False the paper's unstarred rows.
         out_indices (Sequence[int]): Stages to return, each in 0..3. Stages
             after the last index are not built (no unused parameters in DDP).
+        final_norm (bool): Normalise the stage-4 output with a ``norm``
+            (``norm_cfg`` over its channels), as the public ImageNet
+            classifiers do before pooling and their linear head; needs 3 in
+            ``out_indices``. Off for detection and segmentation, whose
+            checkpoints have no ``norm``; an mmpretrain ``ImageClassifier``
+            turns it on (docs/configs.md, "Classification (mmpretrain)").
         frozen_stages (int): -1 freezes nothing, 0 the stem conv, k >= 1 the
-            stem and stages 1..k (their patch-embedding convs included).
-            Re-applied in ``train()``.
+            stem and stages 1..k (their patch-embedding convs included); 4
+            also freezes ``final_norm``'s ``norm``. Re-applied in ``train()``.
         norm_cfg (dict): Norm of the conv branches (BN in the checkpoints;
             SyncBN through config).
-        norm_eval (bool): Keep every BN in eval mode during training
-            (frozen statistics, as usual with 2 images per GPU).
+        norm_eval (bool): Keep every BN (``final_norm``'s included) in eval
+            mode during training (frozen statistics, as usual with 2 images
+            per GPU).
         with_cp (bool): Activation checkpointing in every block
             (``DSBlock(with_cp=True)``, non-reentrant); saves memory at the
             cost of one extra forward.
@@ -122,6 +130,7 @@ class DSNet(BaseModule):
         global_resize: Sequence[int] = (8, 4, 2, 2),
         with_alignment: bool = True,
         out_indices: Sequence[int] = (0, 1, 2, 3),
+        final_norm: bool = False,
         frozen_stages: int = -1,
         norm_cfg: Optional[dict] = None,
         norm_eval: bool = False,
@@ -157,9 +166,16 @@ class DSNet(BaseModule):
             ('norm_eval', norm_eval),
             ('with_cp', with_cp),
             ('channels_last', channels_last),
+            ('final_norm', final_norm),
         ):
             check_bool(f'DSNet {name}', switch)
         check_choice('DSNet attn_split', attn_split, ATTN_SPLIT_MODES)
+        if final_norm and self.num_stages - 1 not in self.out_indices:
+            raise ValueError(
+                f'DSNet final_norm=True normalises the last stage (index {self.num_stages - 1}), '
+                f'so out_indices must include it; got out_indices={self.out_indices}. Use '
+                f'out_indices=({self.num_stages - 1},) for a classifier, or final_norm=False.'
+            )
         if not isinstance(compile_blocks, (bool, dict)):
             raise TypeError(
                 'DSNet compile_blocks must be True, False or a dict of torch.compile '
@@ -187,6 +203,9 @@ class DSNet(BaseModule):
         self.num_built_stages = max(self.out_indices) + 1
 
         self._build_stages(drop_rate, attn_drop_rate, drop_path_rate)
+        self.final_norm = final_norm
+        if final_norm:
+            self.norm = build_norm_layer(self.norm_cfg, self.embed_dims[-1])[1]
         self.compile_blocks = compile_blocks
         if compile_blocks:
             self._compile_blocks({} if compile_blocks is True else dict(compile_blocks))
@@ -351,6 +370,8 @@ class DSNet(BaseModule):
             return
         num_frozen = min(self.frozen_stages, self.num_built_stages)
         frozen = [*self.patch_embeds[: max(1, num_frozen)], *self.stages[:num_frozen]]
+        if self.final_norm and num_frozen == self.num_stages:
+            frozen.append(self.norm)
         for module in frozen:
             module.eval()
             for param in module.parameters():
@@ -394,9 +415,11 @@ class DSNet(BaseModule):
                 )
 
     def _has_training_batch_norm(self) -> bool:
+        last = [self.stages[self.num_built_stages - 1]]
+        if self.final_norm:
+            last.append(self.norm)  # on the same (last) map
         return any(
-            isinstance(m, _BatchNorm) and m.training
-            for m in self.stages[self.num_built_stages - 1].modules()
+            isinstance(m, _BatchNorm) and m.training for module in last for m in module.modules()
         )
 
     @classmethod
@@ -433,6 +456,7 @@ class DSNet(BaseModule):
         Inputs whose sides are not multiples of 32 are zero-padded at the
         bottom/right (as mmdet's ``pad_size_divisor=32`` would) so every stage
         sees whole patches and an exact global grid; outputs are cropped back.
+        With ``final_norm`` the last output is normalised by ``norm``.
         """
         self._check_input(x)
         height, width = x.shape[2:]
@@ -448,5 +472,7 @@ class DSNet(BaseModule):
             if i in self.out_indices:
                 stride = self.strides[i]
                 out = x[..., : math.ceil(height / stride), : math.ceil(width / stride)]
+                if self.final_norm and i == self.num_stages - 1:
+                    out = self.norm(out)
                 outs.append(out.contiguous())
         return tuple(outs)

@@ -7,7 +7,8 @@ alone or in a list; a local path or an http(s) URL) takes one route,
 1. read - the file (a URL downloaded once into torch hub's cache) is
    checked and loaded weights-only, its weights taken out of their container
    once, narrowed to ``prefix`` and their tensor layouts checked;
-2. convert - public timm / PaddleClas keys become this package's;
+2. convert - public timm / PaddleClas keys become this package's (the
+   classifier's final ``norm`` kept for ``final_norm=True``, else dropped);
 3. fit - shapes, coverage of the backbone, surplus layers and finite values
    are checked against the model;
 4. load - ``load_state_dict`` and a log of what loaded and what did not.
@@ -166,7 +167,8 @@ def load_pretrained_dsnet(
     into torch hub's cache and then read like a local file (weights-only).
     """
     path, weights = _read(str(checkpoint_path), prefix)
-    state_dict = dsnet_convert(weights, logger=logger)
+    # The public final norm loads into final_norm's ``norm``, else is dropped.
+    state_dict = dsnet_convert(weights, logger=logger, with_norm=model.final_norm)
     fit, unbuilt = _fit(model, state_dict, path)
     model.load_state_dict(fit.loadable, strict=False)
     logger.info(f'DSNet: loaded {len(fit.loadable)}/{len(fit.model_state)} tensors from {path}')
