@@ -1,7 +1,7 @@
-"""mmdsnet: DS-Net (Dual-stream Network, NeurIPS 2021) for mmdet 3.x and mmseg 1.x.
+"""mmdsnet: DS-Net (Dual-stream Network, NeurIPS 2021) for mmdet 3.x, mmseg 1.x and mmpretrain 1.x.
 
-``import mmdsnet`` registers ``DSNet`` and ``DSFPN`` in mmdet's and mmseg's
-``MODELS`` (whichever are installed), the checkpoint hooks in mmengine's
+``import mmdsnet`` registers ``DSNet`` and ``DSFPN`` in mmdet's, mmseg's and
+mmpretrain's ``MODELS`` (whichever are installed), the checkpoint hooks in mmengine's
 ``HOOKS``, mmengine's weights-only loaders for Runner checkpoints (local files
 and http(s) URLs), and the guards of :func:`mmdsnet.engine.guard_checkpoint_routes`.
 """
