@@ -1,11 +1,16 @@
 """tools/demo/demo_console.py (what reaches the demo's console) and
 tools/demo/demo_summary.py (curves, summary, learning check) on small
-hand-made logs."""
+hand-made logs; tools/test.py --show-dir per framework; tools/demo/demo.sh cls
+without mmpretrain."""
 
 import json
+import os
+import os.path as osp
+import subprocess
+import sys
 
 import pytest
-from helpers import load_tool
+from helpers import REPO_ROOT, load_tool
 
 PROGRESS = (
     '11/24 13:49:23 - mmengine - INFO - Epoch(train) [1][4/8]  lr: 7.0612e-05  '
@@ -234,3 +239,26 @@ def test_show_dir_turns_on_each_frameworks_hook(tmp_path, scope, hook, switch, w
         assert cfg.visualizer.save_dir == show_dir
     else:
         assert vis[where] == show_dir and 'save_dir' not in cfg.visualizer
+
+
+def test_cls_demo_stops_at_once_without_mmpretrain(tmp_path):
+    """`make demo TASK=cls` on an environment without mmpretrain: exit 2 before any
+    data or work dir, saying how to install it."""
+    hidden = tmp_path / 'hide'
+    hidden.mkdir()
+    (hidden / 'mmpretrain.py').write_text("raise ImportError('no mmpretrain here')\n")
+    python = tmp_path / 'python'
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={hidden} exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    work_dir = tmp_path / 'work'
+    result = subprocess.run(
+        ['bash', osp.join(REPO_ROOT, 'tools', 'demo', 'demo.sh'), 'cls'],
+        env=dict(os.environ, PYTHON=str(python), WORK_DIR=str(work_dir)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert 'mmpretrain is not installed' in result.stderr
+    assert 'make install' in result.stderr and 'MMDSNET_CLASSIFICATION=0' in result.stderr
+    assert not work_dir.exists()
