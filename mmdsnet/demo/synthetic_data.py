@@ -39,8 +39,13 @@ ignore, k -> k-1), ``img_suffix='.png'``, ``seg_map_suffix='.png'``,
 head. (``ADE20KDataset`` itself refuses these class names, as they are not a
 subset of its 150 ADE classes.)
 
+The classification demo has its own set (:func:`generate_cls_data`): one
+shape per 64x64 image in mmpretrain's ``CustomDataset`` folders
+``{train,val}/<class>/``, classes ``CLS_CLASSES``.
+
 Same parameters give byte-identical files. It is test and demo data, not a
-dataset class: mmdet's ``CocoDataset`` and mmseg's ``BaseSegDataset`` read it.
+dataset class: mmdet's ``CocoDataset``, mmseg's ``BaseSegDataset`` and
+mmpretrain's ``CustomDataset`` read it.
 """
 
 import json
