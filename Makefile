@@ -6,7 +6,8 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-# detection (default) or segmentation: `make demo TASK=seg`
+# detection (default), segmentation (`make demo TASK=seg`) or classification
+# (`make demo TASK=cls`, needs mmpretrain)
 TASK ?= det
 
 .PHONY: install test demo lint gpu-check

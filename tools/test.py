@@ -1,7 +1,8 @@
-"""Evaluate a checkpoint with an mmdet 3.x or mmseg 1.x config (mmdsnet).
+"""Evaluate a checkpoint with an mmdet 3.x, mmseg 1.x or mmpretrain 1.x config (mmdsnet).
 
 The command line follows mmdet 3.3's ``tools/test.py``. Metrics come from the
-config's ``test_evaluator`` (CocoMetric for mmdet, IoUMetric for mmseg).
+config's ``test_evaluator`` (CocoMetric for mmdet, IoUMetric for mmseg,
+Accuracy for mmpretrain).
 
     python tools/test.py CONFIG CHECKPOINT [--out results.pkl] [--show-dir DIR]
     bash tools/dist_test.sh CONFIG CHECKPOINT 8 [...]
@@ -58,13 +59,18 @@ def enable_visualization(cfg, args):
             "e.g. dict(type='DetVisualizationHook')."
         )
     vis_hook = hooks['visualization']
-    vis_hook['draw'] = True
+    scope = cfg.get('default_scope', None)
+    # mmpretrain's VisualizationHook is switched by `enable` (other keywords go to
+    # its visualizer); mmdet's and mmseg's hooks by `draw`.
+    vis_hook['enable' if scope == 'mmpretrain' else 'draw'] = True
     if args.show:
         vis_hook['show'] = True
         vis_hook['wait_time'] = args.wait_time
     if args.show_dir:
-        if cfg.get('default_scope', None) == 'mmdet':
+        if scope == 'mmdet':
             vis_hook['test_out_dir'] = args.show_dir  # under <work_dir>/<timestamp>/
+        elif scope == 'mmpretrain':
+            vis_hook['out_dir'] = args.show_dir  # <image name>_0.png, as given
         elif cfg.get('visualizer', None) is None:
             raise SystemExit('--show-dir needs a visualizer in the config.')
         else:

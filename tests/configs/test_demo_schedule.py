@@ -19,22 +19,28 @@ from mmengine.config import Config
 CONFIGS = {
     'det': ('configs/demo/mask_rcnn_dsnet_t_dsfpn_demo.py', 'coco'),
     'seg': ('configs/demo/fpn_dsnet-t_demo-seg.py', 'seg'),
+    'cls': ('configs/demo/dsnet-t_demo-cls.py', 'cls'),
 }
 NUM_TRAIN = 64  # make_demo_data's default, what `make demo` trains on
+TRAIN_PER_CLASS = 100  # make_demo_data --task cls's default (300 images)
 
 
 @pytest.fixture(scope='module')
 def demo_root(tmp_path_factory):
-    from mmdsnet.demo.synthetic_data import generate_demo_data
+    from mmdsnet.demo.synthetic_data import generate_cls_data, generate_demo_data
 
     root = tmp_path_factory.mktemp('demo_data')
     generate_demo_data(str(root), num_train=NUM_TRAIN, num_val=4)
+    generate_cls_data(str(root / 'cls'), train_per_class=TRAIN_PER_CLASS, val_per_class=1)
     return root
 
 
 def build_schedule(task, world_size, demo_root, work_dir):
     """(train loop, param schedulers, config) of the demo config at ``world_size``."""
     from mmengine.runner import Runner
+
+    if task == 'cls':
+        pytest.importorskip('mmpretrain', reason='the classification demo needs mmpretrain')
 
     path, subdir = CONFIGS[task]
     cfg = Config.fromfile(osp.join(REPO_ROOT, path))
@@ -74,7 +80,7 @@ def lr_per_iteration(loop, schedulers, optim_wrapper):
 @pytest.mark.parametrize('world_size', [1, 2, 8])
 def test_warmup_shorter_than_run(task, world_size, demo_root, tmp_path, drop_runner_globals):
     loop, schedulers, cfg = build_schedule(task, world_size, demo_root, tmp_path)
-    # DefaultSampler pads the images (mmdet keeps the 57 with objects) to equal
+    # DefaultSampler pads the images (mmdet keeps the 57 with objects; cls: 300) to equal
     # shards, one per process; the last batch of a shard may be short.
     shard = -(-len(loop.dataloader.dataset) // world_size)
     per_epoch = -(-shard // cfg.train_dataloader.batch_size)

@@ -1,8 +1,9 @@
 """Tests for the synthetic demo data generator (mmdsnet.demo.synthetic_data).
 
 They check that the files are deterministic, that the COCO masks (polygon
-and RLE) agree with their boxes, and that mmdet's CocoDataset and mmseg's
-BaseSegDataset load what was written.
+and RLE) agree with their boxes, that mmdet's CocoDataset and mmseg's
+BaseSegDataset load what was written, and the classification folders
+(layout, determinism, mmpretrain's CustomDataset).
 """
 
 import json
@@ -12,15 +13,21 @@ import os.path as osp
 import cv2
 import numpy as np
 import pytest
+from helpers import load_tool
 from pycocotools.coco import COCO
 
 from mmdsnet.demo.synthetic_data import (
+    CLS_CLASSES,
+    CLS_IMAGE_SIZE,
     COCO_CLASSES,
+    COCO_PALETTE,
     MIN_VISIBLE_AREA,
     SEG_BORDER,
     SEG_CLASSES,
     SEG_IGNORE_INDEX,
+    generate_cls_data,
     generate_demo_data,
+    render_shape_image,
 )
 
 NUM_TRAIN, NUM_VAL, SEED = 8, 4, 0
@@ -243,3 +250,105 @@ def test_semantic_map_matches_instances(demo_root):
             expected[coco.annToMask(ann).astype(bool)] = ann['category_id'] + 1
         b = SEG_BORDER
         assert (raw[b:-b, b:-b] == expected[b:-b, b:-b]).all()
+
+
+# --------------------------------------------------------------------------
+# The classification set (make demo TASK=cls)
+# --------------------------------------------------------------------------
+TRAIN_PER_CLASS, VAL_PER_CLASS = 3, 2
+
+
+@pytest.fixture(scope='module')
+def cls_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('demo_cls'))
+    result = generate_cls_data(
+        root, train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, seed=SEED
+    )
+    assert not result['skipped']
+    assert result['splits'] == {
+        'train': dict(images=3 * TRAIN_PER_CLASS),
+        'val': dict(images=3 * VAL_PER_CLASS),
+    }
+    return root
+
+
+def test_cls_layout(cls_root):
+    """<root>/{train,val}/<class>/<class>_NNNN.png, 64x64 RGB, the classes sorted."""
+    assert sorted(os.listdir(cls_root)) == ['meta.json', 'train', 'val']
+    assert list(CLS_CLASSES) == sorted(CLS_CLASSES) and set(CLS_CLASSES) == set(COCO_CLASSES)
+    for split, n in (('train', TRAIN_PER_CLASS), ('val', VAL_PER_CLASS)):
+        assert sorted(os.listdir(osp.join(cls_root, split))) == list(CLS_CLASSES)
+        for name in CLS_CLASSES:
+            files = sorted(os.listdir(osp.join(cls_root, split, name)))
+            assert files == [f'{name}_{i:04d}.png' for i in range(n)]
+            img = cv2.imread(osp.join(cls_root, split, name, files[0]), cv2.IMREAD_UNCHANGED)
+            assert img.shape == (CLS_IMAGE_SIZE, CLS_IMAGE_SIZE, 3) and img.dtype == np.uint8
+
+
+def test_cls_shape_keeps_its_class_colour():
+    """One shape per image, painted around its class's colour of the detection scenes."""
+    for label, name in enumerate(CLS_CLASSES):
+        rng = np.random.default_rng([0, label])
+        img = render_shape_image(rng, label).astype(np.float32)
+        base = np.array(COCO_PALETTE[COCO_CLASSES.index(name)], np.float32)
+        close = np.abs(img - base).max(axis=2) < 60  # jitter 25 + shading 25 + noise
+        # A shape of at least 20 px: hundreds of pixels near the class colour.
+        assert close.sum() > 150, name
+
+
+def test_cls_deterministic_idempotent_and_force(cls_root, tmp_path):
+    other = str(tmp_path / 'again')
+    first = generate_cls_data(
+        other, train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, seed=SEED
+    )
+    assert _tree_bytes(other) == _tree_bytes(cls_root) and not first['skipped']
+    before = _tree_bytes(other)
+    again = generate_cls_data(
+        other, train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, seed=SEED
+    )
+    assert again['skipped'] and _tree_bytes(other) == before
+    forced = generate_cls_data(
+        other, train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, seed=SEED, force=True
+    )
+    assert not forced['skipped'] and _tree_bytes(other) == before
+    # Other parameters replace the set, leaving no stale files; another seed changes it.
+    generate_cls_data(other, train_per_class=1, val_per_class=1, seed=1)
+    after = _tree_bytes(other)
+    assert len([k for k in after if k.endswith('.png')]) == 2 * len(CLS_CLASSES)
+    assert after['train/circle/circle_0000.png'] != before['train/circle/circle_0000.png']
+
+
+def test_cls_refuses_foreign_folders_and_bad_counts(tmp_path):
+    (tmp_path / 'train').mkdir()
+    with pytest.raises(FileExistsError, match='train/'):
+        generate_cls_data(str(tmp_path), train_per_class=1, val_per_class=1)
+    assert (tmp_path / 'train').is_dir()  # left alone
+    with pytest.raises(ValueError, match='train_per_class'):
+        generate_cls_data(str(tmp_path / 'x'), train_per_class=0, val_per_class=1)
+
+
+def test_cls_beside_the_detection_set(tmp_path):
+    """tools/demo/make_demo_data.py --task cls writes <out>/cls; the detection set at
+    <out> keeps its files and stays up to date."""
+    make_demo_data = load_tool('tools/demo/make_demo_data.py')
+    out = str(tmp_path)
+    make_demo_data.main(['--out', out, '--num-train', '2', '--num-val', '1'])
+    coco = _tree_bytes(osp.join(out, 'coco'))
+    make_demo_data.main(['--task', 'cls', '--out', out, '--num-train', '1', '--num-val', '1'])
+    assert sorted(os.listdir(osp.join(out, 'cls', 'val'))) == list(CLS_CLASSES)
+    assert generate_demo_data(out, num_train=2, num_val=1)['skipped']
+    assert _tree_bytes(osp.join(out, 'coco')) == coco
+
+
+def test_mmpretrain_custom_dataset(cls_root):
+    pytest.importorskip('mmpretrain', reason='the classification demo needs mmpretrain')
+    from mmpretrain.datasets import CustomDataset
+
+    for split, n in (('train', TRAIN_PER_CLASS), ('val', VAL_PER_CLASS)):
+        dataset = CustomDataset(data_root=cls_root, data_prefix=split)
+        assert tuple(dataset.metainfo['classes']) == CLS_CLASSES
+        labels = [dataset.get_data_info(i)['gt_label'] for i in range(len(dataset))]
+        assert sorted(labels) == sorted(list(range(len(CLS_CLASSES))) * n)
+        for i in range(len(dataset)):
+            info = dataset.get_data_info(i)
+            assert osp.basename(osp.dirname(info['img_path'])) == CLS_CLASSES[info['gt_label']]

@@ -1,11 +1,16 @@
 """tools/demo/demo_console.py (what reaches the demo's console) and
 tools/demo/demo_summary.py (curves, summary, learning check) on small
-hand-made logs."""
+hand-made logs; tools/test.py --show-dir per framework; tools/demo/demo.sh cls
+without mmpretrain."""
 
 import json
+import os
+import os.path as osp
+import subprocess
+import sys
 
 import pytest
-from helpers import load_tool
+from helpers import REPO_ROOT, load_tool
 
 PROGRESS = (
     '11/24 13:49:23 - mmengine - INFO - Epoch(train) [1][4/8]  lr: 7.0612e-05  '
@@ -98,10 +103,10 @@ def write_run(work_dir, bbox_maps, losses, test_bbox_map, pictures=2):
     return predictions
 
 
-def run_summary(work_dir, predictions, capsys):
+def run_summary(work_dir, predictions, capsys, task='det'):
     with pytest.raises(SystemExit) as exit_info:
         load_tool('tools/demo/demo_summary.py').main(
-            [str(work_dir), '--task', 'det', '--pred-dir', str(predictions), '--nproc', '2']
+            [str(work_dir), '--task', task, '--pred-dir', str(predictions), '--nproc', '2']
         )
     return exit_info.value.code, capsys.readouterr().out
 
@@ -140,3 +145,120 @@ def test_summary_fails_a_run_without_learning_or_pictures(
     code, out = run_summary(tmp_path, predictions, capsys)
     assert code == 3 and out.rstrip().endswith('FAIL')  # ran to the end, did not learn
     assert json.loads((tmp_path / 'demo_summary.json').read_text())['check']['passed'] is False
+
+
+def write_cls_run(work_dir, top1s, losses, test_top1, num_classes=4, pictures=3):
+    """A classification demo's work dir (tools/demo/demo.sh cls) with the given figures."""
+    predictions = write_run(work_dir, [], losses, 0.0, pictures)
+    run = work_dir / '20261124_134837' / 'vis_data' / 'scalars.json'
+    records = [json.loads(line) for line in run.read_text().splitlines()]
+    records += [{'accuracy/top1': t, 'step': i + 1} for i, t in enumerate(top1s)]
+    run.write_text('\n'.join(map(json.dumps, records)))
+    (work_dir / 'test' / '20261124_140000' / '20261124_140000.json').write_text(
+        json.dumps({'accuracy/top1': test_top1, 'step': 0})
+    )
+    (work_dir / 'demo.py').write_text(
+        f"model = dict(type='ImageClassifier', head=dict(num_classes={num_classes}))\n"
+    )
+    return predictions
+
+
+def test_cls_summary_passes_top1_above_chance_by_the_margin(tmp_path, capsys):
+    """4 classes: chance 25, the bar 25 + CLS_MARGIN (30) = 55 points of top-1."""
+    predictions = write_cls_run(tmp_path, [40.0, 60.0, 80.0], [1.4, 1.0, 0.6, 0.3], 55.0)
+    code, out = run_summary(tmp_path, predictions, capsys, task='cls')
+    assert code == 0
+    assert 'validation accuracy/top1 per evaluation: 40, 60, 80' in out
+    assert '(needs >= 55: chance 25.0 + 30 points)' in out
+    assert '3 images' in out and 'predicted class' in out
+    assert out.rstrip().endswith('PASS')
+    check = json.loads((tmp_path / 'demo_summary.json').read_text())['check']
+    assert check == dict(
+        metric='accuracy/top1', value=55.0, threshold=55.0, loss_falls=True, pictures=3, passed=True
+    )
+    assert (tmp_path / 'pictures' / 'training_curves.png').is_file()
+
+
+@pytest.mark.parametrize(
+    'losses,test_top1,num_classes,pictures',
+    [
+        ([1.4, 0.3], 54.9, 4, 3),  # under chance + 30 with 4 classes
+        ([1.4, 0.3], 63.0, 3, 3),  # 3 classes: the bar is 63.3
+        ([0.3, 1.4], 90.0, 4, 3),  # loss rose
+        ([1.4, 0.3], 90.0, 4, 0),  # nothing drawn
+    ],
+)
+def test_cls_summary_fails_below_the_bar(
+    tmp_path, capsys, losses, test_top1, num_classes, pictures
+):
+    predictions = write_cls_run(tmp_path, [50.0], losses, test_top1, num_classes, pictures)
+    code, out = run_summary(tmp_path, predictions, capsys, task='cls')
+    assert code == 3 and out.rstrip().endswith('FAIL')
+    check = json.loads((tmp_path / 'demo_summary.json').read_text())['check']
+    assert check['passed'] is False
+    assert check['threshold'] == pytest.approx(100 / num_classes + 30)
+
+
+def test_cls_summary_needs_the_number_of_classes(tmp_path, capsys):
+    predictions = write_cls_run(tmp_path, [50.0], [1.4, 0.3], 90.0)
+    (tmp_path / 'demo.py').write_text("model = dict(type='ImageClassifier', head=dict())\n")
+    with pytest.raises(SystemExit, match='model.head.num_classes'):
+        load_tool('tools/demo/demo_summary.py').main(
+            [str(tmp_path), '--task', 'cls', '--pred-dir', str(predictions)]
+        )
+
+
+@pytest.mark.parametrize(
+    'scope,hook,switch,where',
+    [
+        ('mmdet', 'DetVisualizationHook', 'draw', 'test_out_dir'),
+        ('mmseg', 'SegVisualizationHook', 'draw', None),
+        ('mmpretrain', 'VisualizationHook', 'enable', 'out_dir'),
+    ],
+)
+def test_show_dir_turns_on_each_frameworks_hook(tmp_path, scope, hook, switch, where):
+    """tools/test.py --show-dir: mmpretrain's hook is switched by `enable` and
+    draws into `out_dir` (a `draw` key would reach its visualizer and fail)."""
+    from mmengine.config import Config
+
+    test_tool = load_tool('tools/test.py')
+    cfg = Config(
+        dict(
+            default_scope=scope,
+            default_hooks=dict(visualization=dict(type=hook)),
+            visualizer=dict(type='Visualizer'),
+        )
+    )
+    show_dir = str(tmp_path / 'pictures')
+    args = test_tool.parse_args(['c.py', 'c.pth', '--show-dir', show_dir])
+    test_tool.enable_visualization(cfg, args)
+    vis = cfg.default_hooks.visualization
+    assert vis[switch] is True
+    assert ('draw' in vis) == (scope != 'mmpretrain')
+    if where is None:
+        assert cfg.visualizer.save_dir == show_dir
+    else:
+        assert vis[where] == show_dir and 'save_dir' not in cfg.visualizer
+
+
+def test_cls_demo_stops_at_once_without_mmpretrain(tmp_path):
+    """`make demo TASK=cls` on an environment without mmpretrain: exit 2 before any
+    data or work dir, saying how to install it."""
+    hidden = tmp_path / 'hide'
+    hidden.mkdir()
+    (hidden / 'mmpretrain.py').write_text("raise ImportError('no mmpretrain here')\n")
+    python = tmp_path / 'python'
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={hidden} exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    work_dir = tmp_path / 'work'
+    result = subprocess.run(
+        ['bash', osp.join(REPO_ROOT, 'tools', 'demo', 'demo.sh'), 'cls'],
+        env=dict(os.environ, PYTHON=str(python), WORK_DIR=str(work_dir)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert 'mmpretrain is not installed' in result.stderr
+    assert 'make install' in result.stderr and 'MMDSNET_CLASSIFICATION=0' in result.stderr
+    assert not work_dir.exists()

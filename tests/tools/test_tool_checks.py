@@ -30,7 +30,11 @@ def test_misspelt_top_level_key_warns_with_the_known_one(tmp_path):
 def test_shipped_demo_configs_give_no_key_warning():
     from mmdsnet.cli import config_from_args
 
-    for name in ('fpn_dsnet-t_demo-seg.py', 'mask_rcnn_dsnet_t_dsfpn_demo.py'):
+    for name in (
+        'fpn_dsnet-t_demo-seg.py',
+        'mask_rcnn_dsnet_t_dsfpn_demo.py',
+        'dsnet-t_demo-cls.py',
+    ):
         args = argparse.Namespace(
             config=osp.join(REPO_ROOT, 'configs/demo', name),
             launcher='none',

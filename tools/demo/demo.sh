@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The main job on embedded data (`make demo`, `make demo TASK=seg`):
+# The main job on embedded data (`make demo`, `make demo TASK=seg`, `make demo TASK=cls`):
 #
-#     tools/demo/demo.sh [det|seg] [tools/train.py arguments, e.g. --amp --cfg-options k=v]
+#     tools/demo/demo.sh [det|seg|cls] [tools/train.py arguments, e.g. --amp --cfg-options k=v]
 #
-# generate the synthetic dataset, train with tools/dist_train.sh on 2 CPU
-# processes (or one process per GPU), evaluate with tools/test.py drawing every
-# validation image (ground truth beside prediction), draw the training curves,
+# generate the synthetic dataset (cls: the image-folder classification set; it
+# needs mmpretrain), train with tools/dist_train.sh on 2 CPU processes (or one
+# process per GPU), evaluate with tools/test.py drawing every validation image
+# (ground truth beside prediction, or the classes and score), draw the training curves,
 # and print the figures and where everything is (tools/demo/demo_summary.py).
 #
 # Each run gets its own work dir, work_dirs/<config>/<YYYYmmdd_HHMMSS>, with
@@ -33,11 +34,17 @@ export PYTHONUNBUFFERED=1
 case "$TASK" in
     det) CONFIG=configs/demo/mask_rcnn_dsnet_t_dsfpn_demo.py ;;
     seg) CONFIG=configs/demo/fpn_dsnet-t_demo-seg.py ;;
-    *) echo "usage: $0 [det|seg]" >&2; exit 2 ;;
+    cls) CONFIG=configs/demo/dsnet-t_demo-cls.py ;;
+    *) echo "usage: $0 [det|seg|cls]" >&2; exit 2 ;;
 esac
 if ! "$PY" -c 'import torch, mmengine' 2>/dev/null; then
     echo "$PY cannot import torch and mmengine: run 'make install' first, or point PYTHON" \
         "at the interpreter of the environment that has them" >&2
+    exit 2
+fi
+if [ "$TASK" = cls ] && ! "$PY" -c 'import mmpretrain' 2>/dev/null; then
+    echo "mmpretrain is not installed (the classification demo needs it): run 'make install'," \
+        "which installs it unless MMDSNET_CLASSIFICATION=0 (requirements/classification.txt)" >&2
     exit 2
 fi
 NAME="$(basename "$CONFIG" .py)"
@@ -77,7 +84,7 @@ GPUS="$("$PY" -c 'import torch; print(torch.cuda.device_count())')"
 NPROC="${NPROC:-$([ "$GPUS" -gt 0 ] && echo "$GPUS" || echo 2)}"
 
 start=$(date +%s)
-"$PY" tools/demo/make_demo_data.py --out data/demo
+"$PY" tools/demo/make_demo_data.py --task "$TASK" --out data/demo
 echo "[demo] training $CONFIG in $NPROC processes; console: progress only," \
     "everything in $WORK_DIR/train_console.log"
 bash tools/dist_train.sh "$CONFIG" "$NPROC" --work-dir "$WORK_DIR" "$@" 2>&1 \
