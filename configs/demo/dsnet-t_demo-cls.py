@@ -21,7 +21,7 @@ model = dict(
     ),
     # Stage 4 (stride 32, 2x2 at 64 px) feeds the head. From scratch: no
     # ImageNet weights offline.
-    backbone=dict(type='DSNet', arch='tiny', out_indices=(3,), drop_path_rate=0.0),
+    backbone=dict(type='DSNet', arch='tiny', out_indices=(3,), final_norm=True, drop_path_rate=0.0),
     neck=dict(type='GlobalAveragePooling'),
     head=dict(
         type='LinearClsHead',
