@@ -32,6 +32,12 @@ def mmseg_scope():
 
 
 @pytest.fixture
+def mmpretrain_scope():
+    """Build with mmpretrain's registries (classification tests; mmpretrain is optional)."""
+    yield from _default_scope('mmpretrain')
+
+
+@pytest.fixture
 def drop_runner_globals():
     """Forget the global instances an in-process Runner leaves behind.
 

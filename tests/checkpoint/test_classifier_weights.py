@@ -18,6 +18,9 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.runner import load_checkpoint  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 
+# A scope an earlier test left current (e.g. 'mmseg') would send builds to its registries.
+pytestmark = pytest.mark.usefixtures('mmpretrain_scope')
+
 ARCHS = {'t': 'tiny', 's': 'small', 'b': 'base'}
 
 

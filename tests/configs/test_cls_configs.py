@@ -21,8 +21,12 @@ pytest.importorskip('mmpretrain', reason='the ImageNet-1k configs need mmpretrai
 import mmpretrain  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.optim import build_optim_wrapper  # noqa: E402
+from mmengine.registry import DefaultScope  # noqa: E402
 from mmpretrain.registry import DATASETS, MODELS  # noqa: E402
 from mmpretrain.structures import DataSample  # noqa: E402
+
+# A scope an earlier test left current (e.g. 'mmseg') would send builds to its registries.
+pytestmark = pytest.mark.usefixtures('mmpretrain_scope')
 
 MMPRETRAIN_TOOLS = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'tools')
 T_CONFIG = osp.join(REPO_ROOT, 'configs', 'dsnet-t_8xb128_in1k.py')
@@ -114,8 +118,9 @@ def tiny_run(tmp_path_factory):
     cfg.dump(config)
 
     (root / 'labels.txt').write_text(''.join(f'{n} 0\n' for n in names))
-    dataset = DATASETS.build(dict(data, pipeline=test_pipeline))
-    preprocess = MODELS.build(dict(cfg.data_preprocessor, type='ClsDataPreprocessor'))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # module fixture: no mmpretrain_scope
+        dataset = DATASETS.build(dict(data, pipeline=test_pipeline))
+        preprocess = MODELS.build(dict(cfg.data_preprocessor, type='ClsDataPreprocessor'))
     batch = preprocess(dict(inputs=[dataset[i]['inputs'] for i in range(4)]))['inputs']
     with torch.no_grad():
         labels = public(batch).argmax(1).tolist()
