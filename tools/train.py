@@ -1,8 +1,8 @@
-"""Train a model from an mmdet 3.x or mmseg 1.x config that uses mmdsnet.
+"""Train a model from an mmdet 3.x, mmseg 1.x or mmpretrain 1.x config that uses mmdsnet.
 
 The command line follows mmdet 3.3's ``tools/train.py``. The config's
-``default_scope`` (``mmdet`` or ``mmseg``) decides which registries are used;
-``import mmdsnet`` registers the DS-Net models in both.
+``default_scope`` (``mmdet``, ``mmseg`` or ``mmpretrain``) decides which
+registries are used; ``import mmdsnet`` registers the DS-Net models in each.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
     bash tools/dist_train.sh CONFIG 8 [...]
