@@ -225,14 +225,15 @@ def test_install_step_installs_the_wheels_and_builds_mmcv_only_through_install_e
         (wheels / name).write_bytes(b'')
     runs = []
 
-    def install(mmcv_wheel, passes):
+    def install(mmcv_wheel, passes, failed_command=None, error=''):
         check = gpu_check.Check(str(tmp_path / 'out'), sys.executable, False, str(wheels),
                                 mmcv_wheel)  # fmt: skip
         check.site = str(tmp_path / 'site')
 
         def run(step, commands, limit, env=None, **kwargs):
             runs.append((commands, limit, env))
-            check.record(step, 'passed' if passes else 'failed', 0.0)
+            failure = {} if passes else dict(failed_command=failed_command, error=error)
+            check.record(step, 'passed' if passes else 'failed', 0.0, **failure)
             return passes
 
         check.run = run
@@ -245,15 +246,38 @@ def test_install_step_installs_the_wheels_and_builds_mmcv_only_through_install_e
         'setuptools-80.10.2-py3-none-any.whl',  # first: mmcv's build needs its pkg_resources
         'mmengine-0.10.7-py3-none-any.whl',  # the prebuilt mmcv wheel is not taken unasked
     ]
+    # every missing module named before mmcv is built
+    assert osp.basename(commands[2][1]) == 'check_imports.py'
+    assert tuple(commands[2][2:]) == gpu_check.IMPORTS
     # the source build goes through the installer (its decision and patch), offline, into site
-    assert commands[2] == ['bash', 'tools/install/install_env.sh', 'mmcv']
+    assert commands[3] == ['bash', 'tools/install/install_env.sh', 'mmcv']
     assert env == dict(PIP_NO_INDEX='1', PIP_FIND_LINKS=str(wheels),
                        PIP_TARGET=str(tmp_path / 'site'), PIP_UPGRADE='1')  # fmt: skip
     assert limit == gpu_check.LIMITS['install_build']
-    assert commands[3][1:3] == ['tools/install/cuda_build_env.py', '--verify-ops']
+    assert commands[4][1:3] == ['tools/install/cuda_build_env.py', '--verify-ops']
 
     wheel = str(wheels / 'mmcv-2.1.0-cp312-cp312-linux_x86_64.whl')
-    record = install(wheel, passes=False)
+    record = install(wheel, passes=False, failed_command=4, error='[install] error: nms differs')
     commands, limit, env = runs[-1]
-    assert commands[2][-1] == wheel and not env and limit == gpu_check.LIMITS['install']
+    assert commands[3][-1] == wheel and not env and limit == gpu_check.LIMITS['install']
     assert record['note'].startswith('mmcv-2.1.0-cp312-cp312-linux_x86_64.whl does not install')
+    assert '[install] error: nms differs' in record['note']
+    # a module the machine lacks is not blamed on the mmcv wheel
+    missing = 'missing modules: six, regex (put their wheels into the wheels folder ...)'
+    record = install(wheel, passes=False, failed_command=2, error=missing)
+    assert record['note'].startswith(f'the stack does not import on this machine: {missing}')
+
+
+def test_a_failed_step_records_which_command_failed_and_its_last_line(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check(monkeypatch)
+    check = gpu_check.Check(str(tmp_path / 'out'), sys.executable, cpu=True)
+    fails = [sys.executable, '-c', 'import sys; print("working"); sys.exit("ValueError: bad")']
+    ok = [sys.executable, '-c', 'print("fine")']
+    assert not check.run('probe', [ok, fails, ok], limit=60, keep_going=True)
+    record = check.records[-1]
+    assert (record['status'], record['failed_command'], record['error']) == (
+        'failed', 1, 'ValueError: bad',
+    )  # fmt: skip
+    summary = load_tool('tools/gpu_check/summary.py')
+    rows = summary.steps_section(check.out, 1.0)
+    assert any('command 2 failed: ValueError: bad' in row for row in rows), rows

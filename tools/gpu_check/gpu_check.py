@@ -58,7 +58,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 
-from settings import CPU, GPU, LIMITS, STEPS
+from settings import CPU, GPU, IMPORTS, LIMITS, STEPS
 from summary import write_summary
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -140,14 +140,17 @@ class Check:
                 return False
             limit = min(limit, left)
         start = time.monotonic()
-        status, code = 'passed', 0
-        with open(osp.join(self.out, 'logs', f'{step}.log'), 'w') as log:
-            for command in commands:
+        status, code, failure = 'passed', 0, {}
+        path = osp.join(self.out, 'logs', f'{step}.log')
+        with open(path, 'w') as log:
+            for index, command in enumerate(commands):
                 left = limit - (time.monotonic() - start)
                 log.write(f'$ {" ".join(command)}\n')
                 log.flush()
+                begins = log.tell()
                 if left <= 0:
                     status, code = 'timeout', None
+                    failure = dict(failed_command=index)
                     break
                 marker = f'{step}-{os.getpid()}-{time.monotonic_ns()}'
                 process = subprocess.Popen(
@@ -159,14 +162,17 @@ class Check:
                 except subprocess.TimeoutExpired:
                     stop_processes(process, marker)
                     status, code = 'timeout', None
+                    failure = dict(failed_command=index)
                     log.write(f'\n[gpu-check] {step}: stopped after {limit:.0f} s\n')
                     break
                 if code not in ok_codes:
                     status = 'failed'
+                    if not failure:  # the first failure is the one to read
+                        failure = dict(failed_command=index, error=last_output_line(path, begins))
                     if not keep_going:
                         break
         seconds = round(time.monotonic() - start, 1)
-        self.record(step, status, seconds, exit_code=code, log=f'logs/{step}.log')
+        self.record(step, status, seconds, exit_code=code, log=f'logs/{step}.log', **failure)
         return status == 'passed'
 
     def record(self, step, status, seconds, **extra):
@@ -191,15 +197,18 @@ class Check:
         return self.py('tools/install/cuda_build_env.py', '--verify-ops',
                        'cpu' if self.cpu else 'cuda', '--expect-mmcv', MMCV_VERSION)  # fmt: skip
 
+    def check_imports(self):
+        """check_imports.py on the modules the later steps import: every missing one at once."""
+        return self.py(osp.join(HERE, 'check_imports.py'), *IMPORTS)
+
     # -- steps ---------------------------------------------------------------
     def step_install(self):
         if not self.wheels:
-            imports = self.py('-c', 'import mmdet.models, mmseg.models, mmengine, mmdsnet')
             works = [subprocess.run(c, cwd=ROOT, env=self.env(), capture_output=True, text=True)
-                     for c in (self.verify_ops(), imports)]  # fmt: skip
+                     for c in (self.verify_ops(), self.check_imports())]  # fmt: skip
+            with open(osp.join(self.out, 'logs', 'install.log'), 'w') as log:
+                log.write(''.join(p.stdout + p.stderr for p in works))
             if all(p.returncode == 0 for p in works):
-                with open(osp.join(self.out, 'logs', 'install.log'), 'w') as log:
-                    log.write(f'already installed: {works[0].stdout.strip()}\n')
                 self.record('install', 'passed', 0.0, note='already installed')
             else:
                 self.record('install', 'failed', 0.0, note='the OpenMMLab stack does not import '
@@ -219,17 +228,13 @@ class Check:
             limit = LIMITS['install_build']
             env = dict(PIP_NO_INDEX='1', PIP_FIND_LINKS=osp.abspath(self.wheels),
                        PIP_TARGET=self.site, PIP_UPGRADE='1')  # fmt: skip
-        imports = self.py('-c', 'import mmdet.models, mmseg.models, mmdsnet; print("ok")')
-        commands = [pip + setuptools, pip + others, *mmcv, self.verify_ops(), imports]
+        # The imports first: a machine without a package the wheels lack is told all of them
+        # at once, before mmcv is built.
+        commands = [pip + setuptools, pip + others, self.check_imports(), *mmcv, self.verify_ops()]
         ok = self.run('install', commands, limit, env=env)
         self.update(mmcv=self.mmcv_wheel or 'built from source by install_env.sh mmcv')
-        if not ok and self.mmcv_wheel:
-            wheel = osp.basename(self.mmcv_wheel)
-            self.update(
-                note=f'{wheel} does not install, or its ops do not work, with this Python, torch '
-                'and GPU (see logs/install.log); without MMCV_WHEEL, mmcv is built from '
-                'WHEELS/mmcv-2.1.0.tar.gz'
-            )
+        if not ok:
+            self.update(note=install_failure(self.records[-1], commands, self.mmcv_wheel))
 
     def step_env(self):
         command = self.py(osp.join(HERE, 'describe_env.py'), osp.join(self.out, 'env.json'))
@@ -346,6 +351,35 @@ def marked_processes(needle):
         except OSError:
             continue
     return pids
+
+
+def install_failure(record, commands, mmcv_wheel):
+    """What the install step's failed command means, for its note."""
+    failed, error = record.get('failed_command'), record.get('error', '')
+    if failed is None:
+        return 'see logs/install.log'
+    if failed < 2:
+        return f'the wheels of WHEELS do not install: {error}'
+    if failed == 2:  # check_imports.py: its first line names every missing module
+        return f'the stack does not import on this machine: {error}; see logs/install.log'
+    if record['status'] == 'timeout':
+        return f'{" ".join(commands[failed][:3])} ran out of time'
+    if mmcv_wheel:
+        return (
+            f'{osp.basename(mmcv_wheel)} does not install, or its ops do not work, with this '
+            f'Python, torch and GPU ({error}); without MMCV_WHEEL, mmcv is built from '
+            'WHEELS/mmcv-2.1.0.tar.gz'
+        )
+    return f'mmcv does not build or its ops do not work: {error}'
+
+
+def last_output_line(path, offset, width=300):
+    """The last non-blank line a command wrote to its log from ``offset`` on: usually the
+    error that stopped it."""
+    with open(path, errors='replace') as log:
+        log.seek(offset)
+        lines = [line.strip() for line in log.read().splitlines() if line.strip()]
+    return lines[-1][:width] if lines else 'no output'
 
 
 def junit_counts(paths):

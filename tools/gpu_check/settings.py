@@ -10,6 +10,13 @@ only, like the rest of tools/gpu_check/.
 # re-measures.
 STEPS = ('install', 'env', 'tests', 'demo', 'attention', 'benchmark', 'profile')
 
+# What the later steps import, checked by the install step (check_imports.py) so that a
+# machine without a package the wheels lack hears of every such package in one run.
+IMPORTS = (
+    'mmengine.runner', 'mmdet.apis', 'mmdet.evaluation', 'mmdet.visualization', 'mmseg.apis',
+    'mmseg.evaluation', 'mmdsnet', 'mmdsnet.analysis',
+)  # fmt: skip
+
 # Seconds each step may take before it is stopped (the GPU check must end in under 9 minutes
 # with a prebuilt mmcv; building mmcv takes about 5 more). On the H100 of 2026-11-27: install
 # 28-47 s, env 4-6, the AMP Mask R-CNN test 24, attention 34, benchmark 112 (5 trials), profile

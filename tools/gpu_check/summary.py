@@ -95,8 +95,11 @@ def steps_section(out, total) -> List[str]:
             notes.insert(0, f'{t["passed"]} passed, {t["failed"]} failed, {t["skipped"]} skipped')
         if step.get('mmcv'):
             notes.append(f'mmcv: {osp.basename(str(step["mmcv"]))}')
+        error = step.get('error')
+        if error and error not in step.get('note', ''):  # the first failed command's last line
+            notes.append(f'command {step["failed_command"] + 1} failed: {error}')
         note = step.get('target') or '; '.join(n for n in notes if n)
-        rows.append([step['step'], step['status'], _fmt(step['seconds']), note])
+        rows.append([step['step'], step['status'], _fmt(step['seconds']), note.replace('|', '/')])
     header = ['step', 'status', 'seconds', 'note']
     return _section(f'## Steps (total {total:.0f} s)', _table(header, rows))
 
