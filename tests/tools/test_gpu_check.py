@@ -246,11 +246,11 @@ def test_install_step_installs_the_wheels_and_builds_mmcv_only_through_install_e
         'setuptools-80.10.2-py3-none-any.whl',  # first: mmcv's build needs its pkg_resources
         'mmengine-0.10.7-py3-none-any.whl',  # the prebuilt mmcv wheel is not taken unasked
     ]
-    # every missing module named before mmcv is built
-    assert osp.basename(commands[2][1]) == 'check_imports.py'
-    assert tuple(commands[2][2:]) == gpu_check.IMPORTS
     # the source build goes through the installer (its decision and patch), offline, into site
-    assert commands[3] == ['bash', 'tools/install/install_env.sh', 'mmcv']
+    assert commands[2] == ['bash', 'tools/install/install_env.sh', 'mmcv']
+    # then every missing module named at once, before mmcv's ops are checked
+    assert osp.basename(commands[3][1]) == 'check_imports.py'
+    assert tuple(commands[3][2:]) == gpu_check.IMPORTS
     assert env == dict(PIP_NO_INDEX='1', PIP_FIND_LINKS=str(wheels),
                        PIP_TARGET=str(tmp_path / 'site'), PIP_UPGRADE='1')  # fmt: skip
     assert limit == gpu_check.LIMITS['install_build']
@@ -259,12 +259,12 @@ def test_install_step_installs_the_wheels_and_builds_mmcv_only_through_install_e
     wheel = str(wheels / 'mmcv-2.1.0-cp312-cp312-linux_x86_64.whl')
     record = install(wheel, passes=False, failed_command=4, error='[install] error: nms differs')
     commands, limit, env = runs[-1]
-    assert commands[3][-1] == wheel and not env and limit == gpu_check.LIMITS['install']
+    assert commands[2][-1] == wheel and not env and limit == gpu_check.LIMITS['install']
     assert record['note'].startswith('mmcv-2.1.0-cp312-cp312-linux_x86_64.whl does not install')
     assert '[install] error: nms differs' in record['note']
     # a module the machine lacks is not blamed on the mmcv wheel
     missing = 'missing modules: six, regex (put their wheels into the wheels folder ...)'
-    record = install(wheel, passes=False, failed_command=2, error=missing)
+    record = install(wheel, passes=False, failed_command=3, error=missing)
     assert record['note'].startswith(f'the stack does not import on this machine: {missing}')
 
 

@@ -228,9 +228,9 @@ class Check:
             limit = LIMITS['install_build']
             env = dict(PIP_NO_INDEX='1', PIP_FIND_LINKS=osp.abspath(self.wheels),
                        PIP_TARGET=self.site, PIP_UPGRADE='1')  # fmt: skip
-        # The imports first: a machine without a package the wheels lack is told all of them
-        # at once, before mmcv is built.
-        commands = [pip + setuptools, pip + others, self.check_imports(), *mmcv, self.verify_ops()]
+        # The imports before mmcv's ops are checked (which needs mmengine's dependencies): a
+        # machine without packages the wheels lack is told all of them at once.
+        commands = [pip + setuptools, pip + others, *mmcv, self.check_imports(), self.verify_ops()]
         ok = self.run('install', commands, limit, env=env)
         self.update(mmcv=self.mmcv_wheel or 'built from source by install_env.sh mmcv')
         if not ok:
@@ -360,7 +360,7 @@ def install_failure(record, commands, mmcv_wheel):
         return 'see logs/install.log'
     if failed < 2:
         return f'the wheels of WHEELS do not install: {error}'
-    if failed == 2:  # check_imports.py: its first line names every missing module
+    if osp.basename(commands[failed][1]) == 'check_imports.py':  # its last line names them all
         return f'the stack does not import on this machine: {error}; see logs/install.log'
     if record['status'] == 'timeout':
         return f'{" ".join(commands[failed][:3])} ran out of time'
