@@ -151,7 +151,7 @@ def test_dsnet_s_trains_the_same_with_and_without_attn_split_on_cuda(precision, 
         assert float((got - want).abs().max() / scale) < 1e-2, name
 
 
-@pytest.mark.parametrize('precision', ['fp32', 'fp16'])
+@pytest.mark.parametrize('precision', ['fp32', 'fp16', 'bf16'])
 def test_gradients_keep_their_parameters_strides_on_cuda(precision):
     """DDP warns 'Grad strides do not match bucket view strides' otherwise
     (seen on the H100 before match_grad_strides landed)."""
@@ -174,11 +174,14 @@ def test_gradients_keep_their_parameters_strides_on_cuda(precision):
 
 
 @pytest.mark.integration
-def test_amp_mask_rcnn_training_step_is_finite(mmdet_scope):
-    """Steps through mmengine's AmpOptimWrapper (fp16, dynamic scale): losses and
-    weights stay finite and the weights move. The first steps may overflow at
-    the initial scale of 2**16 and be skipped (the scale halves), so up to ten
-    are taken until one is applied."""
+@pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
+def test_amp_mask_rcnn_training_step_is_finite(mmdet_scope, dtype):
+    """Steps through mmengine's AmpOptimWrapper (dynamic scale) in fp16 and in
+    bf16 (which mmcv's RoIAlign has no kernel for: the config's fp32 RoI
+    extractor makes it possible): losses and weights stay finite and the
+    weights move. The first steps may overflow at the initial scale of 2**16
+    and be skipped (the scale halves), so up to ten are taken until one is
+    applied."""
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
     from mmengine.optim import AmpOptimWrapper
@@ -190,7 +193,7 @@ def test_amp_mask_rcnn_training_step_is_finite(mmdet_scope):
     model = MODELS.build(cfg.model).cuda()
     model.train()
     wrapper = AmpOptimWrapper(
-        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4), loss_scale='dynamic'
+        optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4), loss_scale='dynamic', dtype=dtype
     )
     packed = demo_mm_inputs(2, [[3, 512, 672]] * 2, num_items=[6, 6], with_mask=True)
     data = model.data_preprocessor(packed, training=True)

@@ -14,7 +14,7 @@ from helpers import REPO_ROOT, load_tool
 # Every test here starts processes or trains.
 pytestmark = pytest.mark.integration
 
-STEPS = ['install', 'env', 'tests', 'demo', 'attention', 'benchmark', 'profile']
+STEPS = ['install', 'env', 'tests', 'demo', 'attention', 'benchmark', 'profile', 'demo_bf16']
 TOOL = osp.join(REPO_ROOT, 'tools', 'gpu_check')
 SCRIPT = osp.join(TOOL, 'gpu_check.py')
 
@@ -98,6 +98,11 @@ def test_cpu_mode_figures_reach_the_summary(cpu_run):
     assert demo['processes'] == 1 and demo['total_seconds'] > demo['train_seconds'] > 0
     assert demo['grad_stride_warnings'] == 0
     assert demo['status'] == 'passed' and 'target' not in demo  # no mAP target on the CPU
+    # the bf16 demo step: its own work dir and figures (in fp32 on the CPU: AMP needs a GPU)
+    with open(out / 'results' / 'demo_bf16.json') as f:
+        demo_bf16 = json.load(f)
+    assert demo_bf16['step'] == 'demo_bf16' and demo_bf16['total_seconds'] > 0
+    assert demo_bf16['amp'] is None and demo['amp'] is None
     with open(out / 'results' / 'attention_kernels.json') as f:
         kernels = json.load(f)
     # DS-Net-T at 256x320: attn_split='auto' rewrites both co-attentions of stages 1-3
@@ -119,6 +124,7 @@ def test_cpu_mode_figures_reach_the_summary(cpu_run):
     assert 'DS-Net-T eval at 2x64x64, bf16, on cpu' in summary  # the inference profile
     assert 'cudnn.benchmark on' in summary  # ... and again with it
     assert 'benchmark_detectors_roi_extractor.json' in summary and 'fwd + loss ms' in summary
+    assert '| demo | 1 | no |' in summary and '| demo_bf16 | 1 | no |' in summary  # Demo rows
 
 
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path):

@@ -1,7 +1,7 @@
 """Check and measure a GPU machine in one command: `make gpu-check`.
 
     python tools/gpu_check/gpu_check.py --out OUT [--wheels DIR] [--mmcv-wheel FILE]
-        [--cpu] [--steps install,env,tests,demo,attention,benchmark,profile] [--budget S]
+        [--cpu] [--steps install,env,tests,demo,...,demo_bf16] [--budget S]
 
 Runs each step in its own process with a time limit and writes everything
 into OUT: ``env.json`` (GPU, driver, torch, CUDA, cuDNN, NCCL), ``steps.json``
@@ -39,6 +39,9 @@ Steps (their order, settings and time limits are in settings.py):
              the measurement scripts of tools/analysis_tools/ listed in
              settings.py: SDPA backends and attention kernels, backbone and
              Mask R-CNN speed and memory, torch.profiler tables.
+  demo_bf16  the demo again with bf16 AMP (``--amp --cfg-options
+             optim_wrapper.dtype=bfloat16``); last, as the step a cut budget
+             loses first.
 
 ``--cpu`` (or a machine without CUDA) runs the same steps and writes the same
 files with tiny settings on the CPU, in a few minutes. The tests run it so that
@@ -266,16 +269,21 @@ class Check:
         if reports:
             self.update(tests=junit_counts(reports))
 
-    def step_demo(self):
-        demo = self.settings['demo']
-        work_dir = osp.join(ROOT, 'work_dirs', 'gpu-check', 'demo')
+    def step_demo(self, step='demo'):
+        """demo.sh with the AMP dtype of settings.py's ``step`` entry, in its own work dir;
+        its figures into results/<step>.json."""
+        demo = self.settings[step]
+        work_dir = osp.join(ROOT, 'work_dirs', 'gpu-check', step)
         shutil.rmtree(work_dir, ignore_errors=True)  # demo.sh wants a fresh WORK_DIR
-        args = (['--amp'] if demo['amp'] else []) + (
-            ['--cfg-options', *demo['options']] if demo['options'] else []
+        # float16 is --amp's own (the mission's command as users type it); another dtype is set
+        dtype = (
+            [f'optim_wrapper.dtype={demo["amp"]}'] if demo['amp'] not in (None, 'float16') else []
         )
+        options = dtype + demo['options']
+        args = (['--amp'] if demo['amp'] else []) + (['--cfg-options', *options] if options else [])
         env = dict(WORK_DIR=work_dir, **({'NPROC': str(demo['nproc'])} if demo['nproc'] else {}))
         command = ['bash', 'tools/demo/demo.sh', 'det', *args]
-        self.run('demo', [command], LIMITS['demo'], ok_codes=(0, DEMO_NO_LEARNING), env=env)
+        self.run(step, [command], LIMITS[step], ok_codes=(0, DEMO_NO_LEARNING), env=env)
         record = dict(self.records[-1], amp=demo['amp'])
         summary = load_json(osp.join(work_dir, 'demo_summary.json'))
         if summary is not None:
@@ -294,7 +302,10 @@ class Check:
             with open(console, errors='replace') as log:
                 record['grad_stride_warnings'] = log.read().count(GRAD_STRIDE_WARNING)
         self.update(**record)
-        self.write_json(osp.join('results', 'demo.json'), record)
+        self.write_json(osp.join('results', f'{step}.json'), record)
+
+    def step_demo_bf16(self):
+        self.step_demo('demo_bf16')
 
     def measure(self, step):
         """A measurement step: each script of settings.py with its arguments and its output."""

@@ -7,8 +7,9 @@ only, like the rest of tools/gpu_check/.
 """
 
 # The order the steps run in: what no earlier GPU run has finished (the demo) before what
-# re-measures.
-STEPS = ('install', 'env', 'tests', 'demo', 'attention', 'benchmark', 'profile')
+# re-measures; the bf16 demo last, as what a cut budget loses first (a later call can run it
+# alone: --steps install,demo_bf16).
+STEPS = ('install', 'env', 'tests', 'demo', 'attention', 'benchmark', 'profile', 'demo_bf16')
 
 # What the later steps import, checked by the install step (check_imports.py) so that a
 # machine without a package the wheels lack hears of every such package in one run.
@@ -24,7 +25,7 @@ IMPORTS = (
 # which DS-Net's attention no longer uses.
 LIMITS = dict(
     install=120, install_build=900, env=60, tests=180, demo=240, attention=120, benchmark=220,
-    profile=120,
+    profile=120, demo_bf16=240,
 )  # fmt: skip
 
 BACKBONES = 'DS-Net-T,DS-Net-S,DS-Net-B,ResNet-50,Swin-T,PVTv2-b2'
@@ -60,7 +61,10 @@ def profiles(arch, size, batch, precisions, detector_size, warmup, amp):
 
 
 GPU = dict(
-    demo=dict(amp=True, nproc=None, options=[]),  # nproc None: demo.sh's one per GPU
+    # amp: the AmpOptimWrapper's dtype (tools/train.py --amp); nproc None: demo.sh's one per GPU
+    demo=dict(amp='float16', nproc=None, options=[]),
+    # bf16 AMP: possible because the configs' RoI extractor runs mmcv's RoIAlign in fp32
+    demo_bf16=dict(amp='bfloat16', nproc=None, options=[]),
     attention=[
         ('attention_backends.py', 'results/attention_backends.json',
          ['--settings', '224 b1,800x1344 b1',  # every arch of DSNet.arch_settings
@@ -87,22 +91,29 @@ GPU = dict(
 )  # fmt: skip
 
 # Tiny settings for the CPU mode: fewer models, small inputs, one trial.
+# The demo: one epoch on 8 training and 4 validation images of 96 px, one process, no AMP
+# (mmengine's AMP needs a GPU, so on the CPU the bf16 demo step trains in fp32 too: it checks
+# the step, not the precision).
+CPU_DEMO = dict(
+    amp=None,
+    nproc=1,
+    options=[
+        'train_cfg.max_epochs=1',
+        'train_cfg.val_interval=1',
+        'train_dataloader.dataset.indices=8',
+        'val_dataloader.dataset.indices=4',
+        'test_dataloader.dataset.indices=4',
+        'train_dataloader.dataset.pipeline.2.scale=(96,96)',
+        'val_dataloader.dataset.pipeline.1.scale=(96,96)',
+        'test_dataloader.dataset.pipeline.1.scale=(96,96)',
+        'param_scheduler.0.end=1',
+        'param_scheduler.1.end=1',
+        'default_hooks.logger.interval=1',  # 2 iterations: demo_summary.py needs losses
+    ],
+)
 CPU = dict(
-    # one epoch on 8 training and 4 validation images of 96 px, one process, no AMP
-    demo=dict(
-        amp=False,
-        nproc=1,
-        options=[
-            'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
-            'train_dataloader.dataset.indices=8', 'val_dataloader.dataset.indices=4',
-            'test_dataloader.dataset.indices=4',
-            'train_dataloader.dataset.pipeline.2.scale=(96,96)',
-            'val_dataloader.dataset.pipeline.1.scale=(96,96)',
-            'test_dataloader.dataset.pipeline.1.scale=(96,96)',
-            'param_scheduler.0.end=1', 'param_scheduler.1.end=1',
-            'default_hooks.logger.interval=1',  # 2 iterations: demo_summary.py needs losses
-        ],
-    ),
+    demo=CPU_DEMO,
+    demo_bf16=CPU_DEMO,
     attention=[
         ('attention_backends.py', 'results/attention_backends.json',
          ['--archs', 'tiny', '--settings', '64 b1', '--precisions', 'fp32,bf16']),

@@ -219,18 +219,20 @@ def profile_section(out) -> List[str]:
 
 
 def demo_section(out) -> List[str]:
-    demo = _load(out, 'results/demo.json')
+    """A row for each demo step that ran: fp16 AMP (``demo``) and bf16 AMP (``demo_bf16``)."""
     title = '## Demo (tools/demo/demo.sh: tools/dist_train.sh, then tools/test.py)'
-    if demo is None:
+    demos = [(step, _load(out, f'results/{step}.json')) for step in ('demo', 'demo_bf16')]
+    if all(demo is None for _, demo in demos):
         return _section(title, None)
-    header = ['processes', 'AMP', 'train s', 'total s', 'bbox mAP', 'AP50', 'segm mAP',
+    header = ['step', 'processes', 'AMP', 'train s', 'total s', 'bbox mAP', 'AP50', 'segm mAP',
               'grad-stride warnings', 'status']  # fmt: skip
-    row = [demo.get('processes', 'n/a'), 'yes' if demo.get('amp') else 'no',
-           _fmt(demo.get('train_seconds')), _fmt(demo.get('total_seconds')),
-           _fmt(demo.get('bbox_mAP'), 3), _fmt(demo.get('bbox_mAP_50'), 3),
-           _fmt(demo.get('segm_mAP'), 3), demo.get('grad_stride_warnings', 'n/a'),
-           demo.get('status')]  # fmt: skip
-    return _section(title, _table(header, [row]))
+    rows = [[step, demo.get('processes', 'n/a'), demo.get('amp') or 'no',
+             _fmt(demo.get('train_seconds')), _fmt(demo.get('total_seconds')),
+             _fmt(demo.get('bbox_mAP'), 3), _fmt(demo.get('bbox_mAP_50'), 3),
+             _fmt(demo.get('segm_mAP'), 3), demo.get('grad_stride_warnings', 'n/a'),
+             demo.get('status')]
+            for step, demo in demos if demo is not None]  # fmt: skip
+    return _section(title, _table(header, rows))
 
 
 def split_section(out) -> List[str]:
