@@ -287,3 +287,29 @@ def test_a_failed_step_records_which_command_failed_and_its_last_line(tmp_path, 
     summary = load_tool('tools/gpu_check/summary.py')
     rows = summary.steps_section(check.out, 1.0)
     assert any('command 2 failed: ValueError: bad' in row for row in rows), rows
+
+
+def test_the_gpu_demo_steps_run_the_missions_command_in_fp16_and_bf16(tmp_path, monkeypatch):
+    """fp16: `--amp` as users type it; bf16: `--amp` with the wrapper's dtype set. Each demo
+    in its own work dir, on one process per GPU (demo.sh's default: no NPROC)."""
+    gpu_check = load_gpu_check(monkeypatch)
+    check = gpu_check.Check(str(tmp_path / 'out'), sys.executable, cpu=False)
+    runs = []
+
+    def run(step, commands, limit, ok_codes=(0,), env=None, **kwargs):
+        runs.append((step, commands, env))
+        check.record(step, 'passed', 0.0)
+        return True
+
+    check.run = run
+    check.step_demo()
+    check.step_demo_bf16()
+    (fp16, [fp16_command], fp16_env), (bf16, [bf16_command], bf16_env) = runs
+    assert (fp16, bf16) == ('demo', 'demo_bf16')
+    assert fp16_command == ['bash', 'tools/demo/demo.sh', 'det', '--amp']
+    assert bf16_command == ['bash', 'tools/demo/demo.sh', 'det', '--amp', '--cfg-options',
+                            'optim_wrapper.dtype=bfloat16']  # fmt: skip
+    assert fp16_env['WORK_DIR'] != bf16_env['WORK_DIR'] and 'NPROC' not in bf16_env
+    for step in ('demo', 'demo_bf16'):
+        with open(tmp_path / 'out' / 'results' / f'{step}.json') as f:
+            assert json.load(f)['amp'] == gpu_check.GPU[step]['amp']
