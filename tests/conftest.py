@@ -39,12 +39,13 @@ def mmpretrain_scope():
 
 @pytest.fixture
 def drop_runner_globals():
-    """Forget the global instances an in-process Runner leaves behind.
+    """Forget the global instances an in-process Runner or inferencer leaves behind.
 
     A Runner makes its DefaultScope ('mmengine' for a plain Runner) the
-    current one, which would make later ``mmdet.registry.MODELS.build``
-    calls in other test files look in the wrong registry; its MessageHub,
-    logger (with open log files) and visualizer are dropped as well.
+    current one, an mmdet/mmseg inferencer its framework's, which would make
+    later ``mmdet.registry.MODELS.build`` calls in other test files look in
+    the wrong registry; its MessageHub, logger (with open log files) and
+    visualizer are dropped as well.
     """
     from mmengine.logging import MessageHub, MMLogger
     from mmengine.registry import DefaultScope

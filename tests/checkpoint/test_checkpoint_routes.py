@@ -386,7 +386,9 @@ def test_auto_resume_stays_inside_the_work_dir(tmp_path):
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize('where', ['meta', 'message_hub'])
 @pytest.mark.parametrize('kind', ['det', 'seg'])
-def test_inferencer_does_not_run_a_stored_config(tmp_path, monkeypatch, kind, where):
+def test_inferencer_does_not_run_a_stored_config(
+    tmp_path, monkeypatch, kind, where, drop_runner_globals
+):
     from mmdet.apis import DetInferencer
     from mmseg.apis import MMSegInferencer
 

@@ -15,6 +15,10 @@ from mmengine.registry import DefaultScope
 
 import mmdsnet  # noqa: F401  (registers DSNet/DSFPN; allows Runner checkpoint types)
 
+# An inferencer makes its framework's DefaultScope the current one (init_default_scope):
+# later tests would build in mmdet's or mmseg's registry.
+pytestmark = pytest.mark.usefixtures('drop_runner_globals')
+
 DET_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'mask_rcnn_dsnet_t_dsfpn_demo.py')
 SEG_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'fpn_dsnet-t_demo-seg.py')
 
