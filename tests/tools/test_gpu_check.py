@@ -313,3 +313,18 @@ def test_the_gpu_demo_steps_run_the_missions_command_in_fp16_and_bf16(tmp_path, 
     for step in ('demo', 'demo_bf16'):
         with open(tmp_path / 'out' / 'results' / f'{step}.json') as f:
             assert json.load(f)['amp'] == gpu_check.GPU[step]['amp']
+
+
+def test_without_wheels_the_install_note_names_what_does_not_import(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check(monkeypatch)
+    monkeypatch.setattr(gpu_check, 'IMPORTS', ('mmengine', 'absent_module_for_the_test'))
+    check = gpu_check.Check(str(tmp_path / 'out'), sys.executable, cpu=True)
+    check.step_install()
+    record = check.records[-1]
+    assert record['status'] == 'failed'
+    assert record['note'].startswith(
+        'the OpenMMLab stack does not work here (missing modules: absent_module_for_the_test ('
+    )
+    assert 'no --wheels folder was given' in record['note']
+    log = (tmp_path / 'out' / 'logs' / 'install.log').read_text()
+    assert 'ops verified on cpu' in log and 'absent_module_for_the_test: imported at' in log

@@ -211,12 +211,14 @@ class Check:
                      for c in (self.verify_ops(), self.check_imports())]  # fmt: skip
             with open(osp.join(self.out, 'logs', 'install.log'), 'w') as log:
                 log.write(''.join(p.stdout + p.stderr for p in works))
-            if all(p.returncode == 0 for p in works):
+            failed = [p for p in works if p.returncode != 0]
+            if not failed:
                 self.record('install', 'passed', 0.0, note='already installed')
             else:
-                self.record('install', 'failed', 0.0, note='the OpenMMLab stack does not import '
-                            'here and no --wheels folder was given (make gpu-check WHEELS=folder '
-                            '[MMCV_WHEEL=file])')  # fmt: skip
+                output = (failed[0].stdout + failed[0].stderr).strip().splitlines() or ['']
+                self.record('install', 'failed', 0.0, note=f'the OpenMMLab stack does not work '
+                            f'here ({output[-1][:300]}) and no --wheels folder was given (make '
+                            'gpu-check WHEELS=folder [MMCV_WHEEL=file])')  # fmt: skip
             return
         wheels = sorted(glob.glob(osp.join(self.wheels, '*.whl')))
         setuptools = [w for w in wheels if osp.basename(w).startswith('setuptools-')]
@@ -369,12 +371,12 @@ def install_failure(record, commands, mmcv_wheel):
     failed, error = record.get('failed_command'), record.get('error', '')
     if failed is None:
         return 'see logs/install.log'
+    if record['status'] == 'timeout':
+        return f'{" ".join(commands[failed][:3])} ran out of time'
     if failed < 2:
         return f'the wheels of WHEELS do not install: {error}'
     if osp.basename(commands[failed][1]) == 'check_imports.py':  # its last line names them all
         return f'the stack does not import on this machine: {error}; see logs/install.log'
-    if record['status'] == 'timeout':
-        return f'{" ".join(commands[failed][:3])} ran out of time'
     if mmcv_wheel:
         return (
             f'{osp.basename(mmcv_wheel)} does not install, or its ops do not work, with this '
