@@ -49,7 +49,7 @@ def test_benchmark_reports_every_entry(tmp_path, drop_runner_globals):
             '--backbones',
             'DS-Net-T,DS-Net-S unfused,ResNet-50',
             '--settings',
-            '224 b8',
+            '96 b2',
             '--trials',
             '2',
             '--warmup',
