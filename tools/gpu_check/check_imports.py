@@ -56,10 +56,9 @@ class Anything:
 
 
 class StandIn(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith('__'):
-            raise AttributeError(name)
-        return Anything()
+    """A missing module: any attribute is an ``Anything``."""
+
+    __getattr__ = Anything.__getattr__
 
 
 class StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

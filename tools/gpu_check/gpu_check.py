@@ -153,7 +153,7 @@ class Check:
                 begins = log.tell()
                 if left <= 0:
                     status, code = 'timeout', None
-                    failure = dict(failed_command=index)
+                    failure = failure or dict(failed_command=index)
                     break
                 marker = f'{step}-{os.getpid()}-{time.monotonic_ns()}'
                 process = subprocess.Popen(
@@ -165,7 +165,7 @@ class Check:
                 except subprocess.TimeoutExpired:
                     stop_processes(process, marker)
                     status, code = 'timeout', None
-                    failure = dict(failed_command=index)
+                    failure = failure or dict(failed_command=index)
                     log.write(f'\n[gpu-check] {step}: stopped after {limit:.0f} s\n')
                     break
                 if code not in ok_codes:

@@ -12,7 +12,7 @@ import json
 import os.path as osp
 from typing import List, Optional
 
-from settings import TARGETS
+from settings import STEPS, TARGETS
 
 # How a figure compares with its peer's to meet a target.
 HIGHER_IS_BETTER = {'images_per_s'}
@@ -219,9 +219,10 @@ def profile_section(out) -> List[str]:
 
 
 def demo_section(out) -> List[str]:
-    """A row for each demo step that ran: fp16 AMP (``demo``) and bf16 AMP (``demo_bf16``)."""
+    """A row for each demo step that ran (settings.STEPS: ``demo``, ``demo_bf16``)."""
     title = '## Demo (tools/demo/demo.sh: tools/dist_train.sh, then tools/test.py)'
-    demos = [(step, _load(out, f'results/{step}.json')) for step in ('demo', 'demo_bf16')]
+    steps = [step for step in STEPS if step.startswith('demo')]
+    demos = [(step, _load(out, f'results/{step}.json')) for step in steps]
     if all(demo is None for _, demo in demos):
         return _section(title, None)
     header = ['step', 'processes', 'AMP', 'train s', 'total s', 'bbox mAP', 'AP50', 'segm mAP',
