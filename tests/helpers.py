@@ -1,6 +1,7 @@
 """Plain helpers the test modules import (``from helpers import REPO_ROOT``):
 the checkout's root, loading a tool script as a module, a free TCP port,
-public DS-Net weights as PaddleClas stores them, and a run of the converter."""
+public DS-Net weights as PaddleClas stores them, a run of the converter, and
+independent commands run at the same time."""
 
 import glob
 import importlib.util
@@ -8,6 +9,8 @@ import os.path as osp
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from types import ModuleType
 
 #: The checkout's root: configs/, tools/ and README.md live here.
@@ -90,15 +93,44 @@ def to_paddle(public: dict) -> dict:
     return out
 
 
+def converter_command(*args) -> list:
+    """``tools/model_converters/dsnet2mmdet.py ARGS`` as a command line."""
+    script = osp.join(REPO_ROOT, 'tools/model_converters/dsnet2mmdet.py')
+    return [sys.executable, script, *map(str, args)]
+
+
 def run_converter(*args) -> subprocess.CompletedProcess:
-    """``tools/model_converters/dsnet2mmdet.py ARGS`` in a child process (output captured)."""
-    return subprocess.run(
-        [
-            sys.executable,
-            osp.join(REPO_ROOT, 'tools/model_converters/dsnet2mmdet.py'),
-            *map(str, args),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """The converter with ``args`` in a child process (output captured)."""
+    return subprocess.run(converter_command(*args), capture_output=True, text=True, timeout=120)
+
+
+def run_at_once(commands: list, timeout: float = 300, **popen_args) -> list:
+    """Run independent commands at the same time; their CompletedProcess results
+    (output captured as text), in order. The suite's child processes spend most
+    of their time importing, on one core: side by side they use both of a
+    two-core machine. Output goes through files, so that a talkative command
+    does not wait on a full pipe. Past ``timeout`` seconds the commands still
+    running are killed and TimeoutExpired is raised."""
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryDirectory() as folder:
+        started = []
+        for i, command in enumerate(commands):
+            out = open(osp.join(folder, f'{i}.out'), 'w+')
+            err = open(osp.join(folder, f'{i}.err'), 'w+')
+            proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, **popen_args)
+            started.append((command, proc, out, err))
+        try:
+            for _, proc, _, _ in started:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0))
+        finally:
+            for _, proc, _, _ in started:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        results = []
+        for command, proc, out, err in started:
+            out.seek(0), err.seek(0)
+            result = subprocess.CompletedProcess(command, proc.returncode, out.read(), err.read())
+            results.append(result)
+            out.close(), err.close()
+        return results

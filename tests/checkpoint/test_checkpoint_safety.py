@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from helpers import REPO_ROOT, TESTS_ROOT
+from helpers import REPO_ROOT, TESTS_ROOT, run_at_once
 
 # Every test here starts processes or trains.
 pytestmark = pytest.mark.integration
@@ -142,31 +142,28 @@ def test_tools_test_refuses_a_checkpoint_that_does_not_fit(tmp_path, trained_toy
     diverged = dict(
         full, state_dict=dict(full['state_dict'], **{'fc.bias': torch.tensor([float('nan'), 0.0])})
     )
-    for name, content, message in [
+    cases = [
         ('partial', partial, '1 of 2 model weights are missing from it (e.g. fc.bias)'),
         ('misshapen', misshapen, 'fc.bias: checkpoint (3,) vs model (2,)'),
         ('diverged', diverged, "weight 'fc.bias' (2,) holds NaN values"),
-    ]:
+    ]
+    commands = []
+    for name, content, _ in cases:
         path = tmp_path / f'{name}.pth'
         torch.save(content, path)
-        result = run_tool(['tools/test.py', config, path, '--work-dir', tmp_path / name], env)
+        commands.append(['tools/test.py', config, path, '--work-dir', tmp_path / name])
+    commands.append(['tools/test.py', config, tmp_path / 'partial.pth', '--work-dir',
+                     tmp_path / 'allowed', '--allow-partial-load'])  # fmt: skip
+    commands.append(['tools/test.py', config, checkpoint, '--work-dir', tmp_path / 'ok'])
+    *refused, allowed, complete = run_at_once(
+        [[sys.executable, *map(str, c)] for c in commands], cwd=REPO_ROOT, env=env
+    )
+    for (name, _, message), result in zip(cases, refused):
         assert result.returncode != 0, name
         assert message in result.stderr, result.stderr[-2000:]
         assert 'Traceback' not in result.stderr
-    allowed = run_tool(
-        [
-            'tools/test.py',
-            config,
-            tmp_path / 'partial.pth',
-            '--work-dir',
-            tmp_path / 'allowed',
-            '--allow-partial-load',
-        ],
-        env,
-    )
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert 'partial load allowed' in allowed.stdout + allowed.stderr
-    complete = run_tool(['tools/test.py', config, checkpoint, '--work-dir', tmp_path / 'ok'], env)
     assert complete.returncode == 0 and 'mse:' in complete.stdout + complete.stderr
 
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import run_converter, to_paddle
+from helpers import converter_command, run_at_once, run_converter, to_paddle
 from mmengine.logging import MMLogger
 
 from mmdsnet.checkpoint import detect_layout, dsnet_convert, read_checkpoint
@@ -374,17 +374,18 @@ def test_cli_converter_refuses_what_is_not_a_ds_net_checkpoint(tmp_path):
     )
     empty = tmp_path / 'empty.pth'
     empty.write_bytes(b'')
-    for src, message in [
+    cases = [
         (resnet, 'is not a DS-Net checkpoint'),
         (empty, 'is empty (0 bytes)'),
         (tmp_path, 'is a directory'),
         (tmp_path / 'missing.pth', 'not found'),
-    ]:
-        result = run_converter(src, dst)
+    ]
+    results = run_at_once([converter_command(src, dst) for src, _ in cases], timeout=120)
+    for (src, message), result in zip(cases, results):
         assert result.returncode != 0, (src, result.stdout)
         assert message in result.stderr, result.stderr
         assert 'Traceback' not in result.stderr
-        assert not dst.exists()
+    assert not dst.exists()
 
 
 def test_converter_on_a_full_disk_leaves_nothing(tmp_path, reference, monkeypatch):

@@ -125,19 +125,28 @@ def lrs_by_iteration(output):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_mid_epoch(tmp_path, data_dir):
+def test_resume_after_kill_mid_epoch(tmp_path, data_dir, request):
     config = det_config(tmp_path, data_dir, max_epochs=3)
     reference_dir, killed_dir = tmp_path / 'reference', tmp_path / 'killed'
-    reference = run(
-        [sys.executable, 'tools/train.py', config, '--work-dir', str(reference_dir)], cwd=REPO_ROOT
+    # The uninterrupted run trains beside the one to be killed, each on one core
+    # (two runs of two threads on two cores take twice as long as one after the other).
+    one_thread = dict(os.environ, OMP_NUM_THREADS='1')
+    reference_log = open(tmp_path / 'reference.log', 'w')
+    reference_run = subprocess.Popen(
+        [sys.executable, 'tools/train.py', config, '--work-dir', str(reference_dir)],
+        cwd=REPO_ROOT,
+        stdout=reference_log,
+        stderr=subprocess.STDOUT,
+        env=one_thread,
     )
-
+    request.addfinalizer(reference_run.kill)  # a no-op once it has ended
     log = open(tmp_path / 'killed.log', 'w')
     proc = subprocess.Popen(
         [sys.executable, 'tools/train.py', config, '--work-dir', str(killed_dir)],
         cwd=REPO_ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=one_thread,
     )
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -155,8 +164,12 @@ def test_resume_after_kill_mid_epoch(tmp_path, data_dir):
     resumed = run(
         [sys.executable, 'tools/train.py', config, '--work-dir', str(killed_dir), '--resume'],
         cwd=REPO_ROOT,
+        OMP_NUM_THREADS=1,
     )
     assert re.search(r'resumed epoch: 1, iter: \d+', resumed)
+    reference_run.wait(timeout=600)
+    reference = (tmp_path / 'reference.log').read_text()
+    assert reference_run.returncode == 0, reference[-6000:]
     final = load_from_local_weights_only(str(killed_dir / 'epoch_3.pth'), 'cpu')
     expected = load_from_local_weights_only(str(reference_dir / 'epoch_3.pth'), 'cpu')
     assert final['meta']['epoch'] == expected['meta']['epoch'] == 3
