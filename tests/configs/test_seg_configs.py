@@ -40,6 +40,9 @@ def test_config_builds_and_runs(seg_config_path):
     # A fresh process (tools/train.py) finds DSNet only through this import.
     assert 'mmdsnet' in cfg.custom_imports['imports']
     cfg.model.backbone.init_cfg = None
+    # The step runs on the small inputs below, not padded to the 512x512 crop.
+    assert cfg.model.data_preprocessor.size == cfg.crop_size
+    cfg.model.data_preprocessor.update(size=None, size_divisor=32)
     # Outside a distributed run SyncBN must become BN for CPU: build as the
     # Runner would, then revert.
     from mmengine.model import revert_sync_batchnorm
@@ -54,7 +57,7 @@ def test_config_builds_and_runs(seg_config_path):
     assert isinstance(getattr(model, 'neck', None), DSFPN) == ('dsfpn' in seg_config_path)
     num_classes = cfg.model.decode_head.num_classes
     model.train()
-    data = model.data_preprocessor(seg_inputs(2, 128, 96, num_classes), training=True)
+    data = model.data_preprocessor(seg_inputs(2, 64, 64, num_classes), training=True)
     total, log_vars = model.parse_losses(model(**data, mode='loss'))
     assert torch.isfinite(total) and total > 0, log_vars
     total.backward()

@@ -124,30 +124,27 @@ def lrs_by_iteration(output):
     return {(int(e), int(i)): float(lr) for e, i, lr in found}
 
 
+def start_training(config, work_dir, log_path):
+    """tools/train.py in the background on one thread, its output into ``log_path``."""
+    with open(log_path, 'w') as log:
+        return subprocess.Popen(
+            [sys.executable, 'tools/train.py', config, '--work-dir', str(work_dir)],
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, OMP_NUM_THREADS='1'),
+        )
+
+
 @pytest.mark.slow
 def test_resume_after_kill_mid_epoch(tmp_path, data_dir, request):
     config = det_config(tmp_path, data_dir, max_epochs=3)
     reference_dir, killed_dir = tmp_path / 'reference', tmp_path / 'killed'
     # The uninterrupted run trains beside the one to be killed, each on one core
     # (two runs of two threads on two cores take twice as long as one after the other).
-    one_thread = dict(os.environ, OMP_NUM_THREADS='1')
-    reference_log = open(tmp_path / 'reference.log', 'w')
-    reference_run = subprocess.Popen(
-        [sys.executable, 'tools/train.py', config, '--work-dir', str(reference_dir)],
-        cwd=REPO_ROOT,
-        stdout=reference_log,
-        stderr=subprocess.STDOUT,
-        env=one_thread,
-    )
+    reference_run = start_training(config, reference_dir, tmp_path / 'reference.log')
     request.addfinalizer(reference_run.kill)  # a no-op once it has ended
-    log = open(tmp_path / 'killed.log', 'w')
-    proc = subprocess.Popen(
-        [sys.executable, 'tools/train.py', config, '--work-dir', str(killed_dir)],
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=one_thread,
-    )
+    proc = start_training(config, killed_dir, tmp_path / 'killed.log')
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         text = open(tmp_path / 'killed.log').read()
