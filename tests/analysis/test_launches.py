@@ -30,6 +30,9 @@ SWIN_T = dict(
 BUDGET = {'train fp32': 1.5, 'train bf16': 1.5, 'eval': 1.3}
 #: 224: every Swin stage a whole number of 7x7 windows (no padding operators).
 SHAPE = (1, 3, 224, 224)
+#: DS-Net-S counts the same at 64, 96 and 224 (as the test below checks for DS-Net-T):
+#: 96 costs a quarter of the time.
+DSNET_SHAPE = (1, 3, 96, 96)
 
 
 def test_views_and_allocations_launch_nothing():
@@ -68,7 +71,7 @@ def test_dsnet_s_launches_within_budget_of_swin_t():
     from mmdet.registry import MODELS
 
     torch.manual_seed(0)
-    dsnet = backbone_launches(DSNet('small'), SHAPE)
+    dsnet = backbone_launches(DSNet('small'), DSNET_SHAPE)
     swin = backbone_launches(MODELS.build(SWIN_T), SHAPE)
     ratios = {mode: dsnet[mode] / swin[mode] for mode in MODES}
     over = {mode: round(r, 3) for mode, r in ratios.items() if r > BUDGET[mode]}

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from helpers import REPO_ROOT, run_converter, to_paddle
+from helpers import REPO_ROOT, converter_command, run_at_once, to_paddle
 
 from mmdsnet.checkpoint import convert_file, dsnet_classifier_convert, dsnet_convert
 from mmdsnet.testing import randomize_norm_stats, reference_for
@@ -110,14 +110,16 @@ def test_an_image_classifier_checkpoint_converts_to_itself():
 def test_cli_classifier_route(tmp_path):
     src, dst = tmp_path / 'DSNet_tiny_pretrained.pdparams', tmp_path / 'out' / 'cls.pth'
     save_public(public_model('t'), src, 'paddle')
-    result = run_converter(src, dst, '--classifier')
+    backbone = tmp_path / 'backbone.pth'
+    torch.save(dsnet_convert(public_model('t').state_dict()), backbone)
+    result, refused = run_at_once([
+        converter_command(src, dst, '--classifier'),
+        converter_command(backbone, tmp_path / 'no.pth', '--classifier'),
+    ])  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert '10,534,312 parameters, mmpretrain ImageClassifier' in result.stdout + result.stderr
     saved = torch.load(dst, weights_only=True)
     assert set(saved['state_dict']) == set(classifier('t').state_dict())
-    backbone = tmp_path / 'backbone.pth'
-    torch.save(dsnet_convert(public_model('t').state_dict()), backbone)
-    refused = run_converter(backbone, tmp_path / 'no.pth', '--classifier')
     assert refused.returncode != 0
     assert 'nothing written: ValueError' in refused.stderr and 'no complete classifier' in (
         refused.stderr
