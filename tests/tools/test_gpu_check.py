@@ -58,7 +58,7 @@ def test_cpu_mode_runs_every_step_and_writes_the_files(cpu_run):
     # the dist_train.sh test is left to the demo step, which runs it to the end
     assert not any('dist_train' in c['name'] for c in tests['cases'])
     for name in ('env.json', 'summary.md', 'profile_dsnet-s_maskrcnn_fp32.txt',
-                 'profile_dsnet-t_inference_64b2_bf16.txt'):  # fmt: skip
+                 'profile_dsnet-t_inference_64b2_fp32.txt'):  # fmt: skip
         assert (out / name).is_file(), name
     for step in STEPS[:-1]:
         assert (out / 'logs' / f'{step}.log').is_file(), step
@@ -123,7 +123,7 @@ def test_cpu_mode_figures_reach_the_summary(cpu_run):
         '| 1 | local q, global kv | 5120x80 | flash | fp32 | 80 / 1 | 160 / 160 | 4 / 320 |'
         in summary
     )
-    assert 'DS-Net-T eval at 2x64x64, bf16, on cpu' in summary  # the inference profile
+    assert 'DS-Net-T eval at 2x64x64, fp32, on cpu' in summary  # the inference profile
     assert 'cudnn.benchmark on' in summary  # ... and again with it
     assert 'benchmark_detectors_roi_extractor.json' in summary and 'fwd + loss ms' in summary
     assert '| demo | 1 | no |' in summary and '| demo_bf16 | 1 |' not in summary  # Demo rows
