@@ -104,33 +104,48 @@ def run_converter(*args) -> subprocess.CompletedProcess:
     return subprocess.run(converter_command(*args), capture_output=True, text=True, timeout=120)
 
 
-def run_at_once(commands: list, timeout: float = 300, **popen_args) -> list:
-    """Run independent commands at the same time; their CompletedProcess results
-    (output captured as text), in order. The suite's child processes spend most
-    of their time importing, on one core: side by side they use both of a
-    two-core machine. Output goes through files, so that a talkative command
-    does not wait on a full pipe. Past ``timeout`` seconds the commands still
-    running are killed and TimeoutExpired is raised."""
-    deadline = time.monotonic() + timeout
-    with tempfile.TemporaryDirectory() as folder:
-        started = []
-        for i, command in enumerate(commands):
-            out = open(osp.join(folder, f'{i}.out'), 'w+')
-            err = open(osp.join(folder, f'{i}.err'), 'w+')
-            proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, **popen_args)
-            started.append((command, proc, out, err))
+class Started:
+    """A command started in the background, its output going to temporary files
+    (a talkative command does not wait on a full pipe); ``result()`` waits for it."""
+
+    def __init__(self, command: list, **popen_args):
+        self.command = command
+        self.out = tempfile.TemporaryFile('w+')
+        self.err = tempfile.TemporaryFile('w+')
+        self.process = subprocess.Popen(
+            command, stdout=self.out, stderr=self.err, text=True, **popen_args
+        )
+
+    def result(self, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Its CompletedProcess (output as text); past ``timeout`` seconds it is
+        killed and TimeoutExpired raised."""
         try:
-            for _, proc, _, _ in started:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0))
+            self.process.wait(timeout=timeout)
         finally:
-            for _, proc, _, _ in started:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        results = []
-        for command, proc, out, err in started:
-            out.seek(0), err.seek(0)
-            result = subprocess.CompletedProcess(command, proc.returncode, out.read(), err.read())
-            results.append(result)
-            out.close(), err.close()
-        return results
+            self.kill()
+        self.out.seek(0), self.err.seek(0)
+        result = subprocess.CompletedProcess(
+            self.command, self.process.returncode, self.out.read(), self.err.read()
+        )
+        self.out.close(), self.err.close()
+        return result
+
+    def kill(self) -> None:
+        """Stop it if it still runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_at_once(commands: list, timeout: float = 300, **popen_args) -> list:
+    """Run independent commands at the same time; their CompletedProcess results,
+    in order. The suite's child processes spend most of their time importing, on
+    one core: side by side they use both of a two-core machine. Past ``timeout``
+    seconds those still running are killed and TimeoutExpired is raised."""
+    deadline = time.monotonic() + timeout
+    started = [Started(command, **popen_args) for command in commands]
+    try:
+        return [s.result(max(deadline - time.monotonic(), 0)) for s in started]
+    finally:
+        for s in started:
+            s.kill()
